@@ -18,4 +18,13 @@
 //! ```
 #![deny(missing_docs)]
 
+mod error;
+pub mod bench;
+pub mod eval;
+pub mod model;
+pub mod progress;
+pub mod report;
+pub mod train;
 pub mod zoo;
+
+pub use error::Error;

@@ -1,0 +1,601 @@
+//! Subcommand implementations: validate arguments, call the library, render.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::json;
+use shears::eval::{evaluate, EvalConfig};
+use shears::model::{load_model, save_model, Model};
+use shears::progress::Verbosity;
+use shears::train::{train, CheckpointConfig, OptimizerKind, Schedule, TrainConfig};
+use shears::zoo::{self, Arch};
+use shears_data::{DatasetName, FetchOptions, FileStatus, Split};
+use shears_engine::Network;
+
+use crate::args::*;
+use crate::output::{print_json, thousands, Table};
+
+/// A user-input error: exit code 2.
+#[derive(Debug)]
+struct BadInput(String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+fn bad(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadInput(msg.into()))
+}
+
+/// Exit code for an error: 2 for bad input (files, values, shapes), 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<BadInput>().is_some()
+            || cause.downcast_ref::<shears_io::IoError>().is_some()
+            || cause.downcast_ref::<shears_data::DataError>().is_some()
+            || cause.downcast_ref::<shears_ir::IrError>().is_some()
+        {
+            return 2;
+        }
+        if let Some(se) = cause.downcast_ref::<shears::Error>() {
+            return match se {
+                shears::Error::Engine(_) => 1,
+                _ => 2,
+            };
+        }
+    }
+    1
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info(a) => info(a),
+        Command::Eval(a) => eval(a),
+        Command::Train(a) => train_cmd(a),
+        Command::Demo(a) => demo(a),
+        Command::Data(a) => data(a),
+        Command::Bench(a) => bench(a),
+    }
+}
+
+fn parse_arch(s: &str) -> Result<Arch> {
+    s.parse::<Arch>().map_err(|e| bad(e.to_string()))
+}
+
+fn parse_dataset(s: &str) -> Result<DatasetName> {
+    s.parse::<DatasetName>().map_err(|e| bad(e.to_string()))
+}
+
+/// `--data-dir`, then `$SHEARS_DATA`, then `./data`, then `../shared/data`.
+fn data_dir(opts: &DataOpts) -> PathBuf {
+    if let Some(d) = &opts.data_dir {
+        return d.clone();
+    }
+    if let Some(d) = std::env::var_os("SHEARS_DATA") {
+        return PathBuf::from(d);
+    }
+    for cand in ["data", "../shared/data"] {
+        if Path::new(cand).is_dir() {
+            return PathBuf::from(cand);
+        }
+    }
+    PathBuf::from("data")
+}
+
+/// Loads a model file, or builds a zoo architecture with fresh weights for `zoo:NAME`.
+fn open_model(opts: &ModelOpts) -> Result<Model> {
+    let arch = opts.arch.as_deref().map(parse_arch).transpose()?;
+    if let Some(name) = opts.model.to_str().and_then(|s| s.strip_prefix("zoo:")) {
+        let arch = parse_arch(name)?;
+        let graph = zoo::build(arch, &arch.default_config())?;
+        let weights = zoo::init_weights(&graph, Some(arch), 0);
+        return Ok(Model {
+            graph,
+            weights,
+            preprocess: arch.preprocessing(),
+            arch: Some(arch),
+            metadata: BTreeMap::new(),
+            report: Default::default(),
+        });
+    }
+    if !opts.model.exists() {
+        return Err(bad(format!("{}: no such file", opts.model.display())));
+    }
+    load_model(&opts.model, arch).with_context(|| format!("loading {}", opts.model.display()))
+}
+
+fn network(model: &Model, threads: Option<usize>) -> Result<Network> {
+    let mut net = Network::new(model.graph.clone(), &model.weights)?;
+    net.set_threads(threads)?;
+    Ok(net)
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let model = open_model(&a.model)?;
+    let s = shears::report::summarize(&model.graph);
+    if a.json {
+        print_json(&json!({
+            "model": a.model.model,
+            "arch": model.arch.map(|x| x.to_string()),
+            "summary": s,
+            "preprocess": model.preprocess,
+            "load_report": model.report.summary(),
+        }));
+        return Ok(());
+    }
+    let mut t = Table::new(&["layer", "op", "output", "params", "MACs"]);
+    for l in &s.layers {
+        t.row(vec![
+            l.name.clone(),
+            l.op.clone(),
+            format!("{:?}", l.output),
+            if l.params > 0 {
+                thousands(l.params)
+            } else {
+                String::new()
+            },
+            if l.macs > 0 {
+                thousands(l.macs)
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    print!("{}", t.render());
+    println!();
+    println!("input        {:?}", s.input);
+    println!("output       {:?}", s.output);
+    println!(
+        "parameters   {} (weights, biases, BN affine)",
+        thousands(s.params)
+    );
+    println!("BN buffers   {} (running statistics)", thousands(s.buffers));
+    println!(
+        "MACs         {} per image (conv and linear)",
+        thousands(s.macs)
+    );
+    println!(
+        "layers       {} conv, {} linear, {} nodes",
+        s.convs, s.linears, s.nodes
+    );
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let model = open_model(&a.model)?;
+    let name = parse_dataset(&a.data)?;
+    let dir = data_dir(&a.data_opts);
+    let split = if a.train_split {
+        Split::Train
+    } else {
+        Split::Test
+    };
+    let ds = shears_data::load(&dir, name, split)?;
+    let mut net = network(&model, a.threads)?;
+    let cfg = EvalConfig {
+        batch_size: a.batch_size,
+        limit: a.limit,
+        verbosity: if a.json {
+            Verbosity::Quiet
+        } else {
+            Verbosity::Normal
+        },
+    };
+    let r = evaluate(&mut net, &ds, &model.preprocess, &cfg)?;
+    if a.json {
+        print_json(&json!({
+            "model": a.model.model,
+            "dataset": name.to_string(),
+            "split": split.to_string(),
+            "params": model.graph.n_params(),
+            "macs": model.graph.macs(),
+            "result": r,
+        }));
+        return Ok(());
+    }
+    println!(
+        "{} on {} ({} images, {})",
+        a.model.model.display(),
+        r.dataset,
+        r.images,
+        split
+    );
+    if !r.adapted.is_empty() {
+        println!("input adapted: {}", r.adapted.join(", "));
+    }
+    println!("top-1   {:.2}%  ({} / {})", r.top1, r.correct, r.images);
+    println!("top-5   {:.2}%", r.top5);
+    println!("loss    {:.4}", r.loss);
+    println!(
+        "speed   {:.0} images/s ({:.2} s)",
+        r.images_per_s, r.seconds
+    );
+    let mut t = Table::new(&["class", "correct", "total", "accuracy"]);
+    for c in &r.per_class {
+        t.row(vec![
+            c.class.clone(),
+            c.correct.to_string(),
+            c.total.to_string(),
+            format!("{:.2}%", c.accuracy),
+        ]);
+    }
+    println!();
+    print!("{}", t.render());
+    Ok(())
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    let name = parse_dataset(&a.data)?;
+    let arch = a.arch.as_deref().map(parse_arch).transpose()?;
+    let mut model = match (&a.init, arch) {
+        (Some(p), arch) => open_model(&ModelOpts {
+            model: p.clone(),
+            arch: arch.map(|x| x.to_string()),
+        })?,
+        (None, Some(arch)) => {
+            let mut cfg = arch.default_config();
+            cfg.num_classes = name.n_classes();
+            let graph = zoo::build(arch, &cfg)?;
+            let weights = zoo::init_weights(&graph, Some(arch), a.seed);
+            Model {
+                graph,
+                weights,
+                preprocess: arch.preprocessing(),
+                arch: Some(arch),
+                metadata: BTreeMap::new(),
+                report: Default::default(),
+            }
+        }
+        (None, None) => {
+            return Err(bad(
+                "give --arch NAME to train from scratch, or --init MODEL",
+            ))
+        }
+    };
+    let dir = data_dir(&a.data_opts);
+    let mut train_set = shears_data::load(&dir, name, Split::Train)?;
+    if let Some(n) = a.limit {
+        train_set = train_set.class_balanced_subset(n, a.seed);
+    }
+    let mut val = shears_data::load(&dir, name, Split::Test)?;
+    if let Some(n) = a.val_limit {
+        val = val.class_balanced_subset(n, a.seed);
+    }
+    let is_cifar = matches!(name, DatasetName::Cifar10 | DatasetName::Cifar100);
+    let augment = a.augment.unwrap_or(is_cifar);
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        optimizer: match a.optimizer {
+            OptimizerArg::Sgd => OptimizerKind::Sgd {
+                momentum: a.momentum,
+                nesterov: a.nesterov,
+            },
+            OptimizerArg::Adam => OptimizerKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+            },
+        },
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        schedule: match a.schedule {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Step => Schedule::Step {
+                step_size: a.step_size,
+                gamma: a.gamma,
+            },
+            ScheduleArg::Cosine => Schedule::Cosine,
+        },
+        warmup_epochs: a.warmup,
+        augment_pad: augment.then_some(4),
+        augment_flip: augment && is_cifar,
+        label_smoothing: 0.0,
+        early_stop: a.early_stop,
+        seed: a.seed,
+        eval_batch_size: 250,
+    };
+    let mut net = network(&model, a.threads)?;
+    let ckpt = CheckpointConfig {
+        dir: a.checkpoint_dir.clone(),
+        resume: a.resume,
+        stop_after: None,
+    };
+    let verbosity = if a.json {
+        Verbosity::Quiet
+    } else {
+        Verbosity::Normal
+    };
+    let report = train(
+        &mut net,
+        &train_set,
+        Some(&val),
+        &model.preprocess,
+        &cfg,
+        &ckpt,
+        verbosity,
+    )?;
+    model.weights = net.weights();
+    model
+        .metadata
+        .insert(shears::model::META_DATASET.into(), name.to_string());
+    save_model(&a.output, &model)?;
+    let last = report.epochs.last();
+    if a.json {
+        print_json(&json!({
+            "output": a.output,
+            "dataset": name.to_string(),
+            "train_images": train_set.len(),
+            "val_images": val.len(),
+            "config": cfg,
+            "report": report,
+        }));
+    } else {
+        println!(
+            "trained {} epochs ({} images/epoch); final val top-1 {}; best {}; saved {}",
+            report.epochs.len(),
+            train_set.len(),
+            last.and_then(|l| l.val_acc)
+                .map(|v| format!("{v:.2}%"))
+                .unwrap_or("-".into()),
+            report
+                .best_val_acc
+                .map(|v| format!("{v:.2}%"))
+                .unwrap_or("-".into()),
+            a.output.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct DemoResult {
+    data_dir: PathBuf,
+    weights: String,
+    train_images: usize,
+    train_seconds: Option<f64>,
+    eval: shears::eval::EvalReport,
+    params: u64,
+    macs: u64,
+    latency_b1: shears::report::Latency,
+    latency_b64: shears::report::Latency,
+}
+
+fn demo(a: DemoArgs) -> Result<()> {
+    let dir = data_dir(&a.data_opts);
+    let quiet = a.json;
+    let say = |s: &str| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    };
+    let name = DatasetName::Mnist;
+    let test = match shears_data::load(&dir, name, Split::Test) {
+        Ok(d) => d,
+        Err(shears_data::DataError::Missing { .. }) => {
+            say(&format!(
+                "MNIST not found in {}; downloading the official files",
+                dir.display()
+            ));
+            shears_data::fetch(
+                &dir,
+                name,
+                &FetchOptions {
+                    progress: !quiet,
+                    ..Default::default()
+                },
+            )?;
+            shears_data::load(&dir, name, Split::Test)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let arch = Arch::LeNet5;
+    let (mut model, weights_desc, train_images, train_seconds) = match &a.weights {
+        Some(p) => (
+            open_model(&ModelOpts {
+                model: p.clone(),
+                arch: Some(arch.to_string()),
+            })?,
+            p.display().to_string(),
+            0,
+            None,
+        ),
+        None => {
+            let graph = zoo::build(arch, &arch.default_config())?;
+            let weights = zoo::init_weights(&graph, Some(arch), a.seed);
+            let model = Model {
+                graph,
+                weights,
+                preprocess: arch.preprocessing(),
+                arch: Some(arch),
+                metadata: BTreeMap::new(),
+                report: Default::default(),
+            };
+            let mut train_set = shears_data::load(&dir, name, Split::Train)?;
+            if let Some(n) = a.limit {
+                train_set = train_set.class_balanced_subset(n, a.seed);
+            }
+            say(&format!(
+                "training LeNet-5 on {} MNIST images for one epoch",
+                train_set.len()
+            ));
+            let mut net = network(&model, a.threads)?;
+            let mut cfg = TrainConfig::new(1);
+            cfg.optimizer = OptimizerKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+            };
+            cfg.lr = 1e-3;
+            cfg.weight_decay = 0.0;
+            cfg.batch_size = 64;
+            cfg.schedule = Schedule::Constant;
+            cfg.seed = a.seed;
+            let t0 = std::time::Instant::now();
+            train(
+                &mut net,
+                &train_set,
+                None,
+                &model.preprocess,
+                &cfg,
+                &CheckpointConfig::default(),
+                if quiet {
+                    Verbosity::Quiet
+                } else {
+                    Verbosity::Normal
+                },
+            )?;
+            let secs = t0.elapsed().as_secs_f64();
+            let mut model = model;
+            model.weights = net.weights();
+            (
+                model,
+                "trained now (1 epoch, Adam 1e-3)".to_string(),
+                train_set.len(),
+                Some(secs),
+            )
+        }
+    };
+    let mut net = network(&model, a.threads)?;
+    let r = evaluate(
+        &mut net,
+        &test,
+        &model.preprocess,
+        &EvalConfig {
+            verbosity: if quiet {
+                Verbosity::Quiet
+            } else {
+                Verbosity::Normal
+            },
+            ..Default::default()
+        },
+    )?;
+    let l1 = shears::report::measure_latency(&mut net, 1, 5, 30)?;
+    let l64 = shears::report::measure_latency(&mut net, 64, 2, 10)?;
+    model
+        .metadata
+        .insert(shears::model::META_DATASET.into(), "mnist".into());
+    let res = DemoResult {
+        data_dir: dir,
+        weights: weights_desc,
+        train_images,
+        train_seconds,
+        params: model.graph.n_params(),
+        macs: model.graph.macs(),
+        eval: r,
+        latency_b1: l1,
+        latency_b64: l64,
+    };
+    if a.json {
+        print_json(&res);
+        return Ok(());
+    }
+    println!("shears demo: LeNet-5 on MNIST ({})", res.weights);
+    if let Some(s) = res.train_seconds {
+        println!(
+            "training     {} images in {:.1} s ({:.0} images/s)",
+            res.train_images,
+            s,
+            res.train_images as f64 / s
+        );
+    }
+    println!(
+        "test top-1   {:.2}% ({} / {})",
+        res.eval.top1, res.eval.correct, res.eval.images
+    );
+    println!("eval speed   {:.0} images/s", res.eval.images_per_s);
+    println!("parameters   {}", thousands(res.params));
+    println!("MACs         {} per image", thousands(res.macs));
+    println!(
+        "latency      batch 1: {:.3} ms   batch 64: {:.2} ms (median)",
+        res.latency_b1.median_ms, res.latency_b64.median_ms
+    );
+    Ok(())
+}
+
+fn data(a: DataArgs) -> Result<()> {
+    match a.command {
+        DataCommand::Fetch {
+            name,
+            data_opts,
+            overwrite,
+            json,
+        } => {
+            let name = parse_dataset(&name)?;
+            let dir = data_dir(&data_opts);
+            let opts = FetchOptions {
+                overwrite,
+                progress: !json,
+                ..Default::default()
+            };
+            let r = shears_data::fetch(&dir, name, &opts)?;
+            if json {
+                let files: Vec<_> = r
+                    .files
+                    .iter()
+                    .map(|(f, act)| json!({"file": f, "action": format!("{act:?}")}))
+                    .collect();
+                print_json(&json!({"dataset": name.to_string(), "dir": r.dir, "files": files}));
+            } else {
+                for (f, act) in &r.files {
+                    println!("{f}: {act:?}");
+                }
+            }
+            Ok(())
+        }
+        DataCommand::Verify {
+            name,
+            data_opts,
+            json,
+        } => {
+            let name = parse_dataset(&name)?;
+            let dir = data_dir(&data_opts);
+            let r = shears_data::verify_files(&dir, name)?;
+            let ok = r.iter().all(|(_, s)| matches!(s, FileStatus::Ok));
+            if json {
+                let files: Vec<_> = r
+                    .iter()
+                    .map(|(f, s)| json!({"file": f, "status": format!("{s:?}")}))
+                    .collect();
+                print_json(&json!({"dataset": name.to_string(), "ok": ok, "files": files}));
+            } else {
+                for (f, s) in &r {
+                    println!("{f}: {s:?}");
+                }
+            }
+            if !ok {
+                bail!(bad(format!(
+                    "{name}: some files are missing or do not match their checksums"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    match a.command {
+        BenchCommand::Engine {
+            threads,
+            iters,
+            warmup,
+            torch_python,
+            torch_script,
+            out,
+            json,
+        } => crate::bench_engine::run(
+            threads,
+            iters,
+            warmup,
+            torch_python,
+            torch_script,
+            out,
+            json,
+        ),
+    }
+}

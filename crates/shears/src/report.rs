@@ -1,0 +1,171 @@
+//! Honest accounting: parameters and MACs per layer and in total, and measured latency.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use shears_engine::{Mode, Network};
+use shears_ir::{Graph, Op, Tensor};
+
+use crate::Error;
+
+/// One row of a model's layer table.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LayerRow {
+    /// Node name.
+    pub name: String,
+    /// Op type.
+    pub op: String,
+    /// Per-sample output shape.
+    pub output: Vec<usize>,
+    /// Trainable parameters of this node (weights, biases, BN affine).
+    pub params: u64,
+    /// Multiply-accumulates per sample (conv and linear).
+    pub macs: u64,
+}
+
+/// Totals and the per-layer table of a graph.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ModelSummary {
+    /// Per-sample input shape.
+    pub input: Vec<usize>,
+    /// Per-sample output shape.
+    pub output: Vec<usize>,
+    /// Trainable parameters (weights, biases, BN affine).
+    pub params: u64,
+    /// BN running-statistics elements, counted apart from parameters.
+    pub buffers: u64,
+    /// Multiply-accumulates per sample of conv and linear layers.
+    pub macs: u64,
+    /// Nodes in the graph.
+    pub nodes: usize,
+    /// Conv layers.
+    pub convs: usize,
+    /// Linear layers.
+    pub linears: usize,
+    /// Every node, in topological order.
+    pub layers: Vec<LayerRow>,
+}
+
+/// Summarises a graph.
+pub fn summarize(graph: &Graph) -> ModelSummary {
+    let mut layers = Vec::with_capacity(graph.len());
+    for id in graph.ids() {
+        let node = graph.node(id);
+        let params = node
+            .op
+            .params()
+            .iter()
+            .filter(|s| s.kind.is_trainable())
+            .map(|s| s.shape.iter().product::<usize>() as u64)
+            .sum();
+        layers.push(LayerRow {
+            name: node.name.clone(),
+            op: node.op.type_name().to_string(),
+            output: graph.shape(id).to_vec(),
+            params,
+            macs: graph.node_macs(id),
+        });
+    }
+    let input = graph
+        .inputs()
+        .first()
+        .map(|&i| graph.shape(i).to_vec())
+        .unwrap_or_default();
+    ModelSummary {
+        input,
+        output: graph.shape(graph.outputs()[0]).to_vec(),
+        params: graph.n_params(),
+        buffers: graph.n_buffers(),
+        macs: graph.macs(),
+        nodes: graph.len(),
+        convs: graph
+            .nodes()
+            .iter()
+            .filter(|n| matches!(n.op, Op::Conv2d(_)))
+            .count(),
+        linears: graph
+            .nodes()
+            .iter()
+            .filter(|n| matches!(n.op, Op::Linear(_)))
+            .count(),
+        layers,
+    }
+}
+
+/// Measured latency of one batch size.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Latency {
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Timed repetitions (after warm-up).
+    pub iters: usize,
+    /// Median wall-clock milliseconds per forward pass.
+    pub median_ms: f64,
+    /// Fastest repetition.
+    pub min_ms: f64,
+    /// Slowest repetition.
+    pub max_ms: f64,
+    /// Images per second at the median.
+    pub images_per_s: f64,
+}
+
+/// Measures eval-mode forward latency on a random batch: `warmup` untimed passes, then the
+/// median of `iters` timed passes. Inputs are seeded so runs are comparable.
+pub fn measure_latency(
+    net: &mut Network,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<Latency, Error> {
+    if batch == 0 || iters == 0 {
+        return Err(Error::invalid(format!(
+            "latency needs batch >= 1 and iters >= 1 (got batch {batch}, iters {iters})"
+        )));
+    }
+    let input = net.graph().inputs()[0];
+    let mut shape = vec![batch];
+    shape.extend_from_slice(net.graph().shape(input));
+    let numel: usize = shape.iter().product();
+    // A cheap deterministic pseudo-random input (values in [-1, 1)).
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let data = (0..numel)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    let x = Tensor::new(shape, data).expect("shape and data agree by construction");
+    for _ in 0..warmup {
+        net.forward(&x, Mode::Eval)?;
+    }
+    let mut ts = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        net.forward(&x, Mode::Eval)?;
+        ts.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    ts.sort_by(f64::total_cmp);
+    let median = if iters % 2 == 1 {
+        ts[iters / 2]
+    } else {
+        0.5 * (ts[iters / 2 - 1] + ts[iters / 2])
+    };
+    Ok(Latency {
+        batch,
+        iters,
+        median_ms: median,
+        min_ms: ts[0],
+        max_ms: ts[iters - 1],
+        images_per_s: batch as f64 / (median / 1e3),
+    })
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), if available.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
