@@ -1,0 +1,1003 @@
+//! 2-D convolution on NHWC activations: forward, backward data and backward weight.
+//!
+//! Three algorithms, chosen from the geometry alone ([`ConvGeom::algo`]):
+//! - **shifted GEMMs** (stride 1, any kernel and dilation, enough channels): the input image is
+//!   copied into a zero-padded buffer once, then every kernel offset `(kh, kw)` adds
+//!   `Xpad[shifted rows, ci] x W[kh, kw][ci, co]` to the output. The output is computed over the
+//!   *padded* width so that one shifted view is a plain strided matrix (no im2col copy); the
+//!   extra columns are dropped when the result is stored (where bias and ReLU are applied).
+//!   Backward data is the same routine with the offsets negated and `W^T`; backward weight
+//!   multiplies the shifted views transposed with `dY` spread over the padded width.
+//! - **im2col** in blocks of output pixels (strided convs, very few input channels).
+//! - **direct loops** for grouped convs with tiny groups (depthwise).
+//!
+//! Work is split over images (rayon); each product runs single-threaded. Weight gradients are
+//! summed per fixed chunk of images and the chunks reduced in order, so results do not depend
+//! on the thread count.
+
+use rayon::prelude::*;
+use shears_ir::Conv2d;
+
+use super::gemm::{sgemm, MatRef};
+use super::par::{chunk_len, reduce_partials};
+use super::scratch::with_scratch;
+
+/// Geometry of one 2-D convolution, per image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Padding `[top, left, bottom, right]`.
+    pub pad: [usize; 4],
+    /// Dilation `[dh, dw]`.
+    pub dil: [usize; 2],
+    /// Groups.
+    pub groups: usize,
+    /// The algorithm the kernels run; [`ConvGeom::new`] picks it with
+    /// [`ConvGeom::default_algo`], [`ConvGeom::with_algo`] overrides it.
+    pub algo: ConvAlgo,
+}
+
+/// Which algorithm a convolution runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// `kh * kw` shifted GEMMs over a padded buffer (stride 1).
+    Shifted,
+    /// im2col in blocks of output pixels, one GEMM per block and group.
+    Im2col,
+    /// Plain loops (grouped convs with tiny groups, e.g. depthwise).
+    Direct,
+}
+
+/// Convolution weights in the kernels' layout.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedConv {
+    /// `[groups][kh * kw][c_in / groups][c_out / groups]`.
+    pub(crate) w: Vec<f32>,
+    /// `[groups][kh][kw (reversed)][c_out / groups][c_in / groups]` (for backward data, whose
+    /// kernel taps run right to left over the source).
+    pub(crate) wt: Vec<f32>,
+}
+
+impl ConvGeom {
+    /// The geometry of `conv` applied to an `h` x `w` input, or `None` if the kernel does not fit.
+    pub fn new(conv: &Conv2d, h: usize, w: usize) -> Option<Self> {
+        let (oh, ow) = conv.output_hw(h, w)?;
+        Some(ConvGeom {
+            c_in: conv.in_channels,
+            c_out: conv.out_channels,
+            h,
+            w,
+            oh,
+            ow,
+            kh: conv.kernel[0],
+            kw: conv.kernel[1],
+            stride: conv.stride,
+            pad: conv.padding,
+            dil: conv.dilation,
+            groups: conv.groups,
+            algo: ConvAlgo::Direct,
+        })
+        .map(|mut g: ConvGeom| {
+            g.algo = g.default_algo();
+            g
+        })
+    }
+
+    /// Runs with `algo` instead, if it supports this geometry (shifted GEMMs need stride 1).
+    pub fn with_algo(mut self, algo: ConvAlgo) -> Option<Self> {
+        if algo == ConvAlgo::Shifted && self.stride != [1, 1] {
+            return None;
+        }
+        self.algo = algo;
+        Some(self)
+    }
+
+    /// Input channels per group.
+    pub fn cig(&self) -> usize {
+        self.c_in / self.groups
+    }
+
+    /// Output channels per group.
+    pub fn cog(&self) -> usize {
+        self.c_out / self.groups
+    }
+
+    /// Kernel offsets `kh * kw`.
+    pub fn kk(&self) -> usize {
+        self.kh * self.kw
+    }
+
+    /// Elements of one input image.
+    pub fn in_len(&self) -> usize {
+        self.h * self.w * self.c_in
+    }
+
+    /// Elements of one output image.
+    pub fn out_len(&self) -> usize {
+        self.oh * self.ow * self.c_out
+    }
+
+    /// Elements of the weight.
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.cig() * self.kk()
+    }
+
+    /// The algorithm that suits this geometry best.
+    pub fn default_algo(&self) -> ConvAlgo {
+        let mergeable = self.groups == 1 && self.dil[1] == 1;
+        if self.groups > 1 && (self.cig() < 4 || self.cog() < 4) {
+            ConvAlgo::Direct
+        } else if self.stride == [1, 1] && self.oh * self.ow > 100 && (mergeable || self.cig() >= 8)
+        {
+            // Small maps (8x8 and below) run better as im2col: the shifted products' padded
+            // width and short reductions cost more than the copy there.
+            ConvAlgo::Shifted
+        } else {
+            ConvAlgo::Im2col
+        }
+    }
+
+    /// Index of weight element `(o, i, y, x)` in PyTorch's OIHW layout.
+    fn oihw(&self, o: usize, i: usize, y: usize, x: usize) -> usize {
+        ((o * self.cig() + i) * self.kh + y) * self.kw + x
+    }
+
+    /// Index of weight element (group, offset, ci, co) in the packed layout.
+    fn packed(&self, g: usize, k: usize, ci: usize, co: usize) -> usize {
+        ((g * self.kk() + k) * self.cig() + ci) * self.cog() + co
+    }
+}
+
+/// Packs an OIHW weight into the kernels' layout.
+pub fn pack_weight(g: &ConvGeom, oihw: &[f32]) -> PackedConv {
+    assert_eq!(
+        oihw.len(),
+        g.weight_len(),
+        "conv weight length checked by the network"
+    );
+    let (cig, cog, kk) = (g.cig(), g.cog(), g.kk());
+    let mut w = vec![0.0; oihw.len()];
+    let mut wt = vec![0.0; oihw.len()];
+    for gi in 0..g.groups {
+        for k in 0..kk {
+            let (y, x) = (k / g.kw, k % g.kw);
+            for ci in 0..cig {
+                for co in 0..cog {
+                    let v = oihw[g.oihw(gi * cog + co, ci, y, x)];
+                    w[g.packed(gi, k, ci, co)] = v;
+                    let kr = y * g.kw + (g.kw - 1 - x);
+                    wt[((gi * kk + kr) * cog + co) * cig + ci] = v;
+                }
+            }
+        }
+    }
+    PackedConv { w, wt }
+}
+
+/// Converts a weight (or weight gradient) in the packed layout back to OIHW.
+pub fn unpack_weight(g: &ConvGeom, packed: &[f32], oihw: &mut [f32]) {
+    assert_eq!(packed.len(), g.weight_len(), "packed conv weight length");
+    assert_eq!(oihw.len(), g.weight_len(), "oihw conv weight length");
+    let (cig, cog, kk) = (g.cig(), g.cog(), g.kk());
+    for gi in 0..g.groups {
+        for k in 0..kk {
+            let (y, x) = (k / g.kw, k % g.kw);
+            for ci in 0..cig {
+                for co in 0..cog {
+                    oihw[g.oihw(gi * cog + co, ci, y, x)] = packed[g.packed(gi, k, ci, co)];
+                }
+            }
+        }
+    }
+}
+
+/// How a stride-1 correlation `D[h, w] += sum_k S[h + a_k, w + b_k] * M_k` is laid out over a
+/// zero-padded copy `P` of the source, computed over `hd` rows of the padded width `wp`.
+#[derive(Clone, Debug)]
+struct ShiftPlan {
+    hs: usize,
+    ws: usize,
+    hd: usize,
+    wd: usize,
+    /// Padding of the source inside `P` (top, left).
+    pt: usize,
+    pl: usize,
+    /// Row length of `P` and of the output over the padded width.
+    wp: usize,
+    /// Pixels in `P`, slack included, so every shifted view stays in bounds.
+    plen: usize,
+    /// Flat pixel offset of each kernel offset's view.
+    offs: Vec<usize>,
+    /// The source can be used as `P` directly (no padding needed).
+    direct_src: bool,
+    /// The output over the padded width is the output itself (`wp == wd`).
+    direct_dst: bool,
+}
+
+impl ShiftPlan {
+    fn new(hs: usize, ws: usize, hd: usize, wd: usize, a: &[isize], b: &[isize]) -> Self {
+        let min_a = *a.iter().min().expect("kernel has at least one offset");
+        let max_a = *a.iter().max().expect("kernel has at least one offset");
+        let min_b = *b.iter().min().expect("kernel has at least one offset");
+        let max_b = *b.iter().max().expect("kernel has at least one offset");
+        let pt = (-min_a).max(0) as usize;
+        let pl = (-min_b).max(0) as usize;
+        let wp = (ws + pl).max((wd as isize + max_b + pl as isize).max(0) as usize);
+        let hp = (hs + pt).max((hd as isize + max_a + pt as isize).max(0) as usize);
+        let offs: Vec<usize> = a
+            .iter()
+            .zip(b)
+            .map(|(&ai, &bi)| ((ai + pt as isize) as usize) * wp + (bi + pl as isize) as usize)
+            .collect();
+        let max_off = *offs.iter().max().expect("kernel has at least one offset");
+        let plen = (hp * wp).max(hd * wp + max_off);
+        let direct_src = pt == 0 && pl == 0 && wp == ws && plen <= hs * ws;
+        ShiftPlan {
+            hs,
+            ws,
+            hd,
+            wd,
+            pt,
+            pl,
+            wp,
+            plen,
+            offs,
+            direct_src,
+            direct_dst: wp == wd,
+        }
+    }
+
+    /// Plan of the forward pass (and backward weight) of a stride-1 conv.
+    fn forward(g: &ConvGeom) -> Self {
+        let (a, b) = offsets(
+            g,
+            |k| (k / g.kw) as isize * g.dil[0] as isize - g.pad[0] as isize,
+            |k| (k % g.kw) as isize * g.dil[1] as isize - g.pad[1] as isize,
+        );
+        ShiftPlan::new(g.h, g.w, g.oh, g.ow, &a, &b)
+    }
+
+    /// Plan of backward data of a stride-1 conv (source `dY`, destination `dX`).
+    fn backward_data(g: &ConvGeom) -> Self {
+        let (a, b) = offsets(
+            g,
+            |k| g.pad[0] as isize - (k / g.kw) as isize * g.dil[0] as isize,
+            |k| g.pad[1] as isize - (k % g.kw) as isize * g.dil[1] as isize,
+        );
+        ShiftPlan::new(g.oh, g.ow, g.h, g.w, &a, &b)
+    }
+
+    /// Rows of the output over the padded width.
+    fn m(&self) -> usize {
+        self.hd * self.wp
+    }
+
+    /// Copies `src` (`hs x ws x c`) into the zero-padded buffer `p`.
+    fn fill(&self, src: &[f32], c: usize, p: &mut [f32]) {
+        let p = &mut p[..self.plen * c];
+        p.fill(0.0);
+        let row = self.ws * c;
+        for y in 0..self.hs {
+            let d = ((y + self.pt) * self.wp + self.pl) * c;
+            p[d..d + row].copy_from_slice(&src[y * row..(y + 1) * row]);
+        }
+    }
+
+    /// Spreads `src` (`hd x wd x c`) over the padded width with zero extra columns.
+    fn spread(&self, src: &[f32], c: usize, d: &mut [f32]) {
+        let d = &mut d[..self.m() * c];
+        let row = self.wd * c;
+        for y in 0..self.hd {
+            let o = y * self.wp * c;
+            d[o..o + row].copy_from_slice(&src[y * row..(y + 1) * row]);
+            d[o + row..o + self.wp * c].fill(0.0);
+        }
+    }
+
+    /// Stores the valid columns of `d` (over the padded width) into `dst`, adding `bias`,
+    /// applying ReLU, or accumulating.
+    fn store(&self, d: &[f32], c: usize, dst: &mut [f32], ep: Epilogue<'_>) {
+        let row = self.wd * c;
+        for y in 0..self.hd {
+            let s = &d[y * self.wp * c..y * self.wp * c + row];
+            ep.store(s, &mut dst[y * row..(y + 1) * row], c);
+        }
+    }
+}
+
+fn offsets(
+    g: &ConvGeom,
+    fa: impl Fn(usize) -> isize,
+    fb: impl Fn(usize) -> isize,
+) -> (Vec<isize>, Vec<isize>) {
+    (
+        (0..g.kk()).map(&fa).collect(),
+        (0..g.kk()).map(&fb).collect(),
+    )
+}
+
+/// What happens to a result row when it is stored.
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+    pub accumulate: bool,
+}
+
+impl Epilogue<'_> {
+    const PLAIN: Epilogue<'static> = Epilogue {
+        bias: None,
+        relu: false,
+        accumulate: false,
+    };
+
+    fn is_plain(&self) -> bool {
+        self.bias.is_none() && !self.relu && !self.accumulate
+    }
+
+    /// `dst = f(src)` for rows of `c` channels.
+    fn store(&self, src: &[f32], dst: &mut [f32], c: usize) {
+        if self.bias.is_none() && !self.relu {
+            if self.accumulate {
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
+            } else {
+                dst.copy_from_slice(src);
+            }
+            return;
+        }
+        let zero = vec![0.0f32; if self.bias.is_none() { c } else { 0 }];
+        // Slicing every row to `c` lets the compiler drop bounds checks and vectorise.
+        let bias = match self.bias {
+            Some(b) => &b[..c],
+            None => &zero[..c],
+        };
+        for (dr, sr) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+            let (dr, sr) = (&mut dr[..c], &sr[..c]);
+            match (self.relu, self.accumulate) {
+                (true, false) => (0..c).for_each(|j| dr[j] = (sr[j] + bias[j]).max(0.0)),
+                (false, false) => (0..c).for_each(|j| dr[j] = sr[j] + bias[j]),
+                (true, true) => (0..c).for_each(|j| dr[j] += (sr[j] + bias[j]).max(0.0)),
+                (false, true) => (0..c).for_each(|j| dr[j] += sr[j] + bias[j]),
+            }
+        }
+    }
+
+    /// Applies bias and ReLU in place.
+    fn in_place(&self, y: &mut [f32], c: usize) {
+        assert!(!self.accumulate, "in-place epilogue cannot accumulate");
+        match (self.bias, self.relu) {
+            (None, false) => {}
+            (None, true) => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+            (Some(b), relu) => {
+                let b = &b[..c];
+                for r in y.chunks_exact_mut(c) {
+                    let r = &mut r[..c];
+                    if relu {
+                        (0..c).for_each(|j| r[j] = (r[j] + b[j]).max(0.0));
+                    } else {
+                        (0..c).for_each(|j| r[j] += b[j]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Output pixels per GEMM block: keeps the block of the output and of each shifted view in L2.
+fn block_rows(c_in: usize, c_out: usize) -> usize {
+    (32768 / c_in.max(c_out).max(1)).clamp(64, 4096)
+}
+
+/// Forward convolution of `n` NHWC images: `y = conv(x, w) (+ bias) (then ReLU)`.
+pub fn forward(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &PackedConv,
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) {
+    assert_eq!(
+        x.len(),
+        n * g.in_len(),
+        "conv input length checked by the network"
+    );
+    assert_eq!(
+        y.len(),
+        n * g.out_len(),
+        "conv output length checked by the network"
+    );
+    assert_eq!(w.w.len(), g.weight_len(), "packed conv weight length");
+    if n == 0 {
+        return;
+    }
+    let ep = Epilogue {
+        bias,
+        relu,
+        accumulate: false,
+    };
+    match g.algo {
+        ConvAlgo::Shifted => {
+            let plan = ShiftPlan::forward(g);
+            let p_len = if plan.direct_src {
+                0
+            } else {
+                plan.plen * g.c_in
+            };
+            let d_len = if plan.direct_dst {
+                0
+            } else {
+                plan.m() * g.c_out
+            };
+            y.par_chunks_mut(g.out_len())
+                .enumerate()
+                .for_each(|(i, yi)| {
+                    let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                    with_scratch([p_len, d_len, 0], |p, d, _| {
+                        let src: &[f32] = if plan.direct_src {
+                            xi
+                        } else {
+                            plan.fill(xi, g.c_in, p);
+                            p
+                        };
+                        if plan.direct_dst {
+                            shifted_products(g, &plan, src, &w.w, Dir::Forward, yi);
+                            ep.in_place(yi, g.c_out);
+                        } else {
+                            shifted_products(g, &plan, src, &w.w, Dir::Forward, d);
+                            plan.store(d, g.c_out, yi, ep);
+                        }
+                    });
+                });
+        }
+        ConvAlgo::Im2col => {
+            let (nb, kkc) = im2col_block(g);
+            y.par_chunks_mut(g.out_len())
+                .enumerate()
+                .for_each(|(i, yi)| {
+                    let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                    with_scratch([nb * kkc, 0, 0], |col, _, _| {
+                        let npix = g.oh * g.ow;
+                        for p0 in (0..npix).step_by(nb) {
+                            let m = nb.min(npix - p0);
+                            for gi in 0..g.groups {
+                                im2col(g, xi, gi, p0, m, col);
+                                sgemm(
+                                    m,
+                                    g.cog(),
+                                    kkc,
+                                    yi,
+                                    p0 * g.c_out + gi * g.cog(),
+                                    g.c_out,
+                                    false,
+                                    MatRef::rows(col, 0, kkc),
+                                    MatRef::rows(&w.w, gi * kkc * g.cog(), g.cog()),
+                                );
+                            }
+                            ep.in_place(&mut yi[p0 * g.c_out..(p0 + m) * g.c_out], g.c_out);
+                        }
+                    });
+                });
+        }
+        ConvAlgo::Direct => {
+            y.par_chunks_mut(g.out_len())
+                .enumerate()
+                .for_each(|(i, yi)| {
+                    let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                    direct_forward(g, xi, &w.w, yi);
+                    ep.in_place(yi, g.c_out);
+                });
+        }
+    }
+}
+
+/// Backward data of `n` images: `dx (+)= conv^T(dy, w)`.
+pub fn backward_data(
+    g: &ConvGeom,
+    n: usize,
+    dy: &[f32],
+    w: &PackedConv,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    assert_eq!(dy.len(), n * g.out_len(), "conv output gradient length");
+    assert_eq!(dx.len(), n * g.in_len(), "conv input gradient length");
+    if n == 0 {
+        return;
+    }
+    let ep = Epilogue {
+        accumulate,
+        ..Epilogue::PLAIN
+    };
+    match g.algo {
+        ConvAlgo::Shifted => {
+            let plan = ShiftPlan::backward_data(g);
+            let p_len = if plan.direct_src {
+                0
+            } else {
+                plan.plen * g.c_out
+            };
+            let direct_dst = plan.direct_dst && ep.is_plain();
+            let d_len = if direct_dst { 0 } else { plan.m() * g.c_in };
+            dx.par_chunks_mut(g.in_len())
+                .enumerate()
+                .for_each(|(i, dxi)| {
+                    let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
+                    with_scratch([p_len, d_len, 0], |p, d, _| {
+                        let src: &[f32] = if plan.direct_src {
+                            dyi
+                        } else {
+                            plan.fill(dyi, g.c_out, p);
+                            p
+                        };
+                        if direct_dst {
+                            shifted_products(g, &plan, src, &w.wt, Dir::BackwardData, dxi);
+                        } else {
+                            shifted_products(g, &plan, src, &w.wt, Dir::BackwardData, d);
+                            plan.store(d, g.c_in, dxi, ep);
+                        }
+                    });
+                });
+        }
+        ConvAlgo::Im2col => {
+            let (nb, kkc) = im2col_block(g);
+            dx.par_chunks_mut(g.in_len())
+                .enumerate()
+                .for_each(|(i, dxi)| {
+                    let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
+                    if !accumulate {
+                        dxi.fill(0.0);
+                    }
+                    with_scratch([nb * kkc, 0, 0], |col, _, _| {
+                        let npix = g.oh * g.ow;
+                        for p0 in (0..npix).step_by(nb) {
+                            let m = nb.min(npix - p0);
+                            for gi in 0..g.groups {
+                                sgemm(
+                                    m,
+                                    kkc,
+                                    g.cog(),
+                                    col,
+                                    0,
+                                    kkc,
+                                    false,
+                                    MatRef::rows(dyi, p0 * g.c_out + gi * g.cog(), g.c_out),
+                                    MatRef::cols(&w.w, gi * kkc * g.cog(), g.cog()),
+                                );
+                                col2im(g, col, gi, p0, m, dxi);
+                            }
+                        }
+                    });
+                });
+        }
+        ConvAlgo::Direct => {
+            dx.par_chunks_mut(g.in_len())
+                .enumerate()
+                .for_each(|(i, dxi)| {
+                    let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
+                    if !accumulate {
+                        dxi.fill(0.0);
+                    }
+                    direct_backward_data(g, dyi, &w.w, dxi);
+                });
+        }
+    }
+}
+
+/// Backward weight of `n` images: `dw = sum_images x^T * dy` in the packed layout, and
+/// `db = sum dy` when asked. Both overwrite their outputs.
+pub fn backward_weight(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) {
+    assert_eq!(x.len(), n * g.in_len(), "conv input length");
+    assert_eq!(dy.len(), n * g.out_len(), "conv output gradient length");
+    assert_eq!(dw.len(), g.weight_len(), "conv weight gradient length");
+    let wl = g.weight_len();
+    let bl = if db.is_some() { g.c_out } else { 0 };
+    let part = wl + bl;
+    let per = chunk_len(n);
+    let n_chunks = n.div_ceil(per);
+    let mut partials = vec![0.0f32; n_chunks * part];
+    let algo = g.algo;
+    let plan = (algo == ConvAlgo::Shifted).then(|| ShiftPlan::forward(g));
+    partials
+        .par_chunks_mut(part)
+        .enumerate()
+        .for_each(|(ci, pw)| {
+            pw.fill(0.0);
+            let (pw, pb) = pw.split_at_mut(wl);
+            let (i0, i1) = (ci * per, ((ci + 1) * per).min(n));
+            if let Some(plan) = plan.as_ref() {
+                // Several small images per product: their padded buffers laid end to end make one
+                // longer reduction (rows between images carry a zero gradient).
+                let group = (2048 / plan.plen.max(1)).clamp(1, 16);
+                for j0 in (i0..i1).step_by(group) {
+                    let j1 = (j0 + group).min(i1);
+                    shifted_weight_grad(
+                        g,
+                        plan,
+                        &x[j0 * g.in_len()..j1 * g.in_len()],
+                        &dy[j0 * g.out_len()..j1 * g.out_len()],
+                        j1 - j0,
+                        pw,
+                    );
+                }
+            }
+            for i in i0..i1 {
+                let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
+                match algo {
+                    ConvAlgo::Shifted => {}
+                    ConvAlgo::Im2col => im2col_weight_grad(g, xi, dyi, pw),
+                    ConvAlgo::Direct => direct_weight_grad(g, xi, dyi, pw),
+                }
+                if bl > 0 {
+                    for r in dyi.chunks_exact(g.c_out) {
+                        for (b, v) in pb.iter_mut().zip(r) {
+                            *b += *v;
+                        }
+                    }
+                }
+            }
+        });
+    if n_chunks == 0 {
+        dw.fill(0.0);
+        if let Some(db) = db {
+            db.fill(0.0);
+        }
+        return;
+    }
+    // Reduce the weight and bias parts separately, each in chunk order.
+    let mut wparts = Vec::with_capacity(n_chunks * wl);
+    for c in 0..n_chunks {
+        wparts.extend_from_slice(&partials[c * part..c * part + wl]);
+    }
+    reduce_partials(&wparts, wl, dw, false);
+    if let Some(db) = db {
+        db.fill(0.0);
+        for c in 0..n_chunks {
+            for (b, v) in db.iter_mut().zip(&partials[c * part + wl..(c + 1) * part]) {
+                *b += *v;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Forward,
+    BackwardData,
+}
+
+/// Whether the taps of one kernel row can be merged into one product: with one group and unit
+/// horizontal dilation the `kw` taps of a kernel row read adjacent pixels of the padded
+/// buffer, so the rows of a shifted view over `kw * c` channels overlap into an implicit
+/// im2col along the width (no copy).
+fn merge_rows(g: &ConvGeom) -> bool {
+    g.groups == 1 && g.dil[1] == 1
+}
+
+/// Runs the shifted products of one image into `d` (over the padded width), in blocks of
+/// output rows so that the block stays in cache across the kernel offsets.
+fn shifted_products(
+    g: &ConvGeom,
+    plan: &ShiftPlan,
+    src: &[f32],
+    w: &[f32],
+    dir: Dir,
+    d: &mut [f32],
+) {
+    let (cs, cd, kin, kout) = match dir {
+        Dir::Forward => (g.c_in, g.c_out, g.cig(), g.cog()),
+        Dir::BackwardData => (g.c_out, g.c_in, g.cog(), g.cig()),
+    };
+    let m_total = plan.m();
+    let blk = block_rows(cs, cd);
+    let kk = g.kk();
+    for m0 in (0..m_total).step_by(blk) {
+        let m = blk.min(m_total - m0);
+        if merge_rows(g) {
+            // One product per kernel row; backward data's taps run right to left, so its row
+            // starts at the last tap (the weights are stored with kw reversed to match).
+            for ky in 0..g.kh {
+                let first = match dir {
+                    Dir::Forward => ky * g.kw,
+                    Dir::BackwardData => ky * g.kw + g.kw - 1,
+                };
+                sgemm(
+                    m,
+                    kout,
+                    g.kw * kin,
+                    d,
+                    m0 * cd,
+                    cd,
+                    ky > 0,
+                    MatRef::rows(src, (m0 + plan.offs[first]) * cs, cs),
+                    MatRef::rows(w, ky * g.kw * kin * kout, kout),
+                );
+            }
+            continue;
+        }
+        for gi in 0..g.groups {
+            for k in 0..kk {
+                // Backward data reads the weights with kw reversed.
+                let kw_idx = match dir {
+                    Dir::Forward => k,
+                    Dir::BackwardData => (k / g.kw) * g.kw + (g.kw - 1 - k % g.kw),
+                };
+                sgemm(
+                    m,
+                    kout,
+                    kin,
+                    d,
+                    m0 * cd + gi * kout,
+                    cd,
+                    k > 0,
+                    MatRef::rows(src, (m0 + plan.offs[k]) * cs + gi * kin, cs),
+                    MatRef::rows(w, (gi * kk + kw_idx) * kin * kout, kout),
+                );
+            }
+        }
+    }
+}
+
+/// Adds the weight gradient of `imgs` consecutive images to `pw`.
+fn shifted_weight_grad(
+    g: &ConvGeom,
+    plan: &ShiftPlan,
+    x: &[f32],
+    dy: &[f32],
+    imgs: usize,
+    pw: &mut [f32],
+) {
+    // Unpadded 1x1-like geometries: the images are already laid end to end.
+    let direct = plan.direct_src && plan.direct_dst && plan.plen == plan.m();
+    // Per image: `plen` pixels of padded input, and its gradient spread over the same rows.
+    let stride = plan.plen;
+    let max_off = *plan
+        .offs
+        .iter()
+        .max()
+        .expect("kernel has at least one offset");
+    let p_len = if direct {
+        0
+    } else {
+        (imgs * stride + max_off) * g.c_in
+    };
+    let d_len = if direct { 0 } else { imgs * stride * g.c_out };
+    with_scratch([p_len, d_len, 0], |p, d, _| {
+        let (src, dys, k): (&[f32], &[f32], usize) = if direct {
+            (x, dy, imgs * plan.m())
+        } else {
+            p[imgs * stride * g.c_in..].fill(0.0);
+            for i in 0..imgs {
+                let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                plan.fill(xi, g.c_in, &mut p[i * stride * g.c_in..]);
+                let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
+                let di = &mut d[i * stride * g.c_out..(i + 1) * stride * g.c_out];
+                plan.spread(dyi, g.c_out, di);
+                di[plan.m() * g.c_out..].fill(0.0);
+            }
+            // The last image's rows past `m` carry zero gradient: stop the reduction there.
+            (&*p, &*d, (imgs - 1) * stride + plan.m())
+        };
+        let (cig, cog, kk) = (g.cig(), g.cog(), g.kk());
+        if merge_rows(g) {
+            for ky in 0..g.kh {
+                sgemm(
+                    g.kw * cig,
+                    cog,
+                    k,
+                    pw,
+                    ky * g.kw * cig * cog,
+                    cog,
+                    true,
+                    MatRef::cols(src, plan.offs[ky * g.kw] * g.c_in, g.c_in),
+                    MatRef::rows(dys, 0, g.c_out),
+                );
+            }
+            return;
+        }
+        for gi in 0..g.groups {
+            for kx in 0..kk {
+                sgemm(
+                    cig,
+                    cog,
+                    k,
+                    pw,
+                    (gi * kk + kx) * cig * cog,
+                    cog,
+                    true,
+                    MatRef::cols(src, plan.offs[kx] * g.c_in + gi * cig, g.c_in),
+                    MatRef::rows(dys, gi * cog, g.c_out),
+                );
+            }
+        }
+    });
+}
+
+/// Pixels per im2col block and the block's row length (`kh * kw * c_in / groups`).
+fn im2col_block(g: &ConvGeom) -> (usize, usize) {
+    let kkc = g.kk() * g.cig();
+    let nb = (65536 / kkc.max(1)).clamp(16, 1024).min(g.oh * g.ow).max(1);
+    (nb, kkc)
+}
+
+/// Input coordinate of output coordinate `o` at kernel tap `t`, if inside the image.
+#[inline]
+fn in_coord(
+    o: usize,
+    t: usize,
+    stride: usize,
+    dil: usize,
+    pad: usize,
+    size: usize,
+) -> Option<usize> {
+    let v = (o * stride + t * dil) as isize - pad as isize;
+    (v >= 0 && (v as usize) < size).then_some(v as usize)
+}
+
+fn im2col(g: &ConvGeom, xi: &[f32], gi: usize, p0: usize, m: usize, col: &mut [f32]) {
+    let (cig, kk) = (g.cig(), g.kk());
+    let kkc = kk * cig;
+    for r in 0..m {
+        let p = p0 + r;
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        let row = &mut col[r * kkc..(r + 1) * kkc];
+        for k in 0..kk {
+            let dst = &mut row[k * cig..(k + 1) * cig];
+            match (
+                in_coord(oy, k / g.kw, g.stride[0], g.dil[0], g.pad[0], g.h),
+                in_coord(ox, k % g.kw, g.stride[1], g.dil[1], g.pad[1], g.w),
+            ) {
+                (Some(iy), Some(ix)) => {
+                    let s = (iy * g.w + ix) * g.c_in + gi * cig;
+                    dst.copy_from_slice(&xi[s..s + cig]);
+                }
+                _ => dst.fill(0.0),
+            }
+        }
+    }
+}
+
+fn col2im(g: &ConvGeom, col: &[f32], gi: usize, p0: usize, m: usize, dxi: &mut [f32]) {
+    let (cig, kk) = (g.cig(), g.kk());
+    let kkc = kk * cig;
+    for r in 0..m {
+        let p = p0 + r;
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        let row = &col[r * kkc..(r + 1) * kkc];
+        for k in 0..kk {
+            if let (Some(iy), Some(ix)) = (
+                in_coord(oy, k / g.kw, g.stride[0], g.dil[0], g.pad[0], g.h),
+                in_coord(ox, k % g.kw, g.stride[1], g.dil[1], g.pad[1], g.w),
+            ) {
+                let s = (iy * g.w + ix) * g.c_in + gi * cig;
+                for (d, v) in dxi[s..s + cig].iter_mut().zip(&row[k * cig..(k + 1) * cig]) {
+                    *d += *v;
+                }
+            }
+        }
+    }
+}
+
+fn im2col_weight_grad(g: &ConvGeom, xi: &[f32], dyi: &[f32], pw: &mut [f32]) {
+    let (nb, kkc) = im2col_block(g);
+    with_scratch([nb * kkc, 0, 0], |col, _, _| {
+        let npix = g.oh * g.ow;
+        for p0 in (0..npix).step_by(nb) {
+            let m = nb.min(npix - p0);
+            for gi in 0..g.groups {
+                im2col(g, xi, gi, p0, m, col);
+                sgemm(
+                    kkc,
+                    g.cog(),
+                    m,
+                    pw,
+                    gi * kkc * g.cog(),
+                    g.cog(),
+                    true,
+                    MatRef::cols(col, 0, kkc),
+                    MatRef::rows(dyi, p0 * g.c_out + gi * g.cog(), g.c_out),
+                );
+            }
+        }
+    });
+}
+
+/// Visits every (output pixel, kernel offset, input pixel) triple inside the image.
+#[inline]
+fn for_each_tap(g: &ConvGeom, mut f: impl FnMut(usize, usize, usize)) {
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let p = oy * g.ow + ox;
+            for k in 0..g.kk() {
+                if let (Some(iy), Some(ix)) = (
+                    in_coord(oy, k / g.kw, g.stride[0], g.dil[0], g.pad[0], g.h),
+                    in_coord(ox, k % g.kw, g.stride[1], g.dil[1], g.pad[1], g.w),
+                ) {
+                    f(p, k, iy * g.w + ix);
+                }
+            }
+        }
+    }
+}
+
+fn direct_forward(g: &ConvGeom, xi: &[f32], w: &[f32], yi: &mut [f32]) {
+    yi.fill(0.0);
+    let (cig, cog) = (g.cig(), g.cog());
+    for_each_tap(g, |p, k, q| {
+        let xr = &xi[q * g.c_in..(q + 1) * g.c_in];
+        let yr = &mut yi[p * g.c_out..(p + 1) * g.c_out];
+        for gi in 0..g.groups {
+            for ci in 0..cig {
+                let xv = xr[gi * cig + ci];
+                let wr = &w[g.packed(gi, k, ci, 0)..g.packed(gi, k, ci, 0) + cog];
+                for (yv, wv) in yr[gi * cog..(gi + 1) * cog].iter_mut().zip(wr) {
+                    *yv += xv * *wv;
+                }
+            }
+        }
+    });
+}
+
+fn direct_backward_data(g: &ConvGeom, dyi: &[f32], w: &[f32], dxi: &mut [f32]) {
+    let (cig, cog) = (g.cig(), g.cog());
+    for_each_tap(g, |p, k, q| {
+        let dyr = &dyi[p * g.c_out..(p + 1) * g.c_out];
+        let dxr = &mut dxi[q * g.c_in..(q + 1) * g.c_in];
+        for gi in 0..g.groups {
+            for ci in 0..cig {
+                let wr = &w[g.packed(gi, k, ci, 0)..g.packed(gi, k, ci, 0) + cog];
+                let mut acc = 0.0;
+                for (dv, wv) in dyr[gi * cog..(gi + 1) * cog].iter().zip(wr) {
+                    acc += *dv * *wv;
+                }
+                dxr[gi * cig + ci] += acc;
+            }
+        }
+    });
+}
+
+fn direct_weight_grad(g: &ConvGeom, xi: &[f32], dyi: &[f32], pw: &mut [f32]) {
+    let (cig, cog) = (g.cig(), g.cog());
+    for_each_tap(g, |p, k, q| {
+        let dyr = &dyi[p * g.c_out..(p + 1) * g.c_out];
+        let xr = &xi[q * g.c_in..(q + 1) * g.c_in];
+        for gi in 0..g.groups {
+            for ci in 0..cig {
+                let xv = xr[gi * cig + ci];
+                let o = g.packed(gi, k, ci, 0);
+                for (wv, dv) in pw[o..o + cog]
+                    .iter_mut()
+                    .zip(&dyr[gi * cog..(gi + 1) * cog])
+                {
+                    *wv += xv * *dv;
+                }
+            }
+        }
+    });
+}

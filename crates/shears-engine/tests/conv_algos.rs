@@ -1,0 +1,198 @@
+//! Every convolution algorithm (shifted GEMMs, im2col, direct) forced onto many geometries,
+//! against plain f64 loops: forward, backward data (overwrite and accumulate) and backward
+//! weight and bias. The network picks one algorithm per geometry; this makes sure each one is
+//! right everywhere it can run.
+
+mod common;
+
+use common::{assert_close, Rng};
+use shears_engine::kernels::conv::{ConvAlgo, ConvGeom};
+use shears_engine::{Backend, CpuBackend};
+use shears_ir::Conv2d;
+
+/// Visits `(output index, input index, weight index)` of every tap that lands inside the
+/// input (NHWC activations, OIHW weight).
+fn taps(g: &ConvGeom, n: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let (cig, cog) = (g.c_in / g.groups, g.c_out / g.groups);
+    for b in 0..n {
+        for o in 0..g.c_out {
+            let gi = o / cog;
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    for i in 0..cig {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy =
+                                    (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                                let ix =
+                                    (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                    continue;
+                                }
+                                let yo = ((b * g.oh + oy) * g.ow + ox) * g.c_out + o;
+                                let xi = ((b * g.h + iy as usize) * g.w + ix as usize) * g.c_in
+                                    + gi * cig
+                                    + i;
+                                let wi = ((o * cig + i) * g.kh + ky) * g.kw + kx;
+                                f(yo, xi, wi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check(conv: Conv2d, h: usize, w: usize, n: usize) {
+    let base = ConvGeom::new(&conv, h, w).unwrap();
+    let mut rng = Rng(h as u64 * 31 + w as u64);
+    let x = rng.vec(n * base.in_len());
+    let wt = rng.vec(base.weight_len());
+    let bias = rng.vec(base.c_out);
+    let dy = rng.vec(n * base.out_len());
+    let prior = rng.vec(n * base.in_len());
+    // References in f64.
+    let mut y = vec![0.0f64; n * base.out_len()];
+    for (k, v) in y.iter_mut().enumerate() {
+        *v = bias[k % base.c_out] as f64;
+    }
+    let mut dx = vec![0.0f64; n * base.in_len()];
+    let mut dw = vec![0.0f64; base.weight_len()];
+    taps(&base, n, |yo, xi, wi| {
+        y[yo] += wt[wi] as f64 * x[xi] as f64;
+        dx[xi] += wt[wi] as f64 * dy[yo] as f64;
+        dw[wi] += x[xi] as f64 * dy[yo] as f64;
+    });
+    let mut db = vec![0.0f64; base.c_out];
+    for (k, v) in dy.iter().enumerate() {
+        db[k % base.c_out] += *v as f64;
+    }
+    let relu_y: Vec<f64> = y.iter().map(|v| v.max(0.0)).collect();
+    let dx_acc: Vec<f64> = dx.iter().zip(&prior).map(|(a, b)| a + *b as f64).collect();
+    let be = CpuBackend;
+    let mut ran = 0;
+    for algo in [ConvAlgo::Shifted, ConvAlgo::Im2col, ConvAlgo::Direct] {
+        let Some(g) = base.clone().with_algo(algo) else {
+            continue;
+        };
+        ran += 1;
+        let what = format!("{conv:?} on {h}x{w}, {algo:?}");
+        let p = be.pack_conv(&g, &wt);
+        let mut out = vec![f32::NAN; n * g.out_len()];
+        be.conv2d_forward(&g, n, &x, &p, Some(&bias), false, &mut out);
+        assert_close(&format!("forward {what}"), &out, &y, 1e-5, 1e-5);
+        be.conv2d_forward(&g, n, &x, &p, Some(&bias), true, &mut out);
+        assert_close(&format!("forward+relu {what}"), &out, &relu_y, 1e-5, 1e-5);
+        let mut gx = vec![f32::NAN; n * g.in_len()];
+        be.conv2d_backward_data(&g, n, &dy, &p, &mut gx, false);
+        assert_close(&format!("backward data {what}"), &gx, &dx, 1e-5, 1e-5);
+        let mut gx = prior.clone();
+        be.conv2d_backward_data(&g, n, &dy, &p, &mut gx, true);
+        assert_close(
+            &format!("backward data accumulate {what}"),
+            &gx,
+            &dx_acc,
+            1e-5,
+            1e-5,
+        );
+        let mut gwp = vec![f32::NAN; g.weight_len()];
+        let mut gb = vec![f32::NAN; g.c_out];
+        be.conv2d_backward_weight(&g, n, &x, &dy, &mut gwp, Some(&mut gb));
+        let mut gw = vec![0.0; g.weight_len()];
+        be.unpack_conv(&g, &gwp, &mut gw);
+        assert_close(&format!("backward weight {what}"), &gw, &dw, 1e-4, 1e-5);
+        assert_close(&format!("backward bias {what}"), &gb, &db, 1e-4, 1e-5);
+    }
+    assert!(ran >= 2, "at least two algorithms ran on {conv:?}");
+}
+
+#[test]
+fn stride1_3x3_same() {
+    check(Conv2d::new(8, 6, 3).with_padding(1), 7, 6, 5);
+}
+
+#[test]
+fn stride1_3x3_valid() {
+    check(Conv2d::new(5, 4, 3), 6, 7, 3);
+}
+
+#[test]
+fn stride1_few_channels() {
+    check(Conv2d::new(3, 4, 3).with_padding(1), 9, 8, 3);
+}
+
+#[test]
+fn one_by_one_plain_and_padded() {
+    check(Conv2d::new(8, 4, 1), 5, 6, 19);
+    check(Conv2d::new(8, 4, 1).with_padding(1), 4, 3, 3);
+}
+
+#[test]
+fn dilated_asymmetric_padding() {
+    check(
+        Conv2d::new(8, 8, 3)
+            .with_dilation(2)
+            .with_padding4([1, 0, 2, 3]),
+        7,
+        8,
+        3,
+    );
+}
+
+#[test]
+fn dilation_only_in_height() {
+    let mut c = Conv2d::new(6, 4, 3).with_padding(2);
+    c.dilation = [2, 1];
+    check(c, 6, 6, 2);
+}
+
+#[test]
+fn grouped() {
+    check(Conv2d::new(8, 8, 3).with_padding(1).with_groups(2), 6, 5, 3);
+    check(
+        Conv2d::new(12, 6, 3).with_padding(1).with_groups(3),
+        5,
+        5,
+        2,
+    );
+}
+
+#[test]
+fn depthwise_and_multiplier() {
+    check(Conv2d::new(6, 6, 3).with_padding(1).with_groups(6), 6, 7, 3);
+    check(Conv2d::new(4, 8, 3).with_padding(1).with_groups(4), 5, 5, 2);
+}
+
+#[test]
+fn large_kernels() {
+    check(Conv2d::new(8, 4, 5).with_padding(2), 7, 6, 2);
+    let mut c = Conv2d::new(4, 4, 1).with_padding4([1, 0, 1, 0]);
+    c.kernel = [3, 1];
+    check(c, 5, 4, 2);
+    let mut c = Conv2d::new(4, 4, 1).with_padding4([0, 2, 0, 1]);
+    c.kernel = [1, 4];
+    check(c, 3, 6, 2);
+}
+
+#[test]
+fn padding_wider_than_kernel() {
+    check(Conv2d::new(4, 4, 3).with_padding(3), 4, 4, 2);
+}
+
+#[test]
+fn strided() {
+    check(Conv2d::new(8, 4, 3).with_stride(2).with_padding(1), 7, 8, 3);
+    let mut c = Conv2d::new(8, 4, 3)
+        .with_padding4([2, 1, 0, 1])
+        .with_dilation(2);
+    c.stride = [2, 1];
+    check(c, 9, 6, 2);
+}
+
+#[test]
+fn larger_batch_and_map() {
+    // Several fixed chunks and multi-image weight-gradient groups.
+    check(Conv2d::new(16, 16, 3).with_padding(1), 12, 12, 37);
+    check(Conv2d::new(16, 8, 3).with_padding(1), 4, 4, 40);
+}
