@@ -17,6 +17,9 @@ pub enum Error {
     /// Running a model failed.
     #[error(transparent)]
     Engine(#[from] shears_engine::EngineError),
+    /// Pruning failed (invalid plan, impossible budget, failed verification).
+    #[error(transparent)]
+    Prune(#[from] crate::prune::PruneError),
     /// A zoo architecture could not be built.
     #[error(transparent)]
     Zoo(#[from] crate::zoo::ZooError),

@@ -18,11 +18,12 @@
 //! ```
 #![deny(missing_docs)]
 
-mod error;
 pub mod bench;
+mod error;
 pub mod eval;
 pub mod model;
 pub mod progress;
+pub mod prune;
 pub mod report;
 pub mod train;
 pub mod zoo;

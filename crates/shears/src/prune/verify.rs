@@ -1,0 +1,138 @@
+//! Verification: the pruned model must reproduce the masked model on real inputs.
+//!
+//! [`verify`] runs both models with the engine's executor ([`shears_engine::Network`], eval
+//! mode). [`verify_with`] takes any forward function instead (a reference implementation in
+//! tests, another backend), so the check itself does not depend on one engine.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use shears_ir::{Graph, Tensor, Weights};
+
+use super::error::{PruneError, Result};
+use super::mask::mask_weights;
+use super::plan::Plan;
+use super::Pruned;
+
+/// The default tolerance of [`verify_with`]: largest absolute difference allowed between the
+/// masked and the pruned model's outputs.
+pub const VERIFY_TOLERANCE: f64 = 1e-4;
+
+/// The outcome of a successful verification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Largest absolute difference between the masked and pruned outputs.
+    pub max_abs_diff: f64,
+    /// Number of output values compared.
+    pub n_values: usize,
+    /// The tolerance used.
+    pub tolerance: f64,
+    /// Whether surgery reported itself exact (no border approximations).
+    pub surgery_exact: bool,
+}
+
+/// Runs the masked model ([`super::mask`]) and the pruned model on `input` (an NCHW batch) with
+/// the engine in eval mode, and fails with [`PruneError::Verification`] if any output differs
+/// by more than `tolerance` (use [`VERIFY_TOLERANCE`]).
+pub fn verify(
+    graph: &Graph,
+    weights: &Weights,
+    plan: &Plan,
+    pruned: &Pruned,
+    input: &Tensor,
+    tolerance: f64,
+) -> Result<Verification> {
+    verify_with(
+        graph,
+        weights,
+        plan,
+        pruned,
+        input,
+        tolerance,
+        engine_forward,
+    )
+}
+
+/// The engine's eval-mode forward, given only the tensors the graph needs.
+fn engine_forward(
+    graph: &Graph,
+    weights: &Weights,
+    x: &Tensor,
+) -> std::result::Result<Tensor, shears_engine::EngineError> {
+    let needed: Weights = graph
+        .param_specs()
+        .into_iter()
+        .filter_map(|(_, name, _)| weights.get(&name).map(|t| (name, t.clone())))
+        .collect();
+    let mut net = shears_engine::Network::new(graph.clone(), &needed)?;
+    net.forward(x, shears_engine::Mode::Eval)
+}
+
+/// Runs `forward` on the masked model ([`super::mask`]) and on the pruned model with the same
+/// `input`, and fails with [`PruneError::Verification`] if any output differs by more than
+/// `tolerance`.
+///
+/// `forward(graph, weights, input)` returns the graph's (first) output for the batch `input`.
+pub fn verify_with<E: fmt::Display>(
+    graph: &Graph,
+    weights: &Weights,
+    plan: &Plan,
+    pruned: &Pruned,
+    input: &Tensor,
+    tolerance: f64,
+    mut forward: impl FnMut(&Graph, &Weights, &Tensor) -> std::result::Result<Tensor, E>,
+) -> Result<Verification> {
+    let masked = mask_weights(graph, weights, plan)?;
+    let a = forward(graph, &masked, input).map_err(|e| PruneError::Forward {
+        which: "masked",
+        msg: e.to_string(),
+    })?;
+    let b = forward(&pruned.graph, &pruned.weights, input).map_err(|e| PruneError::Forward {
+        which: "pruned",
+        msg: e.to_string(),
+    })?;
+    if a.shape() != b.shape() {
+        return Err(PruneError::Forward {
+            which: "pruned",
+            msg: format!(
+                "output shape {:?} differs from the masked model's {:?}",
+                b.shape(),
+                a.shape()
+            ),
+        });
+    }
+    let max_abs_diff = a
+        .data()
+        .iter()
+        .zip(b.data())
+        .map(|(&x, &y)| {
+            let d = (f64::from(x) - f64::from(y)).abs();
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0.0, f64::max);
+    let surgery_exact = pruned.report.is_exact();
+    if max_abs_diff > tolerance {
+        let note = match pruned.report.approximations.first() {
+            Some(a) => format!(
+                "; surgery reported {} approximation(s), e.g. {a}",
+                pruned.report.approximations.len()
+            ),
+            None => String::new(),
+        };
+        return Err(PruneError::Verification {
+            max_abs_diff,
+            tolerance,
+            note,
+        });
+    }
+    Ok(Verification {
+        max_abs_diff,
+        n_values: a.numel(),
+        tolerance,
+        surgery_exact,
+    })
+}
