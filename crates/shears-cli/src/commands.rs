@@ -108,7 +108,7 @@ fn open_model(opts: &ModelOpts) -> Result<Model> {
     if !opts.model.exists() {
         return Err(bad(format!("{}: no such file", opts.model.display())));
     }
-    load_model(&opts.model, arch).with_context(|| format!("loading {}", opts.model.display()))
+    Ok(load_model(&opts.model, arch)?)
 }
 
 fn network(model: &Model, threads: Option<usize>) -> Result<Network> {

@@ -1,0 +1,277 @@
+//! The `shears` binary as users run it: one JSON object with `--json`, exit code 2 and a message
+//! naming the file or value on bad input, models that reload without `--arch`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn shared() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHEARS_SHARED") {
+        return PathBuf::from(d);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for a in manifest.ancestors() {
+        for c in [a.join("shared"), a.join("..").join("shared")] {
+            if c.join("models").is_dir() {
+                return c;
+            }
+        }
+    }
+    panic!("no shared/ folder above {}", manifest.display())
+}
+
+fn shears(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shears"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let s = String::from_utf8(o.stdout.clone()).unwrap();
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {s}"))
+}
+
+fn fails_with_2(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "expected exit 2, stderr: {err}");
+    assert!(
+        err.contains(needle),
+        "stderr does not name {needle:?}: {err}"
+    );
+}
+
+fn model(name: &str) -> String {
+    shared()
+        .join("models")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn info_reports_resnet56_params_and_macs() {
+    let v = json_of(&shears(&[
+        "info",
+        &model("resnet56.safetensors"),
+        "--arch",
+        "resnet56",
+        "--json",
+    ]));
+    assert_eq!(v["summary"]["params"], 853_018);
+    assert_eq!(v["summary"]["macs"], 125_485_696u64);
+    assert_eq!(v["summary"]["output"], serde_json::json!([10]));
+    let human = shears(&[
+        "info",
+        &model("original/resnet56-4bfd9763.th"),
+        "--arch",
+        "resnet56",
+    ]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("853,018") && text.contains("125,485,696"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_input_exits_2_naming_what_is_wrong() {
+    fails_with_2(
+        &shears(&[
+            "info",
+            "/nonexistent/model.safetensors",
+            "--arch",
+            "resnet20",
+        ]),
+        "/nonexistent/model.safetensors",
+    );
+    fails_with_2(
+        &shears(&[
+            "info",
+            &model("resnet20.safetensors"),
+            "--arch",
+            "resnet9000",
+        ]),
+        "resnet9000",
+    );
+    fails_with_2(&shears(&["info", &model("resnet20.safetensors")]), "--arch");
+    // Weights of one architecture bound to another: the message names a tensor.
+    fails_with_2(
+        &shears(&["info", &model("resnet20.safetensors"), "--arch", "resnet32"]),
+        "layer1.3",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(model("resnet20.safetensors")).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with_2(
+        &shears(&["info", cut.to_str().unwrap(), "--arch", "resnet20"]),
+        "cut.safetensors",
+    );
+    let th = std::fs::read(model("original/resnet20-12fca82f.th")).unwrap();
+    let cut_th = dir.path().join("cut.th");
+    std::fs::write(&cut_th, &th[..th.len() - 1000]).unwrap();
+    fails_with_2(
+        &shears(&["info", cut_th.to_str().unwrap(), "--arch", "resnet20"]),
+        "cut.th",
+    );
+    let data = shared().join("data");
+    fails_with_2(
+        &shears(&[
+            "eval",
+            &model("resnet20.safetensors"),
+            "--arch",
+            "resnet20",
+            "--data",
+            "imagenet-1k",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]),
+        "imagenet-1k",
+    );
+    fails_with_2(
+        &shears(&[
+            "eval",
+            &model("resnet20.safetensors"),
+            "--arch",
+            "resnet20",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]),
+        "cifar",
+    );
+}
+
+#[test]
+fn eval_json_is_one_object_and_adapts_mnist_to_a_cifar_network() {
+    let data = shared().join("data");
+    let v = json_of(&shears(&[
+        "eval",
+        &model("mnist_lenet5_clntrained.safetensors"),
+        "--arch",
+        "lenet5",
+        "--data",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--limit",
+        "1000",
+        "--json",
+    ]));
+    assert_eq!(v["result"]["images"], 1000);
+    assert!(v["result"]["top1"].as_f64().unwrap() > 97.0);
+    // A CIFAR network on 28x28 grey digits: the input is padded and repeated to RGB.
+    let v = json_of(&shears(&[
+        "eval",
+        &model("resnet20.safetensors"),
+        "--arch",
+        "resnet20",
+        "--data",
+        "fashion-mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--limit",
+        "100",
+        "--json",
+    ]));
+    let adapted = v["result"]["adapted"].to_string();
+    assert!(
+        adapted.contains("grey to rgb") && adapted.contains("32x32"),
+        "{adapted}"
+    );
+}
+
+#[test]
+fn train_checkpoints_resumes_and_saves_a_self_describing_model() {
+    let data = shared().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let out = dir.path().join("lenet.safetensors");
+    let common = [
+        "train",
+        "--arch",
+        "lenet5",
+        "--data",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--limit",
+        "512",
+        "--val-limit",
+        "200",
+        "--batch-size",
+        "64",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.001",
+        "--weight-decay",
+        "0",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let mut a: Vec<&str> = common.to_vec();
+    a.extend(["--epochs", "1"]);
+    let v = json_of(&shears(&a));
+    assert_eq!(v["report"]["epochs"].as_array().unwrap().len(), 1);
+    assert!(ck.join("checkpoint.safetensors").exists());
+    let mut b: Vec<&str> = common.to_vec();
+    b.extend(["--epochs", "2", "--resume"]);
+    let v = json_of(&shears(&b));
+    assert_eq!(v["report"]["resumed_from"], 1);
+    assert_eq!(v["report"]["epochs"].as_array().unwrap().len(), 2);
+    // Reloads with no --arch: the graph and preprocessing travel in the file.
+    let e = json_of(&shears(&[
+        "eval",
+        out.to_str().unwrap(),
+        "--data",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--limit",
+        "200",
+        "--json",
+    ]));
+    assert!(e["result"]["top1"].as_f64().unwrap() > 50.0, "{e}");
+    let i = json_of(&shears(&["info", out.to_str().unwrap(), "--json"]));
+    assert_eq!(i["summary"]["params"], 648_226);
+}
+
+#[test]
+fn data_verify_checks_the_shared_mnist() {
+    let data = shared().join("data");
+    let v = json_of(&shears(&[
+        "data",
+        "verify",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(v["ok"], true);
+}
+
+#[test]
+fn demo_trains_and_reports_on_a_subset() {
+    let data = shared().join("data");
+    let v = json_of(&shears(&[
+        "demo",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--limit",
+        "3000",
+        "--json",
+    ]));
+    assert_eq!(v["train_images"], 3000);
+    assert!(v["eval"]["top1"].as_f64().unwrap() > 85.0, "{v}");
+    assert!(v["latency_b1"]["median_ms"].as_f64().unwrap() > 0.0);
+}
