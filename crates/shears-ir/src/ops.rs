@@ -81,11 +81,15 @@ impl Conv2d {
 
     /// Output spatial size for an input of `h` x `w`, or `None` if the kernel does not fit.
     pub fn output_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let ekh = self.dilation[0] * (self.kernel[0] - 1) + 1;
-        let ekw = self.dilation[1] * (self.kernel[1] - 1) + 1;
-        let ph = h + self.padding[0] + self.padding[2];
-        let pw = w + self.padding[1] + self.padding[3];
-        if ph < ekh || pw < ekw {
+        let ekh = self.dilation[0].checked_mul(self.kernel[0].checked_sub(1)?)? + 1;
+        let ekw = self.dilation[1].checked_mul(self.kernel[1].checked_sub(1)?)? + 1;
+        let ph = h
+            .checked_add(self.padding[0])?
+            .checked_add(self.padding[2])?;
+        let pw = w
+            .checked_add(self.padding[1])?
+            .checked_add(self.padding[3])?;
+        if ph < ekh || pw < ekw || self.stride.contains(&0) {
             return None;
         }
         Some((
@@ -166,9 +170,13 @@ impl Pool2d {
 
     /// Output spatial size (floor mode), or `None` if the window does not fit.
     pub fn output_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let ph = h + self.padding[0] + self.padding[2];
-        let pw = w + self.padding[1] + self.padding[3];
-        if ph < self.kernel[0] || pw < self.kernel[1] {
+        let ph = h
+            .checked_add(self.padding[0])?
+            .checked_add(self.padding[2])?;
+        let pw = w
+            .checked_add(self.padding[1])?
+            .checked_add(self.padding[3])?;
+        if ph < self.kernel[0] || pw < self.kernel[1] || self.stride.contains(&0) {
             return None;
         }
         Some((
@@ -385,6 +393,14 @@ impl Op {
 
     /// Checks the op's own configuration (independent of input shapes).
     pub fn check_config(&self) -> Result<(), String> {
+        self.check_values()?;
+        for p in self.params() {
+            checked_numel(&p.shape).map_err(|e| format!("{} parameter: {e}", p.kind.suffix()))?;
+        }
+        Ok(())
+    }
+
+    fn check_values(&self) -> Result<(), String> {
         match self {
             Op::Input { shape } => {
                 if shape.is_empty() || shape.contains(&0) {
@@ -463,6 +479,12 @@ impl Op {
 
     /// Infers the per-sample output shape from the input shapes, or says what is wrong.
     pub fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let out = self.output_shape_unchecked(inputs)?;
+        checked_numel(&out)?;
+        Ok(out)
+    }
+
+    fn output_shape_unchecked(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
         self.check_config()?;
         let (lo, hi) = self.arity();
         if inputs.len() < lo || inputs.len() > hi {
@@ -530,7 +552,7 @@ impl Op {
                     l.in_features
                 )),
             },
-            Op::Flatten => Ok(vec![inputs[0].iter().product()]),
+            Op::Flatten => Ok(vec![checked_numel(inputs[0])?]),
             Op::Add => {
                 let first = inputs[0];
                 for s in &inputs[1..] {
@@ -542,14 +564,16 @@ impl Op {
             }
             Op::Concat => {
                 let first = inputs[0];
-                let mut c = 0;
+                let mut c = 0usize;
                 for s in inputs {
                     if s.len() != first.len() || s.is_empty() || s[1..] != first[1..] {
                         return Err(format!(
                             "concat inputs must agree on all but the channel axis: {first:?} and {s:?}"
                         ));
                     }
-                    c += s[0];
+                    c = c
+                        .checked_add(s[0])
+                        .ok_or("concat channel count overflows")?;
                 }
                 let mut out = first.to_vec();
                 out[0] = c;
@@ -599,12 +623,16 @@ impl Op {
     /// given the input and output shapes.
     pub fn macs(&self, output: &[usize]) -> u64 {
         match self {
-            Op::Conv2d(c) => {
-                let spatial: usize = output[1..].iter().product();
-                (c.out_channels * spatial * (c.in_channels / c.groups) * c.kernel[0] * c.kernel[1])
-                    as u64
-            }
-            Op::Linear(l) => (l.in_features * l.out_features) as u64,
+            Op::Conv2d(c) => [
+                c.out_channels,
+                output[1..].iter().product(),
+                c.in_channels / c.groups,
+                c.kernel[0],
+                c.kernel[1],
+            ]
+            .iter()
+            .fold(1u64, |a, &d| a.saturating_mul(d as u64)),
+            Op::Linear(l) => (l.in_features as u64).saturating_mul(l.out_features as u64),
             _ => 0,
         }
     }
@@ -632,6 +660,18 @@ impl From<ShortcutA> for Op {
     fn from(s: ShortcutA) -> Self {
         Op::ShortcutA(s)
     }
+}
+
+/// Largest element count of one sample's tensor that a graph may declare (2^40).
+pub const MAX_NUMEL: usize = 1 << 40;
+
+/// The element count of a shape, or an error when it overflows or exceeds [`MAX_NUMEL`].
+fn checked_numel(shape: &[usize]) -> Result<usize, String> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_NUMEL)
+        .ok_or_else(|| format!("shape {shape:?} has more than {MAX_NUMEL} elements"))
 }
 
 /// Wraps an op-level message into an error naming the node.

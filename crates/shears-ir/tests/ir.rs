@@ -275,3 +275,42 @@ fn tensor_checks_size() {
         Err(IrError::TensorSize { .. })
     ));
 }
+
+#[test]
+fn hostile_sizes_are_errors_not_panics() {
+    // Found by the ONNX work: a crafted graph whose flatten overflows usize.
+    let mut b = GraphBuilder::new();
+    let big = 1usize << 32;
+    assert!(b.input("input", &[big, big, big]).is_err());
+    let x = b.input("input", &[3, 8, 8]).unwrap();
+    let huge = usize::MAX / 2;
+    assert!(b
+        .add(
+            "c",
+            Conv2d::new(3, 4, 3).with_padding4([huge, huge, huge, huge]),
+            &[x]
+        )
+        .is_err());
+    assert!(b.add("w", Conv2d::new(3, 1 << 40, 3), &[x]).is_err());
+    assert!(b
+        .add(
+            "l",
+            Linear {
+                in_features: 192,
+                out_features: 1 << 40,
+                bias: true
+            },
+            &[x]
+        )
+        .is_err());
+    let (g, _) = small();
+    let bad = g.to_json().replace(
+        "\"shape\":[3,8,8]",
+        "\"shape\":[4294967296,4294967296,4294967296]",
+    );
+    assert!(Graph::from_json(&bad).is_err());
+    let bad = g
+        .to_json()
+        .replace("\"stride\":[2,2]", &format!("\"stride\":[{huge},{huge}]"));
+    let _ = Graph::from_json(&bad); // any result but a panic
+}
