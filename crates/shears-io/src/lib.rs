@@ -6,12 +6,13 @@
 //! checkpoints** (`torch.save`, both the zip format of PyTorch 1.6+ and the older legacy
 //! format) are read by [`read_pytorch`] through a restricted unpickler: it interprets only the
 //! handful of Python globals that rebuild tensors and state dicts, refuses everything else with
-//! [`IoError::UnsafePickle`], and never executes code. **ONNX** is recognised but not imported
-//! yet.
+//! [`IoError::UnsafePickle`], and never executes code. **ONNX** models are imported by
+//! [`import_onnx`] (the [`onnx`] module), graph and weights together.
 //!
-//! One kind of file goes out: a *self-describing model* ([`save_model`]), a safetensors file
+//! Two kinds of file go out: a *self-describing model* ([`save_model`]), a safetensors file
 //! whose metadata embeds the graph JSON, so that [`load`] gives back both graph and weights
-//! with no code. Saving checks the weights against the graph first, so it never writes a model
+//! with no code; and an ONNX model ([`export_onnx`]) that ONNX runtimes run and [`load`] reads
+//! back. Saving checks the weights against the graph first, so it never writes a model
 //! that will not reload; every write is atomic (temporary file, fsync, rename).
 //!
 //! Checkpoint names rarely match a graph exactly. [`bind_weights`] renames loaded tensors with
@@ -58,6 +59,7 @@
 
 mod error;
 mod model;
+pub mod onnx;
 mod pickle;
 mod pytorch;
 mod remap;
@@ -66,6 +68,7 @@ mod safetensors;
 
 pub use error::IoError;
 pub use model::{load, save_model, Format, LoadedModel, FORMAT_KEY, FORMAT_VERSION, GRAPH_KEY};
+pub use onnx::{export_onnx, import_onnx, OnnxExportOptions};
 pub use pytorch::{read_pytorch, read_pytorch_bytes, PthCheckpoint, PthOptions};
 pub use remap::{Remap, RemapRule};
 pub use report::{bind_weights, check_weights, LoadReport, Strictness};

@@ -103,7 +103,8 @@ pub struct LoadedModel {
 /// Loads weights, and the graph when the file embeds one, from any supported format.
 ///
 /// A self-describing model is checked strictly against its own graph, so a `LoadedModel` with
-/// a graph always has exactly the weights that graph needs. ONNX is not yet supported.
+/// a graph always has exactly the weights that graph needs. An ONNX model is converted by
+/// [`crate::onnx::import_onnx`]; its metadata holds the file's `metadata_props`.
 pub fn load(path: &Path) -> Result<LoadedModel, IoError> {
     let format = Format::infer(path)?;
     match format {
@@ -154,7 +155,7 @@ pub fn load(path: &Path) -> Result<LoadedModel, IoError> {
                 format,
             })
         }
-        Format::Onnx => Err(IoError::unsupported(path, "onnx import not yet supported")),
+        Format::Onnx => crate::onnx::load(path),
     }
 }
 

@@ -184,10 +184,10 @@ fn formats_are_inferred_from_extension_then_content() {
 }
 
 #[test]
-fn onnx_is_recognised_but_not_imported_yet() {
-    let err = load(Path::new("model.onnx")).unwrap_err();
-    assert!(matches!(err, IoError::Unsupported { .. }));
-    assert_eq!(err.to_string(), "model.onnx: onnx import not yet supported");
+fn a_missing_onnx_file_is_an_io_error_naming_it() {
+    let err = load(Path::new("missing-model.onnx")).unwrap_err();
+    assert!(matches!(err, IoError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("missing-model.onnx"), "{err}");
 }
 
 #[test]

@@ -116,7 +116,8 @@ fn check_against_tract(what: &str, graph: &Graph, weights: &Weights, batch: usiz
         again.data() == ours.data(),
         "{what}: re-imported model differs"
     );
-    eprintln!("{what}: max |shears - tract| = {max:.3e}");
+    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    eprintln!("{what}: max |shears - tract| = {max:.3e} (max |logit| {scale:.3})");
     max
 }
 

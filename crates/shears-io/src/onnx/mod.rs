@@ -1,0 +1,96 @@
+//! ONNX export and import for the shears op set.
+//!
+//! [`export_onnx`] writes any shears graph as an opset-13 ONNX model that ONNX runtimes
+//! (tract, onnxruntime) run directly: parameters are initializers under their shears names,
+//! the batch axis is symbolic (`N`) unless fixed, and the shears graph JSON rides along in
+//! `metadata_props` (`shears.graph`). [`import_onnx`] reads such a file back to the same graph,
+//! op for op, with bit-identical weights, and also reads what PyTorch's exporters (TorchScript
+//! and dynamo) emit for the same ops.
+//!
+//! | shears op | ONNX written | ONNX also read |
+//! |---|---|---|
+//! | `Conv2d` | `Conv` (`pads` = `[top, left, bottom, right]`) | `auto_pad` `SAME_*`/`VALID` |
+//! | `BatchNorm2d` | `BatchNormalization` (inference) | |
+//! | `Relu` | `Relu` | |
+//! | `MaxPool2d`, `AvgPool2d` | `MaxPool`, `AveragePool` (`count_include_pad`) | `ceil_mode` when it changes nothing |
+//! | `GlobalAvgPool` | `GlobalAveragePool` + `Flatten` | `ReduceMean` over axes 2 and 3 |
+//! | `Linear` | `Gemm` (`transB = 1`) | `Gemm` with `transB = 0`; `MatMul` + `Add` |
+//! | `Flatten` | `Flatten` (`axis = 1`) | `Reshape` to `[N, -1]`; `Squeeze` after a global pool |
+//! | `Add` | `Add` (2 inputs), `Sum` (more) | |
+//! | `Concat` | `Concat` (`axis = 1`) | |
+//! | `Dropout` | `Dropout` with its ratio, inference | `Dropout` without ratio |
+//! | `ShortcutA` | `Slice` (steps on H, W) + `Pad` (channels) | one `Slice` per axis |
+//! | `Identity` | `Identity` | `Constant`, initializers as inputs |
+//!
+//! Anything else is refused with [`IoError::Unsupported`]
+//! (`onnx op <OpType> (node <name>)` for an unknown operator); a malformed or truncated file
+//! gives [`IoError::Corrupt`], never a panic. Without the embedded
+//! graph, node names come from the weights (`conv1.weight` names node `conv1`, as PyTorch
+//! modules are named), else from the ONNX node names.
+//!
+//! The import runs in named phases (parse, convert, build, finalize; see `import.rs`); every
+//! operator has one file under `ops/` holding both directions, and one registry lists the
+//! converters.
+//!
+//! ```
+//! use shears_io::onnx::{export_onnx_bytes, import_onnx_bytes, OnnxExportOptions};
+//! use shears_ir::{GraphBuilder, Linear, Op, Tensor, Weights};
+//!
+//! let mut b = GraphBuilder::new();
+//! let x = b.input("input", &[4]).unwrap();
+//! let fc = b.add("fc", Linear { in_features: 4, out_features: 2, bias: true }, &[x]).unwrap();
+//! let r = b.add("relu", Op::Relu, &[fc]).unwrap();
+//! let g = b.finish(&[r]).unwrap();
+//! let mut w = Weights::new();
+//! w.insert("fc.weight", Tensor::full(&[2, 4], 0.5));
+//! w.insert("fc.bias", Tensor::zeros(&[2]));
+//!
+//! let bytes = export_onnx_bytes(&g, &w, &OnnxExportOptions::new().with_batch(1)).unwrap();
+//! let (g2, w2) = import_onnx_bytes(&bytes, "mem.onnx").unwrap();
+//! assert_eq!((g2, w2), (g, w));
+//! assert!(import_onnx_bytes(&bytes[..bytes.len() - 1], "mem.onnx").is_err());
+//! ```
+
+mod context;
+mod export;
+mod import;
+mod node;
+mod ops;
+mod proto;
+mod registry;
+mod tensor;
+
+use std::path::Path;
+
+pub use export::{export_onnx, export_onnx_bytes, OnnxExportOptions};
+pub(crate) use import::load;
+pub use import::{import_onnx, import_onnx_bytes};
+
+use crate::IoError;
+
+/// The default-domain operator set version the exporter writes.
+pub const ONNX_OPSET: u64 = 13;
+/// The newest default-domain opset the importer accepts.
+pub const MAX_OPSET: u64 = 28;
+/// The name of the graph input when there is one.
+pub const INPUT_NAME: &str = "input";
+/// The name of the graph output when there is one.
+pub const OUTPUT_NAME: &str = "logits";
+
+/// Why an import failed, before the file name is attached.
+#[derive(Debug)]
+pub(crate) enum ImportError {
+    /// The bytes are not a valid ONNX model.
+    Corrupt(String),
+    /// A valid model that shears cannot represent.
+    Unsupported(String),
+}
+
+impl ImportError {
+    fn into_io(self, path: &Path) -> IoError {
+        match self {
+            ImportError::Corrupt(msg) => IoError::corrupt(path, msg),
+            ImportError::Unsupported(what) => IoError::unsupported(path, what),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Pooling: `MaxPool`, `AveragePool`, `GlobalAveragePool` and `ReduceMean` over H and W, to
+//! and from [`Pool2d`] and [`Op::GlobalAvgPool`].
+//!
+//! A shears global pool yields a `[C]` vector where ONNX keeps `[C, 1, 1]`; the export
+//! therefore writes `GlobalAveragePool` followed by `Flatten`, and on import the flatten,
+//! reshape or squeeze that drops the ones makes no node.
+
+use shears_ir::{Node, Op, Pool2d};
+
+use super::super::context::Ctx;
+use super::super::export::ExportCtx;
+use super::super::node::NodeView;
+use super::super::proto::AttributeProto;
+use super::super::registry::OpSpec;
+use super::super::ImportError;
+use super::{axis, i64s, pair, spatial_pads};
+
+/// `MaxPool(X)` without dilation; the indices output must be unused.
+pub(crate) const MAX_POOL: OpSpec = OpSpec {
+    op_type: "MaxPool",
+    min_opset: 1,
+    inputs: (1, 1),
+    outputs: (1, 2),
+    convert: convert_max,
+};
+
+/// `AveragePool(X)` without dilation.
+pub(crate) const AVERAGE_POOL: OpSpec = OpSpec {
+    op_type: "AveragePool",
+    min_opset: 1,
+    inputs: (1, 1),
+    outputs: (1, 1),
+    convert: convert_avg,
+};
+
+/// `GlobalAveragePool(X)`.
+pub(crate) const GLOBAL_AVERAGE_POOL: OpSpec = OpSpec {
+    op_type: "GlobalAveragePool",
+    min_opset: 1,
+    inputs: (1, 1),
+    outputs: (1, 1),
+    convert: convert_global,
+};
+
+/// `ReduceMean(X[, axes])` over exactly the two spatial axes (what PyTorch's
+/// `adaptive_avg_pool2d(x, 1)` and `x.mean((2, 3))` export to).
+pub(crate) const REDUCE_MEAN: OpSpec = OpSpec {
+    op_type: "ReduceMean",
+    min_opset: 1,
+    inputs: (1, 2),
+    outputs: (1, 1),
+    convert: convert_reduce_mean,
+};
+
+fn window(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(usize, Pool2d), ImportError> {
+    let x = ctx.feature_map(node, 0)?;
+    if node.attr_ints("kernel_shape")?.is_none() {
+        return Err(node.corrupt("kernel_shape is required"));
+    }
+    let kernel = pair(node, "kernel_shape", 1)?;
+    let stride = pair(node, "strides", 1)?;
+    if pair(node, "dilations", 1)? != [1, 1] {
+        return Err(node.unsupported("dilated pooling"));
+    }
+    let padding = spatial_pads(node, &x.dims[1..], kernel, stride)?;
+    if node.attr_int("ceil_mode", 0)? != 0 {
+        // Ceil mode only matters when a window would start in the right or bottom padding.
+        for a in 0..2 {
+            let span = x.dims[1 + a] + padding[a] + padding[a + 2];
+            if span >= kernel[a] && (span - kernel[a]) % stride[a] != 0 {
+                return Err(node.unsupported("ceil_mode=1 where it changes the output size"));
+            }
+        }
+    }
+    Ok((
+        x.node,
+        Pool2d {
+            kernel,
+            stride,
+            padding,
+            count_include_pad: true,
+        },
+    ))
+}
+
+fn convert_max(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
+    ctx.require_unused_output(node, 1)?;
+    let (x, pool) = window(ctx, node)?;
+    let idx = ctx.push(node, None, Op::MaxPool2d(pool), &[x], Vec::new())?;
+    let dims = ctx.shape(idx).to_vec();
+    ctx.define_act(node, idx, dims)
+}
+
+fn convert_avg(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
+    let (x, mut pool) = window(ctx, node)?;
+    pool.count_include_pad = node.attr_int("count_include_pad", 0)? != 0;
+    let idx = ctx.push(node, None, Op::AvgPool2d(pool), &[x], Vec::new())?;
+    let dims = ctx.shape(idx).to_vec();
+    ctx.define_act(node, idx, dims)
+}
+
+fn convert_global(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
+    let x = ctx.feature_map(node, 0)?;
+    let idx = ctx.push(node, None, Op::GlobalAvgPool, &[x.node], Vec::new())?;
+    ctx.define_act(node, idx, vec![x.dims[0], 1, 1])
+}
+
+fn convert_reduce_mean(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
+    let axes: Vec<i64> = if node.opset >= 18 {
+        match ctx.opt_constant(node, 1)? {
+            Some(t) => t.i64s("ReduceMean axes")?.to_vec(),
+            None => Vec::new(),
+        }
+    } else {
+        node.attr_ints("axes")?
+            .map(<[i64]>::to_vec)
+            .unwrap_or_default()
+    };
+    let mut norm = axes
+        .iter()
+        .map(|&a| axis(node, a, 4))
+        .collect::<Result<Vec<_>, _>>()?;
+    norm.sort_unstable();
+    if norm != [2, 3] {
+        return Err(node.unsupported(format!(
+            "mean over axes {axes:?}; only the spatial axes (2, 3) map to a global pool"
+        )));
+    }
+    let x = ctx.feature_map(node, 0)?;
+    let keep = node.attr_int("keepdims", 1)? != 0;
+    let idx = ctx.push(node, None, Op::GlobalAvgPool, &[x.node], Vec::new())?;
+    let dims = if keep {
+        vec![x.dims[0], 1, 1]
+    } else {
+        vec![x.dims[0]]
+    };
+    ctx.define_act(node, idx, dims)
+}
+
+fn window_attrs(p: &Pool2d) -> Vec<AttributeProto> {
+    vec![
+        AttributeProto::ints("kernel_shape", &i64s(p.kernel)),
+        AttributeProto::ints("strides", &i64s(p.stride)),
+        AttributeProto::ints("pads", &i64s(p.padding)),
+    ]
+}
+
+/// Writes `MaxPool`.
+pub(crate) fn export_max(
+    cx: &mut ExportCtx,
+    node: &Node,
+    p: &Pool2d,
+    inputs: &[String],
+    out: &str,
+) {
+    cx.node(
+        "MaxPool",
+        &node.name,
+        vec![inputs[0].clone()],
+        out,
+        window_attrs(p),
+    );
+}
+
+/// Writes `AveragePool` with an explicit `count_include_pad`.
+pub(crate) fn export_avg(
+    cx: &mut ExportCtx,
+    node: &Node,
+    p: &Pool2d,
+    inputs: &[String],
+    out: &str,
+) {
+    let mut attrs = window_attrs(p);
+    attrs.push(AttributeProto::int(
+        "count_include_pad",
+        p.count_include_pad as i64,
+    ));
+    cx.node(
+        "AveragePool",
+        &node.name,
+        vec![inputs[0].clone()],
+        out,
+        attrs,
+    );
+}
+
+/// Writes `GlobalAveragePool` and a `Flatten` to `[N, C]`.
+pub(crate) fn export_global(cx: &mut ExportCtx, node: &Node, inputs: &[String], out: &str) {
+    let pooled = cx.fresh(&format!("{}::pooled", node.name));
+    cx.node(
+        "GlobalAveragePool",
+        &node.name,
+        vec![inputs[0].clone()],
+        &pooled,
+        Vec::new(),
+    );
+    cx.node(
+        "Flatten",
+        &format!("{}::flatten", node.name),
+        vec![pooled],
+        out,
+        vec![AttributeProto::int("axis", 1)],
+    );
+}
