@@ -109,22 +109,11 @@ pub struct Latency {
     pub images_per_s: f64,
 }
 
-/// Measures eval-mode forward latency on a random batch: `warmup` untimed passes, then the
-/// median of `iters` timed passes. Inputs are seeded so runs are comparable.
-pub fn measure_latency(
-    net: &mut Network,
-    batch: usize,
-    warmup: usize,
-    iters: usize,
-) -> Result<Latency, Error> {
-    if batch == 0 || iters == 0 {
-        return Err(Error::invalid(format!(
-            "latency needs batch >= 1 and iters >= 1 (got batch {batch}, iters {iters})"
-        )));
-    }
-    let input = net.graph().inputs()[0];
+/// A deterministic pseudo-random batch (values in [-1, 1)) for `graph`'s first input.
+fn latency_input(graph: &Graph, batch: usize) -> Tensor {
+    let input = graph.inputs()[0];
     let mut shape = vec![batch];
-    shape.extend_from_slice(net.graph().shape(input));
+    shape.extend_from_slice(graph.shape(input));
     let numel: usize = shape.iter().product();
     // A cheap deterministic pseudo-random input (values in [-1, 1)).
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
@@ -136,30 +125,91 @@ pub fn measure_latency(
             (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect();
-    let x = Tensor::new(shape, data).expect("shape and data agree by construction");
-    for _ in 0..warmup {
-        net.forward(&x, Mode::Eval)?;
+    Tensor::new(shape, data).expect("shape and data agree by construction")
+}
+
+fn check_latency_args(batch: usize, iters: usize) -> Result<(), Error> {
+    if batch == 0 || iters == 0 {
+        return Err(Error::invalid(format!(
+            "latency needs batch >= 1 and iters >= 1 (got batch {batch}, iters {iters})"
+        )));
     }
-    let mut ts = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let t0 = Instant::now();
-        net.forward(&x, Mode::Eval)?;
-        ts.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
+    Ok(())
+}
+
+/// Summarises timed runs (milliseconds).
+fn latency_of(batch: usize, mut ts: Vec<f64>) -> Latency {
+    let iters = ts.len();
     ts.sort_by(f64::total_cmp);
     let median = if iters % 2 == 1 {
         ts[iters / 2]
     } else {
         0.5 * (ts[iters / 2 - 1] + ts[iters / 2])
     };
-    Ok(Latency {
+    Latency {
         batch,
         iters,
         median_ms: median,
         min_ms: ts[0],
         max_ms: ts[iters - 1],
         images_per_s: batch as f64 / (median / 1e3),
-    })
+    }
+}
+
+fn timed(net: &mut Network, x: &Tensor) -> Result<f64, Error> {
+    let t0 = Instant::now();
+    net.forward(x, Mode::Eval)?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Measures eval-mode forward latency on a random batch: `warmup` untimed passes, then the
+/// median of `iters` timed passes. Inputs are seeded so runs are comparable.
+pub fn measure_latency(
+    net: &mut Network,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<Latency, Error> {
+    check_latency_args(batch, iters)?;
+    let x = latency_input(net.graph(), batch);
+    for _ in 0..warmup {
+        net.forward(&x, Mode::Eval)?;
+    }
+    let ts = (0..iters)
+        .map(|_| timed(net, &x))
+        .collect::<Result<Vec<f64>, Error>>()?;
+    Ok(latency_of(batch, ts))
+}
+
+/// Measures two networks with the same input shape (a model before and after pruning) the
+/// way [`measure_latency`] does, but with their timed passes interleaved (a, b, a, b, ...) so
+/// that a change in machine load affects both alike and their ratio stays meaningful on a
+/// shared machine. Returns `(a, b)`.
+pub fn compare_latency(
+    a: &mut Network,
+    b: &mut Network,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<(Latency, Latency), Error> {
+    check_latency_args(batch, iters)?;
+    let x = latency_input(a.graph(), batch);
+    if b.graph().shape(b.graph().inputs()[0]) != &x.shape()[1..] {
+        return Err(Error::invalid(
+            "compare_latency needs two networks with the same input shape",
+        ));
+    }
+    for _ in 0..warmup {
+        a.forward(&x, Mode::Eval)?;
+        b.forward(&x, Mode::Eval)?;
+    }
+    let mut ta = Vec::with_capacity(iters);
+    let mut tb = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        ta.push(timed(a, &x)?);
+        tb.push(timed(b, &x)?);
+    }
+    Ok((latency_of(batch, ta), latency_of(batch, tb)))
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if available.

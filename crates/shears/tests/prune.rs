@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shears::prune::{
-    self, allocate, predict_cost, AllocConfig, Criterion, DepGraph, Group, Plan, PlanGroup,
-    PruneError, Reduction, Role, ScoreContext, Strategy,
+    self, allocate, predict_cost, AllocConfig, Criterion, DepGraph, FoldMode, Group, Plan,
+    PlanGroup, PruneError, Reduction, Role, ScoreContext, Strategy,
 };
 use shears::zoo::{build, init_weights, Arch, VggHead, ZooConfig};
 use shears_ir::{Graph, Op, ParamKind, Tensor, Weights};
@@ -259,6 +259,10 @@ fn check_plan(g: &Graph, w: &Weights, dg: &DepGraph, plan: &Plan) {
     let q = prune::prune(g, w, &again).unwrap();
     assert_eq!(q.graph, p.graph);
     assert_eq!(q.weights, p.weights);
+    // Exact mode never approximates.
+    if plan.fold == FoldMode::Exact {
+        assert!(p.report.is_exact(), "{:?}", p.report.approximations);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,7 +698,10 @@ fn random_plans_on_every_zoo_model() {
             n_plans(arch.unwrap())
         };
         for seed in 0..n {
-            let plan = random_plan(g, &dg, seed);
+            let mut plan = random_plan(g, &dg, seed);
+            if seed % 2 == 1 {
+                plan.fold = FoldMode::Interior;
+            }
             check_plan(g, &w, &dg, &plan);
         }
         // The empty plan is the identity, bit for bit.
@@ -735,7 +742,20 @@ fn surgery_patches_shortcut_pads_and_adds_folded_biases() {
         root: "layer2.0.conv2".into(),
         removed: vec![0, 3, 8, 15],
     });
+    // Exact mode (the default): the constants reach padded 3x3 convs, so the channels are
+    // forced to zero and dropped without folding; no bias appears and surgery is exact.
     let p = prune::prune(&g, &w, &plan).unwrap();
+    assert!(p.report.is_exact() && p.report.folds.is_empty());
+    assert_eq!(p.report.zeroed_channels, 4);
+    assert!(p.report.max_zeroed_constant >= 1.0 - 1e-6);
+    assert!(!p.weights.contains("layer2.1.conv1.bias"));
+    let masked = prune::mask_weights(&g, &w, &plan).unwrap();
+    let bn = masked.get("layer2.0.bn2.bias").unwrap().data();
+    assert_eq!((bn[0], bn[3], bn[1]), (0.0, 0.0, 1.0));
+    // Interior mode folds them anyway and reports the border approximation.
+    plan.fold = FoldMode::Interior;
+    let p = prune::prune(&g, &w, &plan).unwrap();
+    assert_eq!(p.report.zeroed_channels, 0);
     let sc = p.graph.find("layer2.0.shortcut").unwrap();
     match &p.graph.node(sc).op {
         Op::ShortcutA(s) => assert_eq!((s.pad_before, s.pad_after), (6, 6)),

@@ -2,7 +2,9 @@
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shears::prune::{self, verify, DepGraph, Group, Plan, PlanGroup, PruneError, VERIFY_TOLERANCE};
+use shears::prune::{
+    self, verify, DepGraph, FoldMode, Group, Plan, PlanGroup, PruneError, VERIFY_TOLERANCE,
+};
 use shears::zoo::{build, init_weights, Arch};
 use shears_ir::{Graph, Op, ParamKind, Tensor, Weights};
 
@@ -73,11 +75,13 @@ fn random_plan(g: &Graph, dg: &DepGraph, seed: u64, keep: impl Fn(&Group) -> boo
     plan
 }
 
-/// Exact surgery must verify; a failure must come with reported approximations.
+/// Exact surgery must verify (always in exact fold mode); a failure must come with reported
+/// approximations.
 fn check(g: &Graph, w: &Weights, plan: &Plan, x: &Tensor) -> prune::Pruned {
     let p = prune::prune(g, w, plan).unwrap();
     match verify(g, w, plan, &p, x, VERIFY_TOLERANCE) {
-        Ok(v) => assert!(v.max_abs_diff <= VERIFY_TOLERANCE),
+        Ok(v) => assert!(v.max_abs_diff <= v.tolerance),
+        Err(e) if plan.fold == FoldMode::Exact => panic!("exact fold mode must verify: {e}"),
         Err(PruneError::Verification { max_abs_diff, .. }) => assert!(
             !p.report.is_exact(),
             "outputs differ by {max_abs_diff:e} but surgery claims to be exact"
@@ -132,5 +136,33 @@ fn engine_nonzero_constants_fold_exactly() {
             n_folds += p.report.folds.len();
         }
         assert!(n_folds > 0, "{arch}: the plans fold nonzero constants");
+    }
+}
+
+#[test]
+fn engine_exact_fold_mode_verifies_every_plan_with_nonzero_constants() {
+    // Batch norms with nonzero shifts everywhere: in exact mode (the default) every random
+    // plan verifies, including channels that reach padded 3x3 convs (forced to zero).
+    for (arch, hw, n_plans) in [
+        (Arch::ResNet20, 16, 4),
+        (Arch::Vgg11, 32, 2),
+        (Arch::DenseNetBcCifar, 16, 2),
+        (Arch::LeNet5, 28, 4),
+        (Arch::MlperfResNet8, 32, 3),
+    ] {
+        let g = zoo(arch, hw);
+        let mut w = init_weights(&g, Some(arch), 7);
+        randomize_bn(&g, &mut w, 8);
+        let dg = DepGraph::build(&g).unwrap();
+        let x = input(&g, 3, 9);
+        let mut zeroed = 0;
+        for seed in 0..n_plans {
+            let plan = random_plan(&g, &dg, seed, |_| true);
+            assert_eq!(plan.fold, FoldMode::Exact);
+            let p = check(&g, &w, &plan, &x);
+            assert!(p.report.is_exact(), "{arch}");
+            zeroed += p.report.zeroed_channels;
+        }
+        assert!(zeroed > 0, "{arch}: the plans force some channels to zero");
     }
 }

@@ -5,7 +5,8 @@
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shears::prune::{
-    self, mask_weights, verify_with, DepGraph, Plan, PlanGroup, PruneError, Role, VERIFY_TOLERANCE,
+    self, mask_weights, verify_with, DepGraph, FoldMode, Plan, PlanGroup, PruneError, Role,
+    VERIFY_TOLERANCE,
 };
 use shears::zoo::{build, init_weights, init_weights_with, Arch, InitScheme};
 use shears_ir::{
@@ -291,15 +292,18 @@ fn random_plan(
 }
 
 /// Masked vs pruned through `verify_with` and the reference forward. Exact surgery must pass
-/// the tolerance; inexact surgery must say so (never a silent approximation).
+/// the tolerance; inexact surgery must say so (never a silent approximation). In exact fold
+/// mode (the default) every plan must verify.
 fn check(g: &Graph, w: &Weights, plan: &Plan, x: &Tensor) -> (prune::Pruned, f64) {
     let p = prune::prune(g, w, plan).unwrap();
     match verify_with(g, w, plan, &p, x, VERIFY_TOLERANCE, reference) {
         Ok(v) => {
             assert_eq!(v.surgery_exact, p.report.is_exact());
+            assert_eq!(v.fold, plan.fold);
             let d = v.max_abs_diff;
             (p, d)
         }
+        Err(e) if plan.fold == FoldMode::Exact => panic!("exact fold mode must verify: {e}"),
         Err(PruneError::Verification { max_abs_diff, .. }) => {
             assert!(
                 !p.report.is_exact(),
@@ -426,6 +430,12 @@ fn border_approximation_is_reported_exactly() {
             root: "a".into(),
             removed: vec![0, 2],
         });
+        // Exact mode: forced to zero, dropped unfolded, exact.
+        let (p, d) = check(&g, &w, &plan, &input(&g, 2, 1));
+        assert!(p.report.is_exact() && p.report.folds.is_empty() && d <= 1e-5);
+        assert_eq!(p.report.zeroed_channels, 2);
+        // Interior mode: folded, and the border deviation reported to the digit.
+        plan.fold = FoldMode::Interior;
         let p = prune::prune(&g, &w, &plan).unwrap();
         let masked = mask_weights(&g, &w, &plan).unwrap();
         let mut rng = Rng::new(5);
@@ -574,6 +584,9 @@ fn padded_average_pool_on_a_constant_is_reported() {
         root: "a".into(),
         removed: vec![2],
     });
+    let (p, d) = check(&g, &w, &plan, &input(&g, 2, 3));
+    assert!(p.report.is_exact() && d <= 1e-5 && p.report.zeroed_channels == 1);
+    plan.fold = FoldMode::Interior;
     let p = prune::prune(&g, &w, &plan).unwrap();
     let a = &p.report.approximations[0];
     assert_eq!(a.node, "ap");
@@ -606,7 +619,11 @@ fn zoo_models_masked_equals_pruned() {
         let x = input(&g, 2, 3);
         let mut n_exact = 0;
         for seed in 0..n_plans {
-            let plan = random_plan(&g, &dg, seed, |_| true);
+            let mut plan = random_plan(&g, &dg, seed, |_| true);
+            let (p, d) = check(&g, &w, &plan, &x);
+            assert!(p.report.is_exact(), "{arch} seed {seed}: exact mode");
+            assert!(d <= VERIFY_TOLERANCE, "{arch} seed {seed}: {d:e}");
+            plan.fold = FoldMode::Interior;
             let (p, d) = check(&g, &w, &plan, &x);
             if p.report.is_exact() {
                 n_exact += 1;
@@ -614,7 +631,7 @@ fn zoo_models_masked_equals_pruned() {
             }
         }
         // Fresh BN layers (beta = mean = 0) give zero constants: only models whose convs have
-        // biases (LeNet-5, MLPerf) fold nonzero constants into padded convs.
+        // biases (LeNet-5, MLPerf) fold nonzero constants into padded convs in interior mode.
         if !matches!(arch, Arch::LeNet5 | Arch::MlperfResNet8) {
             assert_eq!(n_exact, n_plans, "{arch}");
         }
@@ -638,7 +655,10 @@ fn densenet_bc_growth_channels_fold_exactly() {
         assert!(!p.report.folds.is_empty());
         assert!(d <= VERIFY_TOLERANCE, "{d:e}");
     }
-    let plan = random_plan(&g, &dg, 9, |grp| !exact_group(grp));
+    let mut plan = random_plan(&g, &dg, 9, |grp| !exact_group(grp));
+    let (p, d) = check(&g, &w, &plan, &x);
+    assert!(p.report.is_exact() && p.report.zeroed_channels > 0 && d <= VERIFY_TOLERANCE);
+    plan.fold = FoldMode::Interior;
     let (p, _) = check(&g, &w, &plan, &x);
     assert!(!p.report.is_exact());
     assert!(p

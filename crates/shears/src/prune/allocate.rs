@@ -32,7 +32,7 @@ use super::cost::{Cost, CostModel};
 use super::depgraph::{DepGraph, Group, Role};
 use super::error::{PruneError, Result};
 use super::importance::{Importance, Normalizer, ScoreContext};
-use super::mask::{check_weights, Constants};
+use super::mask::{check_weights, Constants, FoldMode};
 use super::plan::Removal;
 
 /// What to allocate.
@@ -92,6 +92,10 @@ pub struct AllocConfig {
     pub normalizer: Normalizer,
     /// Relative tolerance of MACs / parameter targets. Default 0.02.
     pub tolerance: f64,
+    /// How surgery will fold constants (recorded in the plan; it decides which consumers get
+    /// a bias, so parameter counts depend on it). Default [`FoldMode::Exact`].
+    #[serde(default)]
+    pub fold: FoldMode,
 }
 
 impl AllocConfig {
@@ -106,7 +110,14 @@ impl AllocConfig {
             min_channels: 1,
             normalizer: Normalizer::Mean,
             tolerance: 0.02,
+            fold: FoldMode::Exact,
         }
+    }
+
+    /// Sets the fold mode.
+    pub fn with_fold(mut self, fold: FoldMode) -> Self {
+        self.fold = fold;
+        self
     }
 
     /// Ranks globally (see [`AllocConfig::global`]).
@@ -327,7 +338,7 @@ pub fn allocate(
         }
     }
 
-    let consts = Constants::compute(graph, ctx.weights);
+    let consts = Constants::compute(graph, ctx.weights, dg, cfg.fold);
     let model = CostModel::new(graph, dg, &consts);
     let before = Cost {
         macs: graph.macs(),

@@ -24,8 +24,9 @@ pub struct Cost {
     pub params: u64,
 }
 
-/// The exact MACs and parameters of the graph that [`super::prune`] would produce for `plan`,
-/// computed without building it (biases added by constant folding included).
+/// The exact MACs and parameters of the graph that [`super::prune()`] would produce for `plan`,
+/// computed without building it (biases added by constant folding, under the plan's
+/// [`super::FoldMode`], included).
 ///
 /// ```
 /// use shears::prune::{predict_cost, prune, DepGraph, Plan, PlanGroup};
@@ -42,7 +43,7 @@ pub struct Cost {
 pub fn predict_cost(graph: &Graph, weights: &Weights, dg: &DepGraph, plan: &Plan) -> Result<Cost> {
     check_weights(graph, weights)?;
     let removal = plan.resolve(graph, dg)?;
-    let consts = Constants::compute(graph, weights);
+    let consts = Constants::compute(graph, weights, dg, plan.fold);
     Ok(CostModel::new(graph, dg, &consts).cost(&removal))
 }
 

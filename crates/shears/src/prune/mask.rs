@@ -3,8 +3,11 @@
 //! **Definition.** For a plan, the *masked model* is the original graph with the original
 //! weights, except that every removed channel's *producer* weights are zero: for each removed
 //! channel and each member of its group with role [`Role::OutChannels`] or [`Role::Depthwise`],
-//! the weight slice on axis 0 (the conv filter, or the linear row) is set to 0. Nothing else
-//! changes: biases, batch-norm parameters and statistics, and every consumer keep their values.
+//! the weight slice on axis 0 (the conv filter, or the linear row) is set to 0. In
+//! [`FoldMode::Exact`] (the default) a removed channel whose constant cannot be folded exactly
+//! (see below) is moreover *forced to zero*: its producers' biases and its batch norms' `gamma`
+//! and `beta` are zeroed too, so that its value is exactly 0 everywhere. Nothing else changes:
+//! the kept channels and every consumer keep their values.
 //!
 //! In the masked model a removed channel is therefore spatially constant wherever it flows:
 //! `bias` (or 0) at its producers; `(c - mean) / sqrt(var + eps) * gamma + beta` after a batch
@@ -14,32 +17,104 @@
 //! adds its constant contribution to each consumer's bias ([`super::surgery`]), which is
 //! exact for linear layers and for convolutions whose window never reads the zero padding, and
 //! exact everywhere when the constant is 0 (the common case of a channel whose weights, bias
-//! and BN shift are all zero). Two cases are not exact and are reported, with their size, by
-//! [`super::SurgeryReport::approximations`]:
-//! - a padded convolution consuming a nonzero constant: at the border the masked model sees
-//!   the constant only over the taps inside the image;
-//! - an average pool with zero padding counted in the divisor (`count_include_pad`) on a
-//!   nonzero constant: the masked model's value shrinks at the border.
+//! and BN shift are all zero). Two consumers cannot take a nonzero constant exactly:
+//! - a padded convolution: at the border the masked model sees the constant only over the taps
+//!   inside the image, while a folded bias acts on every tap;
+//! - an average pool with zero padding counted in the divisor (`count_include_pad`): the masked
+//!   model's value shrinks at the border.
+//!
+//! **Exactness policy ([`FoldMode`]).** With [`FoldMode::Exact`], a channel whose constant is
+//! nonzero where it reaches one of those two consumers is forced to zero (as above) and surgery
+//! drops it without folding anything; every other removed channel is folded. The pruned model
+//! then equals the masked model by construction, for every plan, up to float rounding, and
+//! [`super::verify()`] checks it within [`super::VERIFY_TOLERANCE`]. With
+//! [`FoldMode::Interior`] every nonzero constant is folded, also into padded consumers; the
+//! pruned model then equals the (unforced) masked model in the interior only, and surgery
+//! reports the analytical size of each border deviation in
+//! [`super::SurgeryReport::approximations`].
+//!
+//! Whether a channel is forced depends only on the channel (its constants and its consumers),
+//! not on the rest of the plan, so the masked model, the surgery and the cost prediction agree
+//! for every plan.
 
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 use shears_ir::{Graph, NodeId, Op, ParamKind, Tensor, Weights};
 
-use super::depgraph::{DepGraph, Role};
+use super::depgraph::{is_depthwise, DepGraph, Role};
 use super::error::{PruneError, Result};
 use super::plan::Plan;
 
-/// The masked model's weights for `plan` (see the module docs for the exact definition).
+/// How surgery treats the constant contribution of removed channels (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoldMode {
+    /// Fold a removed channel's constant only where the fold is exact (linear layers, convs
+    /// whose window never reads padding, or a zero constant); force every other removed
+    /// channel to zero in the masked model and drop it without folding. The pruned model equals
+    /// the masked model for every plan. The default.
+    #[default]
+    Exact,
+    /// Fold every nonzero constant, also into zero-padded convs (exact in the interior only);
+    /// the border deviation is reported per consumer.
+    Interior,
+}
+
+impl FoldMode {
+    /// `exact` or `interior`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FoldMode::Exact => "exact",
+            FoldMode::Interior => "interior",
+        }
+    }
+}
+
+impl fmt::Display for FoldMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for FoldMode {
+    type Err = PruneError;
+
+    /// `exact` or `interior` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "exact" => Ok(FoldMode::Exact),
+            "interior" => Ok(FoldMode::Interior),
+            _ => Err(PruneError::Invalid(format!(
+                "unknown fold mode {s:?} (valid: exact, interior)"
+            ))),
+        }
+    }
+}
+
+/// The masked model's weights for `plan` (see the module docs for the exact definition; the
+/// fold mode is the plan's, [`Plan::fold`]).
 ///
 /// ```
-/// use shears::prune::{mask_weights, Plan, PlanGroup};
+/// use shears::prune::{mask_weights, FoldMode, Plan, PlanGroup};
 /// use shears::zoo::{build, init_weights, Arch};
 /// let g = build(Arch::LeNet5, &Arch::LeNet5.default_config()).unwrap();
 /// let w = init_weights(&g, Some(Arch::LeNet5), 0);
+/// let bias = w.get("conv1.bias").unwrap().data();
+/// // A channel with a positive bias: its constant relu(bias) reaches conv2, a padded 3x3 conv.
+/// let r = bias.iter().position(|&b| b > 0.0).unwrap();
 /// let mut plan = Plan::empty(&g);
-/// plan.groups.push(PlanGroup { group_id: 1, root: "conv1".into(), removed: vec![3] });
+/// plan.groups.push(PlanGroup { group_id: 1, root: "conv1".into(), removed: vec![r] });
 /// let m = mask_weights(&g, &w, &plan).unwrap();
-/// let filter = &m.get("conv1.weight").unwrap().data()[3 * 9..4 * 9];
+/// let filter = &m.get("conv1.weight").unwrap().data()[r * 9..(r + 1) * 9];
 /// assert!(filter.iter().all(|&x| x == 0.0));
-/// assert_eq!(m.get("conv1.bias"), w.get("conv1.bias")); // biases are kept
+/// // Exact mode (the default) cannot fold that constant exactly, so it forces the channel to
+/// // zero, bias included; interior mode keeps the bias (and folds it into conv2's bias).
+/// assert_eq!(m.get("conv1.bias").unwrap().data()[r], 0.0);
+/// plan.fold = FoldMode::Interior;
+/// let m = mask_weights(&g, &w, &plan).unwrap();
+/// assert_eq!(m.get("conv1.bias"), w.get("conv1.bias"));
 /// ```
 pub fn mask_weights(graph: &Graph, weights: &Weights, plan: &Plan) -> Result<Weights> {
     let dg = DepGraph::build(graph)?;
@@ -55,24 +130,37 @@ pub fn mask_weights_with(
 ) -> Result<Weights> {
     check_weights(graph, weights)?;
     let removal = plan.resolve(graph, dg)?;
+    let consts = Constants::compute(graph, weights, dg, plan.fold);
     let mut out = weights.clone();
+    let mut zero = |node: NodeId, kind: ParamKind, idxs: &[usize]| {
+        let name = graph.node(node).param_name(kind);
+        if let Some(t) = out.get_mut(&name) {
+            let row: usize = t.shape()[1..].iter().product();
+            for &o in idxs {
+                t.data_mut()[o * row..(o + 1) * row].fill(0.0);
+            }
+        }
+    };
     for g in dg.groups() {
         let gone = removal.of(g.id);
         if gone.is_empty() {
             continue;
         }
         for m in &g.members {
-            if !matches!(m.role, Role::OutChannels | Role::Depthwise) {
-                continue;
-            }
-            let name = graph.node(m.node).param_name(ParamKind::Weight);
-            let t = out
-                .get_mut(&name)
-                .expect("weights were checked against the graph");
-            let row: usize = t.shape()[1..].iter().product();
             for &r in &gone {
-                for &o in &m.idxs[r] {
-                    t.data_mut()[o * row..(o + 1) * row].fill(0.0);
+                let forced = consts.forced[g.id][r].is_some();
+                match m.role {
+                    Role::OutChannels | Role::Depthwise => {
+                        zero(m.node, ParamKind::Weight, &m.idxs[r]);
+                        if forced {
+                            zero(m.node, ParamKind::Bias, &m.idxs[r]);
+                        }
+                    }
+                    Role::BnChannels if forced => {
+                        zero(m.node, ParamKind::Weight, &m.idxs[r]);
+                        zero(m.node, ParamKind::Bias, &m.idxs[r]);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -115,15 +203,68 @@ pub(crate) fn param<'a>(
 /// channel's value depends only on its own slots, so one pass serves every plan.
 #[derive(Clone, Debug)]
 pub(crate) struct Constants {
-    /// `value[node][slot]`.
+    /// `value[node][slot]`: 0 for the channels that are forced to zero.
     pub(crate) value: Vec<Vec<f64>>,
     /// Average pools that count zero padding: `(node, slot, max |delta|)` of the border effect
-    /// on a nonzero constant.
+    /// on a nonzero constant (none for forced channels).
     pub(crate) pool_border: Vec<(NodeId, usize, f64)>,
+    /// `forced[group][idx]`: for a channel that the masked model forces to zero when it is
+    /// removed ([`FoldMode::Exact`]), the largest |constant| it would have had at a consumer
+    /// that cannot take it exactly.
+    pub(crate) forced: Vec<Vec<Option<f64>>>,
 }
 
 impl Constants {
-    pub(crate) fn compute(graph: &Graph, weights: &Weights) -> Constants {
+    /// The constants under `mode`: [`Constants::raw`], then in [`FoldMode::Exact`] every
+    /// channel with a nonzero constant at a padded conv or a padding-counting average pool is
+    /// forced to zero.
+    pub(crate) fn compute(graph: &Graph, weights: &Weights, dg: &DepGraph, mode: FoldMode) -> Self {
+        let mut c = Self::raw(graph, weights);
+        c.forced = dg.groups().iter().map(|g| vec![None; g.size]).collect();
+        if mode == FoldMode::Interior {
+            return c;
+        }
+        let force = |forced: &mut Vec<Vec<Option<f64>>>, node: NodeId, slot: usize, v: f64| {
+            let ch = dg.channels(node)[slot];
+            let f = &mut forced[ch.group][ch.idx];
+            *f = Some(f.unwrap_or(0.0).max(v.abs()));
+        };
+        for id in graph.ids() {
+            let node = graph.node(id);
+            let Op::Conv2d(cv) = &node.op else { continue };
+            if is_depthwise(&node.op)
+                || !conv_reads_padding(cv, graph.input_shapes(id)[0], graph.shape(id))
+            {
+                continue;
+            }
+            let inp = node.inputs[0];
+            for (s, &v) in c.value[inp.0].iter().enumerate() {
+                if v != 0.0 {
+                    force(&mut c.forced, inp, s, v);
+                }
+            }
+        }
+        for &(node, slot, _) in &c.pool_border {
+            let v = c.value[graph.node(node).inputs[0].0][slot];
+            force(&mut c.forced, node, slot, v);
+        }
+        for id in graph.ids() {
+            for (s, ch) in dg.channels(id).iter().enumerate() {
+                if c.forced[ch.group][ch.idx].is_some() {
+                    c.value[id.0][s] = 0.0;
+                }
+            }
+        }
+        let forced = &c.forced;
+        c.pool_border.retain(|&(node, slot, _)| {
+            let ch = dg.channels(node)[slot];
+            forced[ch.group][ch.idx].is_none()
+        });
+        c
+    }
+
+    /// The constants of the unforced masked model (only producer weights zeroed).
+    fn raw(graph: &Graph, weights: &Weights) -> Constants {
         let mut value: Vec<Vec<f64>> = Vec::with_capacity(graph.len());
         let mut pool_border = Vec::new();
         for id in graph.ids() {
@@ -200,8 +341,64 @@ impl Constants {
             );
             value.push(v);
         }
-        Constants { value, pool_border }
+        Constants {
+            value,
+            pool_border,
+            forced: Vec::new(),
+        }
     }
+}
+
+/// Whether a conv's window ever reads its zero padding (then a constant input is not a
+/// constant contribution at the border).
+pub(crate) fn conv_reads_padding(
+    c: &shears_ir::Conv2d,
+    in_shape: &[usize],
+    out_shape: &[usize],
+) -> bool {
+    let rows = tap_patterns(
+        in_shape[1],
+        out_shape[1],
+        c.kernel[0],
+        c.stride[0],
+        c.padding[0],
+        c.dilation[0],
+    );
+    let cols = tap_patterns(
+        in_shape[2],
+        out_shape[2],
+        c.kernel[1],
+        c.stride[1],
+        c.padding[1],
+        c.dilation[1],
+    );
+    let all_valid = |p: &Vec<Vec<bool>>| p.iter().all(|v| v.iter().all(|&x| x));
+    !(all_valid(&rows) && all_valid(&cols))
+}
+
+/// For each tap index along one axis, which output positions read inside the input; returns
+/// the distinct validity patterns.
+pub(crate) fn tap_patterns(
+    n_in: usize,
+    n_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+) -> Vec<Vec<bool>> {
+    let mut pats: Vec<Vec<bool>> = Vec::new();
+    for o in 0..n_out {
+        let p: Vec<bool> = (0..k)
+            .map(|t| {
+                let i = (o * stride + t * dil) as isize - pad as isize;
+                i >= 0 && (i as usize) < n_in
+            })
+            .collect();
+        if !pats.contains(&p) {
+            pats.push(p);
+        }
+    }
+    pats
 }
 
 fn to_f64(t: &Tensor) -> Vec<f64> {

@@ -8,12 +8,22 @@
 //! 3. [`allocate()`] decides how many channels each group loses under an [`AllocConfig`]
 //!    (uniform, per-group, global, or a MACs / parameter target solved by bisection);
 //! 4. the result is a [`Plan`]: JSON, replayable to bit-identical weights ([`mod@plan`]);
-//! 5. [`prune`] applies it: one [`shears_ir::Patch`] per group, tensors sliced, the constant
+//! 5. [`prune()`] applies it: one [`shears_ir::Patch`] per group, tensors sliced, the constant
 //!    contribution of each removed channel folded into its consumers' biases ([`surgery`]).
 //!
 //! [`mask_weights`] builds the masked reference model the pruned one must reproduce, and
 //! [`verify()`] checks that on real inputs with the engine ([`verify_with`]: any forward
-//! function).
+//! function). [`mod@data`] computes what needs data and the engine: Taylor gradients
+//! ([`taylor_grads`]) and real input batches ([`input_batch`]).
+//!
+//! **Exactness.** A removed channel is a constant in the masked model (its bias, or its batch
+//! norm's shift through ReLU). Folding that constant into a consumer's bias is exact for linear
+//! layers and unpadded convs, but only interior-exact for a zero-padded conv. The plan's
+//! [`FoldMode`] decides: [`FoldMode::Exact`] (the default) folds only where exact and forces
+//! the other removed channels to exactly zero in the masked model (producer weights and bias,
+//! BN `gamma` and `beta`), so the pruned model equals the masked model for every plan and
+//! `verify` passes within 1e-4 on any correct surgery; [`FoldMode::Interior`] folds everywhere
+//! and reports the border deviation ([`SurgeryReport::approximations`]). See [`mask`].
 //!
 //! ```
 //! use shears::prune::{self, AllocConfig, Criterion, Reduction, ScoreContext, Strategy};
@@ -31,6 +41,7 @@
 
 pub mod allocate;
 pub mod cost;
+pub mod data;
 pub mod depgraph;
 pub mod error;
 pub mod importance;
@@ -43,13 +54,14 @@ use shears_ir::{Graph, Weights};
 
 pub use allocate::{allocate, AllocConfig, Allocation, Strategy};
 pub use cost::{predict_cost, Cost};
+pub use data::{input_batch, taylor_grads, GradConfig};
 pub use depgraph::{Channel, DepGraph, Group, Member, Role};
 pub use error::{PruneError, Result};
 pub use importance::{
     BnScale, Criterion, Fpgm, Importance, Magnitude, MemberSet, Norm, Normalizer, RandomImportance,
     Reduction, ScoreContext, Taylor,
 };
-pub use mask::{mask_weights, mask_weights_with};
+pub use mask::{mask_weights, mask_weights_with, FoldMode};
 pub use plan::{fingerprint, Plan, PlanGroup, PLAN_VERSION};
 pub use surgery::{
     apply_plan, apply_plan_with, ApproxKind, Approximation, Fold, GroupChange, SurgeryReport,
@@ -95,6 +107,7 @@ pub fn plan_with(
         version: PLAN_VERSION,
         graph_fingerprint: fingerprint(ctx.graph),
         criterion: criterion.name().to_string(),
+        fold: cfg.fold,
         config: serde_json::json!({
             "alloc": cfg,
             "before": alloc.before,

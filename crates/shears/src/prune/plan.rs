@@ -5,6 +5,7 @@ use shears_ir::Graph;
 
 use super::depgraph::DepGraph;
 use super::error::{PruneError, Result};
+use super::mask::FoldMode;
 
 /// The plan format version this code writes and reads.
 pub const PLAN_VERSION: u32 = 1;
@@ -32,6 +33,11 @@ pub struct Plan {
     pub graph_fingerprint: String,
     /// Name of the criterion that scored the channels (`"manual"` when made by hand).
     pub criterion: String,
+    /// How surgery folds the constants of removed channels, and so what the masked reference
+    /// model is ([`FoldMode`]; default exact). Part of the plan so that a replay gives the same
+    /// weights.
+    #[serde(default)]
+    pub fold: FoldMode,
     /// The allocation configuration and what it achieved (free-form, for the record).
     #[serde(default)]
     pub config: serde_json::Value,
@@ -67,6 +73,7 @@ impl Plan {
             version: PLAN_VERSION,
             graph_fingerprint: fingerprint(graph),
             criterion: "manual".into(),
+            fold: FoldMode::Exact,
             config: serde_json::Value::Null,
             groups: Vec::new(),
         }

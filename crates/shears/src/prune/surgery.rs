@@ -13,10 +13,18 @@
 //! sum_j W[o, k_j]` for a linear layer (`k_j` over the flattened features of the channel). A
 //! consumer without a bias gets one (zeros plus the fold) when any folded constant is nonzero.
 //! This is exact for linear layers and for convolutions without zero padding; a padded
-//! convolution sees the constant only over the in-image taps at the border, so the fold is
-//! exact in the interior only. That border deviation is computed analytically (the sum of the
-//! out-of-image taps times the constant, maximised over output channels and border positions)
-//! and reported in [`SurgeryReport::approximations`]; it is zero whenever the constants are.
+//! convolution sees the constant only over the in-image taps at the border, so there a fold is
+//! exact in the interior only. What happens then is the plan's [`FoldMode`] ([`Plan::fold`]):
+//!
+//! - [`FoldMode::Exact`] (default): such a channel is forced to zero in the masked model
+//!   (producer weights and biases, BN `gamma` and `beta`; see [`super::mask`]) and is dropped
+//!   without folding. Surgery is then exact for every plan: the pruned model equals the masked
+//!   model up to float rounding, and [`SurgeryReport::approximations`] is empty.
+//!   [`SurgeryReport::zeroed_channels`] counts the channels treated so.
+//! - [`FoldMode::Interior`]: the constant is folded anyway (exact in the interior). The border
+//!   deviation is computed analytically (the sum of the out-of-image taps times the constant,
+//!   maximised over output channels and border positions) and reported in
+//!   [`SurgeryReport::approximations`].
 //!
 //! A plan that removes nothing returns clones of the graph and weights (bit-identical).
 
@@ -29,7 +37,7 @@ use shears_ir::{Graph, NodeId, Op, ParamKind, Patch, Tensor, Weights};
 use super::cost::Cost;
 use super::depgraph::{is_depthwise, DepGraph, Role};
 use super::error::{PruneError, Result};
-use super::mask::{check_weights, Constants};
+use super::mask::{check_weights, tap_patterns, Constants, FoldMode};
 use super::plan::Plan;
 
 /// What surgery did.
@@ -44,8 +52,19 @@ pub struct SurgeryReport {
     /// Constant contributions folded into consumer biases.
     pub folds: Vec<Fold>,
     /// Places where the pruned model only approximates the masked model, with the size of the
-    /// deviation. Empty when surgery is exact.
+    /// deviation. Empty when surgery is exact (always in [`FoldMode::Exact`]).
     pub approximations: Vec<Approximation>,
+    /// How constants were folded (the plan's [`Plan::fold`]).
+    #[serde(default)]
+    pub fold: FoldMode,
+    /// Removed channels whose nonzero constant could not be folded exactly and that the masked
+    /// model therefore forces to zero ([`FoldMode::Exact`]); surgery dropped them unfolded.
+    #[serde(default)]
+    pub zeroed_channels: usize,
+    /// The largest |constant| among those channels, at a consumer that could not take it
+    /// exactly (0 when none): how far the masked model departs from merely zeroing weights.
+    #[serde(default)]
+    pub max_zeroed_constant: f64,
 }
 
 impl SurgeryReport {
@@ -129,7 +148,8 @@ impl fmt::Display for Approximation {
     }
 }
 
-/// Applies `plan` to `graph` and `weights` (see the module docs).
+/// Applies `plan` to `graph` and `weights` (see the module docs), folding constants as
+/// [`Plan::fold`] says.
 ///
 /// ```
 /// use shears::prune::{apply_plan, Plan, PlanGroup};
@@ -182,6 +202,9 @@ pub fn apply_plan_with(
         after: before,
         folds: Vec::new(),
         approximations: Vec::new(),
+        fold: plan.fold,
+        zeroed_channels: 0,
+        max_zeroed_constant: 0.0,
     };
     if removal.is_empty() {
         return Ok((graph.clone(), weights.clone(), report));
@@ -196,7 +219,15 @@ pub fn apply_plan_with(
             )));
         }
     }
-    let consts = Constants::compute(graph, weights);
+    let consts = Constants::compute(graph, weights, dg, plan.fold);
+    for group in dg.groups() {
+        for r in removal.of(group.id) {
+            if let Some(c) = consts.forced[group.id][r] {
+                report.zeroed_channels += 1;
+                report.max_zeroed_constant = report.max_zeroed_constant.max(c);
+            }
+        }
+    }
     let mut g = graph.clone();
     let mut w = weights.clone();
     let mut gone: Vec<Vec<bool>> = graph
@@ -501,31 +532,6 @@ fn add_bias(w: &mut Weights, name: &str, has_bias: bool, fold: &[f64]) -> bool {
         );
         true
     }
-}
-
-/// For each tap index along one axis, which output positions read inside the input; returns
-/// the distinct validity patterns.
-fn tap_patterns(
-    n_in: usize,
-    n_out: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    dil: usize,
-) -> Vec<Vec<bool>> {
-    let mut pats: Vec<Vec<bool>> = Vec::new();
-    for o in 0..n_out {
-        let p: Vec<bool> = (0..k)
-            .map(|t| {
-                let i = (o * stride + t * dil) as isize - pad as isize;
-                i >= 0 && (i as usize) < n_in
-            })
-            .collect();
-        if !pats.contains(&p) {
-            pats.push(p);
-        }
-    }
-    pats
 }
 
 /// The bias fold of constant input channels into a conv (one entry per output channel), and

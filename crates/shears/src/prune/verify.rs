@@ -1,5 +1,14 @@
 //! Verification: the pruned model must reproduce the masked model on real inputs.
 //!
+//! The masked model is the plan's ([`super::mask`], under [`Plan::fold`]). In
+//! [`FoldMode::Exact`] the surgery is exact by construction, so verification uses the given
+//! tolerance ([`VERIFY_TOLERANCE`], 1e-4) and fails only on a real bug. In
+//! [`FoldMode::Interior`] the surgery may approximate the masked model at image borders; the
+//! tolerance is then widened by the largest deviation surgery reported
+//! ([`super::SurgeryReport::max_deviation`]), and [`Verification::note`] says so. That bound is
+//! per layer (the deviation at the approximating layer's output): later layers can grow or
+//! shrink it, so an interior-mode verification can still fail, and the error says why.
+//!
 //! [`verify`] runs both models with the engine's executor ([`shears_engine::Network`], eval
 //! mode). [`verify_with`] takes any forward function instead (a reference implementation in
 //! tests, another backend), so the check itself does not depend on one engine.
@@ -10,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use shears_ir::{Graph, Tensor, Weights};
 
 use super::error::{PruneError, Result};
-use super::mask::mask_weights;
+use super::mask::{mask_weights, FoldMode};
 use super::plan::Plan;
 use super::Pruned;
 
@@ -25,15 +34,23 @@ pub struct Verification {
     pub max_abs_diff: f64,
     /// Number of output values compared.
     pub n_values: usize,
-    /// The tolerance used.
+    /// The tolerance used (the requested one, plus the reported surgery deviation in
+    /// [`FoldMode::Interior`]).
     pub tolerance: f64,
     /// Whether surgery reported itself exact (no border approximations).
     pub surgery_exact: bool,
+    /// The plan's fold mode.
+    #[serde(default)]
+    pub fold: FoldMode,
+    /// How the tolerance was chosen, when it is not the requested one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Runs the masked model ([`super::mask`]) and the pruned model on `input` (an NCHW batch) with
 /// the engine in eval mode, and fails with [`PruneError::Verification`] if any output differs
-/// by more than `tolerance` (use [`VERIFY_TOLERANCE`]).
+/// by more than `tolerance` (use [`VERIFY_TOLERANCE`]; widened in [`FoldMode::Interior`], see
+/// the module docs).
 pub fn verify(
     graph: &Graph,
     weights: &Weights,
@@ -70,7 +87,7 @@ fn engine_forward(
 
 /// Runs `forward` on the masked model ([`super::mask`]) and on the pruned model with the same
 /// `input`, and fails with [`PruneError::Verification`] if any output differs by more than
-/// `tolerance`.
+/// `tolerance` (widened in [`FoldMode::Interior`], see the module docs).
 ///
 /// `forward(graph, weights, input)` returns the graph's (first) output for the batch `input`.
 pub fn verify_with<E: fmt::Display>(
@@ -115,14 +132,31 @@ pub fn verify_with<E: fmt::Display>(
         })
         .fold(0.0, f64::max);
     let surgery_exact = pruned.report.is_exact();
+    let (tolerance, tol_note) = if plan.fold == FoldMode::Interior && !surgery_exact {
+        let dev = pruned.report.max_deviation();
+        (
+            tolerance + dev,
+            Some(format!(
+                "fold mode interior: tolerance {tolerance:.1e} plus the largest border deviation \
+                 surgery reported, {dev:.3e} (a per-layer bound; later layers may change it)"
+            )),
+        )
+    } else {
+        (tolerance, None)
+    };
     if max_abs_diff > tolerance {
-        let note = match pruned.report.approximations.first() {
+        let mut note = match pruned.report.approximations.first() {
             Some(a) => format!(
                 "; surgery reported {} approximation(s), e.g. {a}",
                 pruned.report.approximations.len()
             ),
             None => String::new(),
         };
+        if let Some(t) = &tol_note {
+            note.push_str(&format!(
+                "; {t}; fold mode exact (the default) makes surgery exact"
+            ));
+        }
         return Err(PruneError::Verification {
             max_abs_diff,
             tolerance,
@@ -134,5 +168,7 @@ pub fn verify_with<E: fmt::Display>(
         n_values: a.numel(),
         tolerance,
         surgery_exact,
+        fold: plan.fold,
+        note: tol_note,
     })
 }
