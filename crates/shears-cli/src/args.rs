@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// shears: make trained CNNs smaller and faster while keeping their accuracy.
 #[derive(Parser, Debug)]
@@ -48,6 +48,17 @@ pub enum Command {
     Data(DataArgs),
     /// Benchmarks whose results go to docs/results/.
     Bench(BenchArgs),
+    /// Physically remove channels: score, allocate under a budget, cut, verify, measure, save.
+    ///
+    /// Ratios and targets mean different things, on purpose: --ratio R is the fraction of
+    /// channels REMOVED (0.3 removes 30% of each group's channels); --target-macs F and
+    /// --target-params F are the fraction KEPT (0.47 keeps 47% of the MACs, a 2.13x reduction);
+    /// --speedup X is --target-macs 1/X. The output is a smaller dense model (self-describing
+    /// safetensors: `shears eval OUT --data ...` reloads it with no --arch).
+    #[command(verbatim_doc_comment)]
+    Prune(PruneArgs),
+    /// Write a model as ONNX (--onnx) and/or as self-describing safetensors (--safetensors).
+    Export(ExportArgs),
 }
 
 /// `shears info`.
@@ -56,6 +67,10 @@ pub struct InfoArgs {
     #[command(flatten)]
     /// The model.
     pub model: ModelOpts,
+    /// List the pruning dependency groups (channels that must be cut together): id, root,
+    /// size, members with their roles, and whether each group is prunable.
+    #[arg(long)]
+    pub groups: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -288,4 +303,175 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--criterion`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CriterionArg {
+    /// L1 norm of the channel's weights in every member (filters and consumer slices).
+    L1,
+    /// L2 norm of the same.
+    L2,
+    /// Batch-norm scale |gamma| (Network Slimming); needs a batch norm in every group.
+    #[value(alias = "bn_scale", alias = "bn-scale")]
+    Bn,
+    /// First-order Taylor |sum w * grad|; gradients from --taylor-images training images of
+    /// --data.
+    Taylor,
+    /// Distance to the geometric median of the group's filters (FPGM).
+    Fpgm,
+    /// Seeded random scores (--seed).
+    Random,
+}
+
+/// `--reduction`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReductionArg {
+    /// Mean over the members that hold the channel.
+    Mean,
+    /// Sum over them.
+    Sum,
+    /// Maximum over them.
+    Max,
+}
+
+/// `--fold`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoldArg {
+    /// Fold a removed channel's constant only where the fold is exact (linear layers, unpadded
+    /// convs); channels whose constant reaches a zero-padded conv are zeroed in the masked
+    /// reference and dropped. The pruned model equals the masked model exactly.
+    Exact,
+    /// Fold every constant, also into zero-padded convs: exact in the image interior only; the
+    /// border deviation is reported and --verify widens its tolerance by it.
+    Interior,
+}
+
+/// `shears prune`.
+#[derive(Args, Debug)]
+#[command(group(
+    ArgGroup::new("amount")
+        .args(["ratio", "target_macs", "target_params", "speedup", "ratios_from"])
+        .multiple(false)
+))]
+pub struct PruneArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelOpts,
+    /// Channel-importance criterion (not needed with --plan-in).
+    #[arg(long, value_enum, required_unless_present = "plan_in")]
+    pub criterion: Option<CriterionArg>,
+    /// Fraction of each group's channels REMOVED, in [0, 1): 0.3 removes floor(0.3 * n) of a
+    /// group's n channels (with --global: 30% of all prunable channels, lowest scores first).
+    #[arg(long, value_name = "R")]
+    pub ratio: Option<f32>,
+    /// Fraction of the MACs KEPT, in (0, 1]: 0.47 keeps 47% of the MACs (2.13x fewer). Solved
+    /// by bisection to within 2%.
+    #[arg(long, value_name = "F")]
+    pub target_macs: Option<f64>,
+    /// Fraction of the parameters KEPT, in (0, 1].
+    #[arg(long, value_name = "F")]
+    pub target_params: Option<f64>,
+    /// MACs reduction factor, at least 1: the same as --target-macs 1/X (2 halves the MACs).
+    #[arg(long, value_name = "X")]
+    pub speedup: Option<f64>,
+    /// Per-group ratios (fractions REMOVED) from a JSON file {"<group root>": ratio, ...};
+    /// `shears info MODEL --groups` lists the roots. Unlisted groups are not pruned.
+    #[arg(long, value_name = "FILE")]
+    pub ratios_from: Option<PathBuf>,
+    /// Rank channels across all groups (scores divided by their group's mean) instead of
+    /// cutting the same fraction of every group.
+    #[arg(long)]
+    pub global: bool,
+    /// Largest fraction of any one group's channels removed, in [0, 1] (default 1; a group
+    /// always keeps at least one channel).
+    #[arg(long, value_name = "R")]
+    pub max_ratio: Option<f32>,
+    /// Round each group's kept channel count up to a multiple of N.
+    #[arg(long, value_name = "N")]
+    pub round_to: Option<usize>,
+    /// Layers (node names, comma-separated) whose channels are never removed; the classifier
+    /// output is never pruned anyway.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub ignore: Vec<String>,
+    /// How a channel's scores over the group's members are combined.
+    #[arg(long, value_enum, default_value_t = ReductionArg::Mean)]
+    pub reduction: ReductionArg,
+    /// Write the pruning plan (JSON: per group, the channels removed) to this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "plan_in")]
+    pub plan_out: Option<PathBuf>,
+    /// Replay a plan written by --plan-out instead of scoring (bit-identical weights); it must
+    /// have been made for this model's graph.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["criterion", "amount", "global"])]
+    pub plan_in: Option<PathBuf>,
+    /// How removed channels' constant contributions are folded (default exact; with
+    /// --plan-in, default: the plan's).
+    #[arg(long, value_enum)]
+    pub fold: Option<FoldArg>,
+    /// Check that the pruned model reproduces the masked model (the original with the removed
+    /// channels zeroed) within 1e-4, on --verify-images test images of --data (random inputs
+    /// without --data); fail loudly otherwise.
+    #[arg(long)]
+    pub verify: bool,
+    /// Images used by --verify.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub verify_images: usize,
+    /// Dataset (mnist, fashion-mnist, cifar10, cifar100): accuracy before and right after
+    /// pruning on its test split, Taylor gradients on its train split, --verify inputs.
+    #[arg(long, value_name = "NAME")]
+    pub data: Option<String>,
+    #[command(flatten)]
+    /// Where datasets live.
+    pub data_opts: DataOpts,
+    /// Evaluate accuracy on only the first N test images (default: the whole test set).
+    #[arg(long, value_name = "N")]
+    pub eval_limit: Option<usize>,
+    /// Evaluate only the pruned model, not the original (its accuracy does not depend on the
+    /// pruning; saves time over repeated runs).
+    #[arg(long)]
+    pub skip_before_eval: bool,
+    /// Training images (class-balanced, seeded) whose gradients the Taylor criterion uses.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub taylor_images: usize,
+    /// Timed runs per latency measurement at batch 64 (5x as many at batch 1), after warm-up;
+    /// the median is reported.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub latency_iters: usize,
+    /// Skip the latency measurements.
+    #[arg(long)]
+    pub no_latency: bool,
+    /// Seed (random criterion, Taylor image subset, random verification inputs).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads for inference (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where to write the pruned model (self-describing safetensors).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `shears export`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("target").args(["onnx", "safetensors"]).multiple(true).required(true)))]
+pub struct ExportArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelOpts,
+    /// Write ONNX here (opset and ops as the io crate's exporter writes them).
+    #[arg(long, value_name = "FILE")]
+    pub onnx: Option<PathBuf>,
+    /// Fix the batch size in the ONNX input and output shapes (default: a symbolic batch `N`).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Write self-describing safetensors here (graph and preprocessing in the metadata; reloads
+    /// with no --arch).
+    #[arg(long, value_name = "FILE")]
+    pub safetensors: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }

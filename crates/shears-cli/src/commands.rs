@@ -29,13 +29,26 @@ impl std::fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
-fn bad(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn bad(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(msg.into()))
+}
+
+/// Exit code of a pruning error: 1 when the model failed to run or to verify, 2 for bad input
+/// (plans, budgets, criteria, layer names).
+fn prune_exit_code(e: &shears::prune::PruneError) -> u8 {
+    use shears::prune::PruneError;
+    match e {
+        PruneError::Verification { .. } | PruneError::Forward { .. } => 1,
+        _ => 2,
+    }
 }
 
 /// Exit code for an error: 2 for bad input (files, values, shapes), 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if let Some(pe) = cause.downcast_ref::<shears::prune::PruneError>() {
+            return prune_exit_code(pe);
+        }
         if cause.downcast_ref::<BadInput>().is_some()
             || cause.downcast_ref::<shears_io::IoError>().is_some()
             || cause.downcast_ref::<shears_data::DataError>().is_some()
@@ -46,6 +59,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(se) = cause.downcast_ref::<shears::Error>() {
             return match se {
                 shears::Error::Engine(_) => 1,
+                shears::Error::Prune(pe) => prune_exit_code(pe),
                 _ => 2,
             };
         }
@@ -62,19 +76,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo(a),
         Command::Data(a) => data(a),
         Command::Bench(a) => bench(a),
+        Command::Prune(a) => crate::prune_cmd::run(a),
+        Command::Export(a) => crate::export_cmd::run(a),
     }
 }
 
-fn parse_arch(s: &str) -> Result<Arch> {
+pub(crate) fn parse_arch(s: &str) -> Result<Arch> {
     s.parse::<Arch>().map_err(|e| bad(e.to_string()))
 }
 
-fn parse_dataset(s: &str) -> Result<DatasetName> {
+pub(crate) fn parse_dataset(s: &str) -> Result<DatasetName> {
     s.parse::<DatasetName>().map_err(|e| bad(e.to_string()))
 }
 
 /// `--data-dir`, then `$SHEARS_DATA`, then `./data`, then `../shared/data`.
-fn data_dir(opts: &DataOpts) -> PathBuf {
+pub(crate) fn data_dir(opts: &DataOpts) -> PathBuf {
     if let Some(d) = &opts.data_dir {
         return d.clone();
     }
@@ -90,7 +106,7 @@ fn data_dir(opts: &DataOpts) -> PathBuf {
 }
 
 /// Loads a model file, or builds a zoo architecture with fresh weights for `zoo:NAME`.
-fn open_model(opts: &ModelOpts) -> Result<Model> {
+pub(crate) fn open_model(opts: &ModelOpts) -> Result<Model> {
     let arch = opts.arch.as_deref().map(parse_arch).transpose()?;
     if let Some(name) = opts.model.to_str().and_then(|s| s.strip_prefix("zoo:")) {
         let arch = parse_arch(name)?;
@@ -111,7 +127,7 @@ fn open_model(opts: &ModelOpts) -> Result<Model> {
     Ok(load_model(&opts.model, arch)?)
 }
 
-fn network(model: &Model, threads: Option<usize>) -> Result<Network> {
+pub(crate) fn network(model: &Model, threads: Option<usize>) -> Result<Network> {
     let mut net = Network::new(model.graph.clone(), &model.weights)?;
     net.set_threads(threads)?;
     Ok(net)
@@ -119,6 +135,9 @@ fn network(model: &Model, threads: Option<usize>) -> Result<Network> {
 
 fn info(a: InfoArgs) -> Result<()> {
     let model = open_model(&a.model)?;
+    if a.groups {
+        return crate::prune_cmd::info_groups(&a.model.model, &model, a.json);
+    }
     let s = shears::report::summarize(&model.graph);
     if a.json {
         print_json(&json!({

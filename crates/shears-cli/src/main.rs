@@ -8,7 +8,9 @@
 mod args;
 mod bench_engine;
 mod commands;
+mod export_cmd;
 mod output;
+mod prune_cmd;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,685 @@
+//! `shears prune` and `shears info --groups`.
+//!
+//! `prune` turns its arguments into a [`shears::prune::AllocConfig`] (or reads a plan), calls
+//! the library to score, allocate and cut, then verifies, evaluates, measures and saves. Every
+//! number it prints comes from the library: costs from the graphs, latency from
+//! [`shears::report::compare_latency`] (before and after interleaved), accuracy from [`shears::eval::evaluate`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+use shears::eval::{evaluate, EvalConfig, EvalReport};
+use shears::model::{save_model, Model};
+use shears::progress::Verbosity;
+use shears::prune::{
+    self, input_batch, taylor_grads, verify, AllocConfig, Criterion, DepGraph, FoldMode,
+    GradConfig, Plan, Reduction, ScoreContext, Strategy, Verification, VERIFY_TOLERANCE,
+};
+use shears::report::{compare_latency, summarize, Latency};
+use shears_data::{Dataset, Split};
+use shears_ir::{Graph, Tensor};
+
+use crate::args::{CriterionArg, FoldArg, PruneArgs, ReductionArg};
+use crate::commands::{bad, data_dir, network, open_model, parse_dataset};
+use crate::output::{print_json, thousands, Table};
+
+/// Metadata key under which a pruned model records how it was made.
+const META_PRUNE: &str = "shears.prune";
+
+/// `shears info MODEL --groups`.
+pub fn info_groups(path: &Path, model: &Model, as_json: bool) -> Result<()> {
+    let g = &model.graph;
+    let dg = DepGraph::build(g)?;
+    if !as_json {
+        print!("{}", dg.describe(g));
+        return Ok(());
+    }
+    let groups: Vec<Value> = dg
+        .groups()
+        .iter()
+        .map(|grp| {
+            let members: Vec<Value> = grp
+                .members
+                .iter()
+                .map(|m| {
+                    json!({
+                        "node": g.node(m.node).name,
+                        "op": g.node(m.node).op.type_name(),
+                        "role": m.role.name(),
+                        "n_idxs": m.n_idxs(),
+                        "idxs": m.idxs,
+                    })
+                })
+                .collect();
+            json!({
+                "id": grp.id,
+                "root": g.node(grp.root).name,
+                "size": grp.size,
+                "prunable": grp.prunable,
+                "why_not": grp.why_not,
+                "members": members,
+            })
+        })
+        .collect();
+    print_json(&json!({
+        "model": path,
+        "arch": model.arch.map(|x| x.to_string()),
+        "n_groups": dg.groups().len(),
+        "n_prunable": dg.prunable().count(),
+        "prunable_channels": dg.prunable().map(|x| x.size).sum::<usize>(),
+        "groups": groups,
+    }));
+    Ok(())
+}
+
+fn criterion_of(c: CriterionArg) -> Criterion {
+    match c {
+        CriterionArg::L1 => Criterion::L1,
+        CriterionArg::L2 => Criterion::L2,
+        CriterionArg::Bn => Criterion::BnScale,
+        CriterionArg::Taylor => Criterion::Taylor,
+        CriterionArg::Fpgm => Criterion::Fpgm,
+        CriterionArg::Random => Criterion::Random,
+    }
+}
+
+fn fold_of(f: FoldArg) -> FoldMode {
+    match f {
+        FoldArg::Exact => FoldMode::Exact,
+        FoldArg::Interior => FoldMode::Interior,
+    }
+}
+
+/// The allocation configuration the arguments ask for; every out-of-range value is a bad-input
+/// error naming the flag.
+fn alloc_config(a: &PruneArgs, graph: &Graph) -> Result<AllocConfig> {
+    let keep = |flag: &str, f: f64| -> Result<f64> {
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(bad(format!(
+                "{flag} {f} is outside (0, 1]: it is the fraction KEPT (0.5 keeps half; for a \
+                 2x reduction use --speedup 2)"
+            )));
+        }
+        Ok(f)
+    };
+    let strategy = if let Some(r) = a.ratio {
+        if !(0.0..1.0).contains(&r) {
+            return Err(bad(format!(
+                "--ratio {r} is outside [0, 1): it is the fraction of each group's channels \
+                 REMOVED (0.3 removes 30%)"
+            )));
+        }
+        if a.global {
+            Strategy::Global { ratio: r }
+        } else {
+            Strategy::Uniform { ratio: r }
+        }
+    } else if let Some(f) = a.target_macs {
+        Strategy::TargetMacs {
+            keep_fraction: keep("--target-macs", f)?,
+        }
+    } else if let Some(f) = a.target_params {
+        Strategy::TargetParams {
+            keep_fraction: keep("--target-params", f)?,
+        }
+    } else if let Some(x) = a.speedup {
+        if !(x.is_finite() && x >= 1.0) {
+            return Err(bad(format!(
+                "--speedup {x} must be a number >= 1 (the factor by which MACs shrink)"
+            )));
+        }
+        Strategy::TargetMacs {
+            keep_fraction: 1.0 / x,
+        }
+    } else if let Some(path) = &a.ratios_from {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("--ratios-from {}: {e}", path.display())))?;
+        let ratios: BTreeMap<String, f32> = serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "--ratios-from {}: expected a JSON object {{\"<group root>\": ratio}}: {e}",
+                path.display()
+            ))
+        })?;
+        for (name, r) in &ratios {
+            if !(0.0..1.0).contains(r) {
+                return Err(bad(format!(
+                    "--ratios-from {}: ratio {r} of group {name:?} is outside [0, 1) (the \
+                     fraction REMOVED)",
+                    path.display()
+                )));
+            }
+        }
+        Strategy::PerGroup { ratios }
+    } else {
+        return Err(bad(
+            "say how much to prune: --ratio R, --target-macs F, --target-params F, --speedup X \
+             or --ratios-from FILE (or replay a plan with --plan-in FILE)",
+        ));
+    };
+    let mut cfg = AllocConfig::new(strategy);
+    cfg.global = a.global;
+    if let Some(m) = a.max_ratio {
+        if !(0.0..=1.0).contains(&m) {
+            return Err(bad(format!(
+                "--max-ratio {m} is outside [0, 1] (the largest fraction of a group removed)"
+            )));
+        }
+        cfg.max_ratio = m;
+    }
+    if let Some(q) = a.round_to {
+        if q == 0 {
+            return Err(bad("--round-to 0: round to a multiple of at least 1"));
+        }
+        cfg.round_to = Some(q);
+    }
+    let names: BTreeSet<&str> = graph.nodes().iter().map(|n| n.name.as_str()).collect();
+    for n in &a.ignore {
+        if !names.contains(n.as_str()) {
+            return Err(bad(format!(
+                "--ignore: unknown layer {n:?} (not a node of this graph; `shears info MODEL` \
+                 lists the layers)"
+            )));
+        }
+    }
+    cfg.ignore = a.ignore.clone();
+    cfg.fold = a.fold.map(fold_of).unwrap_or_default();
+    Ok(cfg)
+}
+
+/// Parameters and MACs of one conv or linear layer before and after.
+#[derive(Serialize)]
+struct LayerCost {
+    name: String,
+    op: String,
+    params_before: u64,
+    params_after: u64,
+    macs_before: u64,
+    macs_after: u64,
+    out_before: usize,
+    out_after: usize,
+}
+
+fn layer_costs(before: &Graph, after: &Graph) -> Vec<LayerCost> {
+    let a = summarize(before);
+    let b = summarize(after);
+    a.layers
+        .iter()
+        .zip(&b.layers)
+        .filter(|(x, _)| x.op == "conv2d" || x.op == "linear" || x.macs > 0)
+        .map(|(x, y)| LayerCost {
+            name: x.name.clone(),
+            op: x.op.clone(),
+            params_before: x.params,
+            params_after: y.params,
+            macs_before: x.macs,
+            macs_after: y.macs,
+            out_before: x.output[0],
+            out_after: y.output[0],
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct LatencyPair {
+    batch: usize,
+    before: Latency,
+    after: Latency,
+    /// before / after median.
+    speedup: f64,
+}
+
+#[derive(Serialize)]
+struct Accuracy {
+    dataset: String,
+    images: usize,
+    before_top1: Option<f64>,
+    after_top1: f64,
+    before_top5: Option<f64>,
+    after_top5: f64,
+    before_loss: Option<f64>,
+    after_loss: f64,
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// A seeded batch of inputs in [-1, 1) for verification without data.
+fn random_inputs(graph: &Graph, n: usize, seed: u64) -> Tensor {
+    let mut shape = vec![n];
+    shape.extend_from_slice(graph.shape(graph.inputs()[0]));
+    let numel: usize = shape.iter().product();
+    let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let data = (0..numel)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::new(shape, data).expect("shape and data agree by construction")
+}
+
+/// Runs `shears prune`.
+pub fn run(a: PruneArgs) -> Result<()> {
+    let quiet = a.json;
+    let say = |s: &str| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    };
+    if a.verify_images == 0 {
+        return Err(bad(
+            "--verify-images 0: verification needs at least one image",
+        ));
+    }
+    if a.latency_iters == 0 {
+        return Err(bad("--latency-iters 0: measure at least one run"));
+    }
+    let model = open_model(&a.model)?;
+    let graph = &model.graph;
+    if graph.inputs().len() != 1 || graph.outputs().len() != 1 {
+        return Err(bad(format!(
+            "{}: pruning reports need a model with one input and one output (this one has {} \
+             and {})",
+            a.model.model.display(),
+            graph.inputs().len(),
+            graph.outputs().len()
+        )));
+    }
+    let dataset = a.data.as_deref().map(parse_dataset).transpose()?;
+    let dir = data_dir(&a.data_opts);
+    let test_set: Option<Dataset> = match dataset {
+        Some(name) => Some(shears_data::load(&dir, name, Split::Test)?),
+        None => None,
+    };
+    let dg = DepGraph::build(graph)?;
+
+    // The plan: replayed, or scored and allocated.
+    let mut grad_seconds = None;
+    let (plan, plan_seconds, alloc) = if let Some(path) = &a.plan_in {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("--plan-in {}: {e}", path.display())))?;
+        let mut plan =
+            Plan::from_json(&text).with_context(|| format!("--plan-in {}", path.display()))?;
+        if let Some(f) = a.fold {
+            plan.fold = fold_of(f);
+        }
+        plan.check(graph, &dg)
+            .with_context(|| format!("--plan-in {}", path.display()))?;
+        (plan, 0.0, None)
+    } else {
+        let crit = criterion_of(
+            a.criterion
+                .expect("clap requires --criterion without --plan-in"),
+        );
+        let cfg = alloc_config(&a, graph)?;
+        let reduction = match a.reduction {
+            ReductionArg::Mean => Reduction::Mean,
+            ReductionArg::Sum => Reduction::Sum,
+            ReductionArg::Max => Reduction::Max,
+        };
+        let criterion = crit.build(reduction, a.seed);
+        let grads = if crit == Criterion::Taylor {
+            let Some(name) = dataset else {
+                return Err(bad(format!(
+                    "--criterion taylor needs data: give --data NAME (gradients are taken on \
+                     {} training images)",
+                    a.taylor_images
+                )));
+            };
+            let train = shears_data::load(&dir, name, Split::Train)?;
+            say(&format!(
+                "taylor: gradients on {} {name} training images",
+                a.taylor_images.min(train.len())
+            ));
+            let t = Instant::now();
+            let mut net = network(&model, a.threads)?;
+            let g = taylor_grads(
+                &mut net,
+                &train,
+                &model.preprocess,
+                &GradConfig {
+                    n_images: a.taylor_images,
+                    seed: a.seed,
+                    ..Default::default()
+                },
+            )?;
+            grad_seconds = Some(t.elapsed().as_secs_f64());
+            Some(g)
+        } else {
+            None
+        };
+        let mut ctx = ScoreContext::new(graph, &model.weights);
+        if let Some(g) = &grads {
+            ctx = ctx.with_grads(g);
+        }
+        let t = Instant::now();
+        let plan = prune::plan_with(&ctx, &dg, criterion.as_ref(), &cfg)?;
+        (plan, t.elapsed().as_secs_f64(), Some(cfg))
+    };
+    let t = Instant::now();
+    let pruned = prune::prune(graph, &model.weights, &plan)?;
+    let surgery_seconds = t.elapsed().as_secs_f64();
+    // Time to prune: gradients (Taylor), scoring and allocation, surgery; not file or dataset
+    // loading.
+    let prune_seconds = grad_seconds.unwrap_or(0.0) + plan_seconds + surgery_seconds;
+    if let Some(p) = &a.plan_out {
+        std::fs::write(p, plan.to_json())
+            .with_context(|| format!("writing the plan to {}", p.display()))?;
+    }
+
+    // Verification on real inputs (or seeded random ones).
+    let verification: Option<(Verification, String)> = if a.verify {
+        let (x, what) = match &test_set {
+            Some(ds) => {
+                let input = graph.shape(graph.inputs()[0]).to_vec();
+                let x = input_batch(ds, &model.preprocess, &input, a.verify_images)?;
+                let n = x.shape()[0];
+                (x, format!("{n} images of {}", ds.name))
+            }
+            None => (
+                random_inputs(graph, a.verify_images, a.seed),
+                format!("{} random inputs in [-1, 1)", a.verify_images),
+            ),
+        };
+        let v = verify(graph, &model.weights, &plan, &pruned, &x, VERIFY_TOLERANCE)?;
+        Some((v, what))
+    } else {
+        None
+    };
+
+    let mut before_net = network(&model, a.threads)?;
+    let after_model = Model {
+        graph: pruned.graph.clone(),
+        weights: pruned.weights.clone(),
+        preprocess: model.preprocess.clone(),
+        arch: model.arch,
+        metadata: model.metadata.clone(),
+        report: Default::default(),
+    };
+    let mut after_net = network(&after_model, a.threads)?;
+
+    // Accuracy before and right after pruning.
+    let accuracy: Option<Accuracy> = match &test_set {
+        Some(ds) => {
+            let cfg = EvalConfig {
+                batch_size: 250,
+                limit: a.eval_limit,
+                verbosity: if quiet {
+                    Verbosity::Quiet
+                } else {
+                    Verbosity::Normal
+                },
+            };
+            let b: Option<EvalReport> = if a.skip_before_eval {
+                None
+            } else {
+                Some(evaluate(&mut before_net, ds, &model.preprocess, &cfg)?)
+            };
+            let p: EvalReport = evaluate(&mut after_net, ds, &model.preprocess, &cfg)?;
+            Some(Accuracy {
+                dataset: ds.name.clone(),
+                images: p.images,
+                before_top1: b.as_ref().map(|r| r.top1),
+                after_top1: p.top1,
+                before_top5: b.as_ref().map(|r| r.top5),
+                after_top5: p.top5,
+                before_loss: b.as_ref().map(|r| r.loss),
+                after_loss: p.loss,
+            })
+        }
+        None => None,
+    };
+
+    // Latency, before and after back to back at each batch size.
+    let latency: Vec<LatencyPair> = if a.no_latency {
+        Vec::new()
+    } else {
+        let mut v = Vec::new();
+        for (batch, iters) in [(1usize, 5 * a.latency_iters), (64, a.latency_iters)] {
+            say(&format!("latency: batch {batch}, {iters} runs each"));
+            let (before, after) =
+                compare_latency(&mut before_net, &mut after_net, batch, 3, iters)?;
+            v.push(LatencyPair {
+                batch,
+                speedup: ratio(before.median_ms, after.median_ms),
+                before,
+                after,
+            });
+        }
+        v
+    };
+    let threads = before_net.num_threads();
+
+    // Save the pruned model, self-describing.
+    let mut out_model = after_model;
+    let record = json!({
+        "source": a.model.model,
+        "criterion": plan.criterion,
+        "fold": plan.fold,
+        "groups_pruned": pruned.report.groups.len(),
+        "channels_removed": plan.n_removed(),
+        "macs_before": pruned.report.before.macs,
+        "macs_after": pruned.report.after.macs,
+        "params_before": pruned.report.before.params,
+        "params_after": pruned.report.after.params,
+    });
+    out_model
+        .metadata
+        .insert(META_PRUNE.to_string(), record.to_string());
+    if let Some(name) = dataset {
+        out_model
+            .metadata
+            .entry(shears::model::META_DATASET.to_string())
+            .or_insert_with(|| name.to_string());
+    }
+    save_model(&a.output, &out_model)?;
+
+    let before = pruned.report.before;
+    let after = pruned.report.after;
+    let macs_kept = ratio(after.macs as f64, before.macs as f64);
+    let params_kept = ratio(after.params as f64, before.params as f64);
+    let groups: Vec<Value> = pruned
+        .report
+        .groups
+        .iter()
+        .map(|g| {
+            json!({
+                "group_id": g.group_id,
+                "root": g.root,
+                "before": g.size,
+                "after": g.size - g.removed,
+                "removed": g.removed,
+            })
+        })
+        .collect();
+    let n_prunable = dg.prunable().count();
+    if a.json {
+        print_json(&json!({
+            "model": a.model.model,
+            "arch": model.arch.map(|x| x.to_string()),
+            "output": a.output,
+            "criterion": plan.criterion,
+            "fold": plan.fold,
+            "alloc": alloc,
+            "plan_in": a.plan_in,
+            "plan_out": a.plan_out,
+            "groups": groups,
+            "prunable_groups": n_prunable,
+            "channels_removed": plan.n_removed(),
+            "params": {"before": before.params, "after": after.params, "kept": params_kept,
+                       "reduction": ratio(before.params as f64, after.params as f64)},
+            "macs": {"before": before.macs, "after": after.macs, "kept": macs_kept,
+                     "reduction": ratio(before.macs as f64, after.macs as f64)},
+            "layers": layer_costs(graph, &pruned.graph),
+            "latency": latency,
+            "threads": threads,
+            "timing": {
+                "taylor_grads_s": grad_seconds,
+                "plan_s": plan_seconds,
+                "surgery_s": surgery_seconds,
+                "prune_s": prune_seconds,
+            },
+            "accuracy": accuracy,
+            "verification": verification.as_ref().map(|(v, what)| json!({
+                "passed": true,
+                "inputs": what,
+                "result": v,
+            })),
+            "surgery": pruned.report,
+        }));
+        return Ok(());
+    }
+
+    // Human output.
+    let how = match &alloc {
+        Some(cfg) => describe_alloc(cfg),
+        None => format!(
+            "plan {}",
+            a.plan_in.as_ref().expect("no alloc means a plan").display()
+        ),
+    };
+    println!(
+        "pruned {} with {} ({how}, fold {}) in {:.3} s",
+        a.model.model.display(),
+        plan.criterion,
+        plan.fold,
+        prune_seconds
+    );
+    if let Some(s) = grad_seconds {
+        println!("  (of which taylor gradients {s:.2} s)");
+    }
+    println!(
+        "{} of {} prunable groups pruned, {} channels removed",
+        pruned.report.groups.len(),
+        n_prunable,
+        plan.n_removed()
+    );
+    println!();
+    let mut t = Table::new(&["group", "root", "channels", "removed"]);
+    for g in &pruned.report.groups {
+        t.row(vec![
+            g.group_id.to_string(),
+            g.root.clone(),
+            format!("{} -> {}", g.size, g.size - g.removed),
+            g.removed.to_string(),
+        ]);
+    }
+    print!("{}", t.render());
+    println!();
+    let mut t = Table::new(&["", "before", "after", "kept", "reduction"]);
+    t.row(vec![
+        "parameters".into(),
+        thousands(before.params),
+        thousands(after.params),
+        format!("{:.4}", params_kept),
+        format!("{:.2}x", 1.0 / params_kept),
+    ]);
+    t.row(vec![
+        "MACs / image".into(),
+        thousands(before.macs),
+        thousands(after.macs),
+        format!("{:.4}", macs_kept),
+        format!("{:.2}x", 1.0 / macs_kept),
+    ]);
+    for l in &latency {
+        t.row(vec![
+            format!("latency b{} (ms)", l.batch),
+            format!("{:.3}", l.before.median_ms),
+            format!("{:.3}", l.after.median_ms),
+            format!("{:.4}", 1.0 / l.speedup),
+            format!("{:.2}x", l.speedup),
+        ]);
+    }
+    if let Some(acc) = &accuracy {
+        t.row(vec![
+            "top-1 (%)".into(),
+            acc.before_top1
+                .map_or("-".to_string(), |x| format!("{x:.2}")),
+            format!("{:.2}", acc.after_top1),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    print!("{}", t.render());
+    if !latency.is_empty() {
+        println!(
+            "latency: median of {} (batch 1) and {} (batch 64) timed runs after 3 warm-up runs, \
+             before and after interleaved, {threads} threads",
+            5 * a.latency_iters,
+            a.latency_iters
+        );
+    }
+    if let Some(acc) = &accuracy {
+        println!(
+            "accuracy: {} test images of {}, right after pruning (no fine-tuning)",
+            acc.images, acc.dataset
+        );
+    }
+    let r = &pruned.report;
+    println!(
+        "surgery: {} constant folds; {} removed channels forced to zero (largest constant \
+         {:.3e}); {}",
+        r.folds.len(),
+        r.zeroed_channels,
+        r.max_zeroed_constant,
+        if r.is_exact() {
+            "exact".to_string()
+        } else {
+            format!(
+                "{} border approximations, largest {:.3e}",
+                r.approximations.len(),
+                r.max_deviation()
+            )
+        }
+    );
+    if let Some((v, what)) = &verification {
+        println!(
+            "verify: ok, max |masked - pruned| = {:.3e} on {what} (tolerance {:.1e})",
+            v.max_abs_diff, v.tolerance
+        );
+        if let Some(n) = &v.note {
+            println!("        {n}");
+        }
+    }
+    if let Some(p) = &a.plan_out {
+        println!("plan: {}", p.display());
+    }
+    println!("wrote {}", a.output.display());
+    Ok(())
+}
+
+fn describe_alloc(cfg: &AllocConfig) -> String {
+    let scope = if cfg.global { "global" } else { "uniform" };
+    let mut s = match &cfg.strategy {
+        Strategy::Uniform { ratio } => format!("uniform ratio {ratio} removed"),
+        Strategy::Global { ratio } => format!("global ratio {ratio} removed"),
+        Strategy::PerGroup { ratios } => format!("per-group ratios for {} groups", ratios.len()),
+        Strategy::TargetMacs { keep_fraction } => {
+            format!("{scope}, MACs target {keep_fraction:.4} kept")
+        }
+        Strategy::TargetParams { keep_fraction } => {
+            format!("{scope}, params target {keep_fraction:.4} kept")
+        }
+    };
+    if cfg.max_ratio < 1.0 {
+        s.push_str(&format!(", max ratio {}", cfg.max_ratio));
+    }
+    if let Some(q) = cfg.round_to {
+        s.push_str(&format!(", round to {q}"));
+    }
+    if !cfg.ignore.is_empty() {
+        s.push_str(&format!(", ignoring {}", cfg.ignore.join(",")));
+    }
+    s
+}
