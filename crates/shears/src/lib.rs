@@ -24,6 +24,7 @@ pub mod eval;
 pub mod model;
 pub mod progress;
 pub mod prune;
+pub mod recover;
 pub mod report;
 pub mod train;
 pub mod zoo;
