@@ -185,7 +185,7 @@ fn parse_cifar(
             found: 0,
         });
     }
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         return Err(DataError::RecordSize {
             path: path.to_path_buf(),
             len: bytes.len() as u64,

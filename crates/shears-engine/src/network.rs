@@ -141,6 +141,15 @@ pub trait StepHook: Send {
         let _ = (params, grads);
     }
 
+    /// Runs right after the optimizer has updated the network's parameters, before any
+    /// `after_step`: lets a hook update parameters it owns outside the graph (e.g. a filter
+    /// skeleton multiplied into a kernel) with the same optimizer, learning rate and settings,
+    /// under names of its own (they must not collide with the network's parameter names).
+    fn update_own(&mut self, opt: &mut dyn Optimizer) -> Result<()> {
+        let _ = opt;
+        Ok(())
+    }
+
     /// Runs after the optimizer has updated the parameters (e.g. to re-apply masks).
     fn after_step(&mut self, params: &mut ParamStore) {
         let _ = params;
@@ -655,8 +664,9 @@ impl Network {
     }
 
     /// Runs the hooks (in registration order), then `opt` on every trainable, unfrozen
-    /// parameter that has a gradient in `grads`, then the hooks' `after_step`. BN running
-    /// statistics are never touched.
+    /// parameter that has a gradient in `grads`, then the hooks' `update_own` (parameters
+    /// they keep outside the graph), then their `after_step`. BN running statistics are never
+    /// touched.
     pub fn step(&mut self, opt: &mut dyn Optimizer, grads: &mut Gradients) -> Result<()> {
         for (name, g) in grads.params.iter() {
             let i = self
@@ -703,6 +713,11 @@ impl Network {
                 });
             }
             opt.update(name, self.params.slot_mut(i).data_mut(), g.data())?;
+        }
+        for (_, hook) in &mut self.hooks {
+            if let Hook::Step(h) = hook {
+                h.update_own(opt)?;
+            }
         }
         for (_, hook) in &mut self.hooks {
             if let Hook::Step(h) = hook {

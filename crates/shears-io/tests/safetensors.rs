@@ -11,7 +11,7 @@ use shears_ir::{Tensor, Weights};
 /// A safetensors file from a header and a data buffer, the header padded to 8 bytes.
 fn st_bytes(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.to_string();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

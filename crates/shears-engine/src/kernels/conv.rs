@@ -6,6 +6,8 @@
 //!   `Xpad[shifted rows, ci] x W[kh, kw][ci, co]` to the output. The output is computed over the
 //!   *padded* width so that one shifted view is a plain strided matrix (no im2col copy); the
 //!   extra columns are dropped when the result is stored (where bias and ReLU are applied).
+//!   With AVX-512 the kernel rows of a merged product are segments of one reduction computed
+//!   one output row at a time straight into the destination (no staging buffer, one write).
 //!   Backward data is the same routine with the offsets negated and `W^T`; backward weight
 //!   multiplies the shifted views transposed with `dY` spread over the padded width.
 //! - **im2col** in blocks of output pixels (strided convs, very few input channels).
@@ -18,7 +20,7 @@
 use rayon::prelude::*;
 use shears_ir::Conv2d;
 
-use super::gemm::{sgemm, MatRef};
+use super::gemm::{fast_segs, sgemm, sgemm_segs, MatRef};
 use super::par::{chunk_len, reduce_partials};
 use super::scratch::with_scratch;
 
@@ -73,6 +75,9 @@ pub struct PackedConv {
     /// `[groups][kh][kw (reversed)][c_out / groups][c_in / groups]` (for backward data, whose
     /// kernel taps run right to left over the source).
     pub(crate) wt: Vec<f32>,
+    /// `[groups][c_out / groups][kh * kw][c_in / groups]`: the transpose of `w` per group (for
+    /// im2col backward data, so that its product reads contiguous rows).
+    pub(crate) wc: Vec<f32>,
 }
 
 impl ConvGeom {
@@ -175,6 +180,7 @@ pub fn pack_weight(g: &ConvGeom, oihw: &[f32]) -> PackedConv {
     let (cig, cog, kk) = (g.cig(), g.cog(), g.kk());
     let mut w = vec![0.0; oihw.len()];
     let mut wt = vec![0.0; oihw.len()];
+    let mut wc = vec![0.0; oihw.len()];
     for gi in 0..g.groups {
         for k in 0..kk {
             let (y, x) = (k / g.kw, k % g.kw);
@@ -184,11 +190,12 @@ pub fn pack_weight(g: &ConvGeom, oihw: &[f32]) -> PackedConv {
                     w[g.packed(gi, k, ci, co)] = v;
                     let kr = y * g.kw + (g.kw - 1 - x);
                     wt[((gi * kk + kr) * cog + co) * cig + ci] = v;
+                    wc[((gi * cog + co) * kk + k) * cig + ci] = v;
                 }
             }
         }
     }
-    PackedConv { w, wt }
+    PackedConv { w, wt, wc }
 }
 
 /// Converts a weight (or weight gradient) in the packed layout back to OIHW.
@@ -292,12 +299,16 @@ impl ShiftPlan {
     /// Copies `src` (`hs x ws x c`) into the zero-padded buffer `p`.
     fn fill(&self, src: &[f32], c: usize, p: &mut [f32]) {
         let p = &mut p[..self.plen * c];
-        p.fill(0.0);
         let row = self.ws * c;
+        // Zero only what the copies leave: the top rows, each row's margins, the bottom slack.
+        let mut z = 0;
         for y in 0..self.hs {
             let d = ((y + self.pt) * self.wp + self.pl) * c;
+            p[z..d].fill(0.0);
             p[d..d + row].copy_from_slice(&src[y * row..(y + 1) * row]);
+            z = d + row;
         }
+        p[z..].fill(0.0);
     }
 
     /// Spreads `src` (`hd x wd x c`) over the padded width with zero extra columns.
@@ -442,7 +453,8 @@ pub fn forward(
             } else {
                 plan.plen * g.c_in
             };
-            let d_len = if plan.direct_dst {
+            let rows_direct = merge_rows(g) && fast_segs();
+            let d_len = if plan.direct_dst || rows_direct {
                 0
             } else {
                 plan.m() * g.c_out
@@ -458,7 +470,10 @@ pub fn forward(
                             plan.fill(xi, g.c_in, p);
                             p
                         };
-                        if plan.direct_dst {
+                        if rows_direct {
+                            shifted_rows(g, &plan, src, &w.w, Dir::Forward, yi, false);
+                            ep.in_place(yi, g.c_out);
+                        } else if plan.direct_dst {
                             shifted_products(g, &plan, src, &w.w, Dir::Forward, yi);
                             ep.in_place(yi, g.c_out);
                         } else {
@@ -536,7 +551,12 @@ pub fn backward_data(
                 plan.plen * g.c_out
             };
             let direct_dst = plan.direct_dst && ep.is_plain();
-            let d_len = if direct_dst { 0 } else { plan.m() * g.c_in };
+            let rows_direct = merge_rows(g) && fast_segs();
+            let d_len = if direct_dst || rows_direct {
+                0
+            } else {
+                plan.m() * g.c_in
+            };
             dx.par_chunks_mut(g.in_len())
                 .enumerate()
                 .for_each(|(i, dxi)| {
@@ -548,7 +568,9 @@ pub fn backward_data(
                             plan.fill(dyi, g.c_out, p);
                             p
                         };
-                        if direct_dst {
+                        if rows_direct {
+                            shifted_rows(g, &plan, src, &w.wt, Dir::BackwardData, dxi, accumulate);
+                        } else if direct_dst {
                             shifted_products(g, &plan, src, &w.wt, Dir::BackwardData, dxi);
                         } else {
                             shifted_products(g, &plan, src, &w.wt, Dir::BackwardData, d);
@@ -580,7 +602,7 @@ pub fn backward_data(
                                     kkc,
                                     false,
                                     MatRef::rows(dyi, p0 * g.c_out + gi * g.cog(), g.c_out),
-                                    MatRef::cols(&w.w, gi * kkc * g.cog(), g.cog()),
+                                    MatRef::rows(&w.wc, gi * g.cog() * kkc, kkc),
                                 );
                                 col2im(g, col, gi, p0, m, dxi);
                             }
@@ -722,23 +744,27 @@ fn shifted_products(
         if merge_rows(g) {
             // One product per kernel row; backward data's taps run right to left, so its row
             // starts at the last tap (the weights are stored with kw reversed to match).
-            for ky in 0..g.kh {
-                let first = match dir {
-                    Dir::Forward => ky * g.kw,
-                    Dir::BackwardData => ky * g.kw + g.kw - 1,
-                };
-                sgemm(
-                    m,
-                    kout,
-                    g.kw * kin,
-                    d,
-                    m0 * cd,
-                    cd,
-                    ky > 0,
-                    MatRef::rows(src, (m0 + plan.offs[first]) * cs, cs),
-                    MatRef::rows(w, ky * g.kw * kin * kout, kout),
-                );
-            }
+            // All kernel rows run as segments of one product, so the block is written once.
+            let segs: Vec<(usize, usize)> = (0..g.kh)
+                .map(|ky| {
+                    let first = match dir {
+                        Dir::Forward => ky * g.kw,
+                        Dir::BackwardData => ky * g.kw + g.kw - 1,
+                    };
+                    ((m0 + plan.offs[first]) * cs, g.kw * kin)
+                })
+                .collect();
+            sgemm_segs(
+                m,
+                kout,
+                d,
+                m0 * cd,
+                cd,
+                false,
+                MatRef::rows(src, 0, cs),
+                &segs,
+                MatRef::rows(w, 0, kout),
+            );
             continue;
         }
         for gi in 0..g.groups {
@@ -761,6 +787,47 @@ fn shifted_products(
                 );
             }
         }
+    }
+}
+
+/// The merged-row shifted products of one image computed one destination row at a time
+/// straight into `dst` (`hd x wd x cd`, overwritten or accumulated): no staging buffer over the
+/// padded width and no copy out. Same sums in the same order as [`shifted_products`].
+fn shifted_rows(
+    g: &ConvGeom,
+    plan: &ShiftPlan,
+    src: &[f32],
+    w: &[f32],
+    dir: Dir,
+    dst: &mut [f32],
+    accumulate: bool,
+) {
+    let (cs, cd, kin, kout) = match dir {
+        Dir::Forward => (g.c_in, g.c_out, g.cig(), g.cog()),
+        Dir::BackwardData => (g.c_out, g.c_in, g.cog(), g.cig()),
+    };
+    let first: Vec<usize> = (0..g.kh)
+        .map(|ky| match dir {
+            Dir::Forward => plan.offs[ky * g.kw],
+            Dir::BackwardData => plan.offs[ky * g.kw + g.kw - 1],
+        })
+        .collect();
+    let mut segs = vec![(0usize, g.kw * kin); g.kh];
+    for y in 0..plan.hd {
+        for (s, f) in segs.iter_mut().zip(&first) {
+            s.0 = (y * plan.wp + f) * cs;
+        }
+        sgemm_segs(
+            plan.wd,
+            kout,
+            dst,
+            y * plan.wd * cd,
+            cd,
+            accumulate,
+            MatRef::rows(src, 0, cs),
+            &segs,
+            MatRef::rows(w, 0, kout),
+        );
     }
 }
 

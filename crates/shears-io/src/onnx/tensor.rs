@@ -118,7 +118,7 @@ pub(crate) fn decode(t: TensorProto) -> Result<ConstTensor, ImportError> {
     };
     let raw_chunks = |size: usize| -> Result<std::slice::ChunksExact<'_, u8>, ImportError> {
         let r = raw.expect("called only when raw_data is present");
-        if r.len() % size != 0 {
+        if !r.len().is_multiple_of(size) {
             return Err(corrupt(format!(
                 "raw data of {} bytes is not a whole number of {size}-byte elements",
                 r.len()
