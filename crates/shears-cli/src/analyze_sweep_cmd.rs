@@ -1,0 +1,386 @@
+//! `shears analyze sweep`: per-group prune-and-evaluate sweeps from cached prefix activations.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+use shears::analyze::plot::LineChart;
+use shears::analyze::sweep::{
+    ratios_for_loss, ratios_for_macs, sweep, write_atomic, EvalSet, SweepConfig, SweepResult,
+};
+use shears::progress::Verbosity;
+use shears::prune::{Criterion, FoldMode, Reduction};
+use shears_data::Split;
+
+use crate::args::{DataOpts, ModelOpts};
+use crate::commands::{bad, data_dir, open_model, parse_dataset};
+use crate::output::{print_json, Table};
+
+/// `shears analyze sweep` arguments.
+///
+/// For every prunable group and every ratio, removes that fraction of the group's channels
+/// (chosen by --criterion) from the group alone and measures top-1 accuracy and loss on a
+/// class-balanced subset; each probe runs only the network after the damaged layer, from
+/// cached activations. Finished probes go to a cache file at once, so an interrupted sweep
+/// resumes. Writes sweep.json, sweep.csv and SVG plots to --out, and ratio files for
+/// `shears prune --ratios-from` when --max-loss-increase or --target-macs/--speedup is given.
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelOpts,
+    /// Dataset (mnist, fashion-mnist, cifar10, cifar100).
+    #[arg(long, value_name = "NAME")]
+    pub data: String,
+    #[command(flatten)]
+    /// Where datasets live.
+    pub data_opts: DataOpts,
+    /// Split the evaluation subset is drawn from (train or test).
+    #[arg(long, default_value = "test", value_name = "train|test")]
+    pub split: String,
+    /// Class-balanced images per probe.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub images: usize,
+    /// Seed of the class-balanced subset.
+    #[arg(long, default_value_t = 0)]
+    pub subset_seed: u64,
+    /// Ratios (fraction of a group's channels REMOVED), comma-separated, each in (0, 1).
+    #[arg(
+        long,
+        value_name = "R,..",
+        value_delimiter = ',',
+        default_value = "0.1,0.3,0.5,0.7,0.9"
+    )]
+    pub ratios: Vec<f32>,
+    /// Within-group criterion (l1, l2, bn_scale, fpgm, random).
+    #[arg(long, default_value = "l1")]
+    pub criterion: String,
+    /// Seed of the random criterion.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Only these group roots (comma-separated; default every prunable group).
+    #[arg(long, value_name = "ROOTS", value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Cache file of finished probes (default OUT/sweep_cache.json); a rerun resumes from it.
+    #[arg(long, value_name = "FILE")]
+    pub cache: Option<PathBuf>,
+    /// Run every probe through the whole network instead of from cached prefix activations.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
+    /// Run the sweep twice in this process, with and without prefix caching (no cache file),
+    /// check that the results are identical and report both times.
+    #[arg(long, conflicts_with = "no_prefix_cache")]
+    pub time_both: bool,
+    /// Write ratios_loss.json: per group the largest ratio whose interpolated loss increase
+    /// stays at or below this.
+    #[arg(long, value_name = "X")]
+    pub max_loss_increase: Option<f64>,
+    /// Write ratios_macs.json: the loss threshold bisected so that the ratios keep this
+    /// fraction of the MACs (0.5 = 2x fewer).
+    #[arg(long, value_name = "F", conflicts_with = "speedup")]
+    pub target_macs: Option<f64>,
+    /// --target-macs 1/X.
+    #[arg(long, value_name = "X")]
+    pub speedup: Option<f64>,
+    /// Images per forward batch.
+    #[arg(long, default_value_t = 250)]
+    pub batch: usize,
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_split(s: &str) -> Result<Split> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "train" => Ok(Split::Train),
+        "test" => Ok(Split::Test),
+        _ => Err(bad(format!("--split {s:?}: expected train or test"))),
+    }
+}
+
+/// Loads the class-balanced evaluation subset for a model.
+pub(crate) fn eval_set(
+    data: &str,
+    opts: &DataOpts,
+    split: &str,
+    images: usize,
+    seed: u64,
+    model: &shears::model::Model,
+) -> Result<EvalSet> {
+    let name = parse_dataset(data)?;
+    let split = parse_split(split)?;
+    if images == 0 {
+        return Err(bad(
+            "--images 0: the evaluation subset needs at least one image",
+        ));
+    }
+    let ds = shears_data::load(&data_dir(opts), name, split)?;
+    let input = model.graph.shape(model.graph.inputs()[0]).to_vec();
+    let mut s = EvalSet::balanced(&ds, images, seed, &model.preprocess, &input)?;
+    s.description = format!("{} ({split} split)", s.description);
+    Ok(s)
+}
+
+/// Run `shears analyze sweep`.
+pub fn run(a: SweepArgs) -> Result<()> {
+    let model = open_model(&a.model)?;
+    let criterion: Criterion = a.criterion.parse().map_err(|e| bad(format!("{e}")))?;
+    for &r in &a.ratios {
+        if !(r > 0.0 && r < 1.0) {
+            return Err(bad(format!(
+                "--ratios: {r} is outside (0, 1) (the fraction of a group's channels removed)"
+            )));
+        }
+    }
+    if a.batch == 0 {
+        return Err(bad("--batch 0: use at least 1"));
+    }
+    let keep = match (a.target_macs, a.speedup) {
+        (Some(f), _) => {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(bad(format!(
+                    "--target-macs {f} is outside (0, 1]: it is the fraction of MACs KEPT"
+                )));
+            }
+            Some(f)
+        }
+        (None, Some(x)) => {
+            if !(x.is_finite() && x >= 1.0) {
+                return Err(bad(format!("--speedup {x} must be a number >= 1")));
+            }
+            Some(1.0 / x)
+        }
+        _ => None,
+    };
+    if let Some(x) = a.max_loss_increase {
+        if !(x.is_finite() && x >= 0.0) {
+            return Err(bad(format!(
+                "--max-loss-increase {x} must be a non-negative number"
+            )));
+        }
+    }
+    let data = eval_set(
+        &a.data,
+        &a.data_opts,
+        &a.split,
+        a.images,
+        a.subset_seed,
+        &model,
+    )?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let verbosity = if a.json {
+        Verbosity::Quiet
+    } else {
+        Verbosity::Normal
+    };
+    let mut cfg = SweepConfig::new(a.ratios.clone());
+    cfg.criterion = criterion;
+    cfg.reduction = Reduction::Mean;
+    cfg.seed = a.seed;
+    cfg.fold = FoldMode::Exact;
+    cfg.batch = a.batch;
+    cfg.verbosity = verbosity;
+    cfg.only = (!a.only.is_empty()).then(|| a.only.clone());
+    let mut timing = None;
+    let result = if a.time_both {
+        let load = uptime();
+        cfg.cache_file = None;
+        cfg.prefix_cache = true;
+        let cached = sweep(&model.graph, &model.weights, &data, &cfg)?;
+        cfg.prefix_cache = false;
+        let full = sweep(&model.graph, &model.weights, &data, &cfg)?;
+        let same = cached.groups == full.groups
+            && cached.baseline_accuracy == full.baseline_accuracy
+            && cached.baseline_loss == full.baseline_loss;
+        let max_diff = cached
+            .groups
+            .iter()
+            .zip(&full.groups)
+            .flat_map(|(x, y)| x.points.iter().zip(&y.points))
+            .map(|(p, q)| (p.loss - q.loss).abs().max((p.accuracy - q.accuracy).abs()))
+            .fold(0.0f64, f64::max);
+        timing = Some(json!({
+            "prefix_cache_seconds": cached.seconds,
+            "no_prefix_cache_seconds": full.seconds,
+            "speedup": full.seconds / cached.seconds,
+            "probe_macs_per_image_cached": cached.stats.probe_macs + cached.stats.prefix_macs,
+            "probe_macs_per_image_uncached": full.stats.probe_macs,
+            "macs_ratio": full.stats.probe_macs as f64
+                / (cached.stats.probe_macs + cached.stats.prefix_macs) as f64,
+            "identical_results": same,
+            "max_abs_difference": max_diff,
+            "load_average_before": load,
+            "load_average_after": uptime(),
+        }));
+        cached
+    } else {
+        cfg.prefix_cache = !a.no_prefix_cache;
+        cfg.cache_file = Some(
+            a.cache
+                .clone()
+                .unwrap_or_else(|| a.out.join("sweep_cache.json")),
+        );
+        sweep(&model.graph, &model.weights, &data, &cfg)?
+    };
+
+    let mut files = vec![];
+    let mut extra = serde_json::Map::new();
+    if let Some(x) = a.max_loss_increase {
+        let r = ratios_for_loss(&result, x);
+        let p = a.out.join("ratios_loss.json");
+        write_atomic(&p, &serde_json::to_string_pretty(&r)?)?;
+        files.push(p);
+        extra.insert(
+            "ratios_loss".into(),
+            json!({"max_loss_increase": x, "ratios": r}),
+        );
+    }
+    if let Some(f) = keep {
+        let sel = ratios_for_macs(&model.graph, &model.weights, &result, f)?;
+        let p = a.out.join("ratios_macs.json");
+        write_atomic(&p, &serde_json::to_string_pretty(&sel.ratios)?)?;
+        files.push(p);
+        extra.insert("ratios_macs".into(), serde_json::to_value(&sel)?);
+    }
+    let report = json!({
+        "model": a.model.model,
+        "data": data.description,
+        "config": cfg,
+        "result": result,
+        "timing": timing,
+        "selection": extra,
+    });
+    let p = a.out.join("sweep.json");
+    write_atomic(&p, &serde_json::to_string_pretty(&report)?)?;
+    files.push(p);
+    let p = a.out.join("sweep.csv");
+    write_atomic(&p, &sweep_csv(&result))?;
+    files.push(p);
+    files.extend(plots(&result, &a.out)?);
+
+    if a.json {
+        let mut r = report;
+        r["files"] = json!(files);
+        print_json(&r);
+        return Ok(());
+    }
+    println!(
+        "{}: {}, baseline top-1 {:.2}%, loss {:.4}",
+        a.model.model.display(),
+        data.description,
+        100.0 * result.baseline_accuracy,
+        result.baseline_loss
+    );
+    let mut header = vec!["group".to_string(), "root".to_string(), "n".to_string()];
+    header.extend(a.ratios.iter().map(|r| format!("acc@{r}")));
+    let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = Table::new(&hdr);
+    for c in &result.groups {
+        let mut row = vec![c.group.to_string(), c.root.clone(), c.size.to_string()];
+        row.extend(
+            c.points
+                .iter()
+                .map(|p| format!("{:.2}", 100.0 * p.accuracy)),
+        );
+        t.row(row);
+    }
+    print!("{}", t.render());
+    println!(
+        "{} probes computed, {} reused from the cache, {:.1}s{}",
+        result.computed,
+        result.reused,
+        result.seconds,
+        if result.complete { "" } else { " (incomplete)" }
+    );
+    if let Some(t) = &timing {
+        println!(
+            "prefix cache {:.1}s, no prefix cache {:.1}s: {:.2}x faster (identical results: {})",
+            t["prefix_cache_seconds"].as_f64().unwrap_or(0.0),
+            t["no_prefix_cache_seconds"].as_f64().unwrap_or(0.0),
+            t["speedup"].as_f64().unwrap_or(0.0),
+            t["identical_results"]
+        );
+    }
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+/// The 1-, 5- and 15-minute load averages from /proc/loadavg, if readable.
+pub(crate) fn uptime() -> Option<String> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+fn sweep_csv(r: &SweepResult) -> String {
+    let mut s = String::from("group,root,size,ratio,removed,accuracy,loss\n");
+    let _ = writeln!(
+        s,
+        "-1,baseline,0,0,0,{:.6},{:.6}",
+        r.baseline_accuracy, r.baseline_loss
+    );
+    for c in &r.groups {
+        for p in &c.points {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{:.6},{:.6}",
+                c.group, c.root, c.size, p.ratio, p.removed, p.accuracy, p.loss
+            );
+        }
+    }
+    s
+}
+
+/// Accuracy and loss against ratio, at most 10 groups per chart.
+fn plots(r: &SweepResult, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let chunks: Vec<_> = r.groups.chunks(10).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let suffix = if chunks.len() > 1 {
+            format!("_{}", i + 1)
+        } else {
+            String::new()
+        };
+        let part = if chunks.len() > 1 {
+            format!(" ({}/{})", i + 1, chunks.len())
+        } else {
+            String::new()
+        };
+        let mut acc = LineChart::new(
+            &format!("Top-1 accuracy with one group pruned{part}"),
+            "ratio of the group's channels removed",
+            "top-1 accuracy (%)",
+        );
+        let mut loss = LineChart::new(
+            &format!("Loss with one group pruned{part}"),
+            "ratio of the group's channels removed",
+            "cross-entropy",
+        );
+        for c in chunk.iter() {
+            let mut pa = vec![(0.0, 100.0 * r.baseline_accuracy)];
+            let mut pl = vec![(0.0, r.baseline_loss)];
+            pa.extend(
+                c.points
+                    .iter()
+                    .map(|p| (f64::from(p.ratio), 100.0 * p.accuracy)),
+            );
+            pl.extend(c.points.iter().map(|p| (f64::from(p.ratio), p.loss)));
+            acc = acc.series(&c.root, pa);
+            loss = loss.series(&c.root, pl);
+        }
+        let p = out.join(format!("sweep_accuracy{suffix}.svg"));
+        acc.save(&p)?;
+        files.push(p);
+        let p = out.join(format!("sweep_loss{suffix}.svg"));
+        loss.save(&p)?;
+        files.push(p);
+    }
+    Ok(files)
+}

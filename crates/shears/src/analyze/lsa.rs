@@ -1,0 +1,1436 @@
+//! Local sensitivity analysis (LSA) of high-level features with p-norm aggregation, after
+//! Jeczmionek & Kowalski (2023); methods §1.
+//!
+//! The sensitivity of output `k` to feature `i` at sample `n` is
+//! `S[n][k][i] = d y_k / d z_i`, evaluated at `z_n`, where `y` are the softmax probabilities
+//! ([`Outputs::Softmax`], the default) or the logits ([`Outputs::Logits`]) and `z` the
+//! activation under study: by default the classifier input ([`classifier_input`]: the flatten
+//! or global-pool output feeding the first dense layer), or any conv activation, whose channels
+//! are then aggregated over space ([`Spatial::Sum`]: `sum_hw dy/da[c,h,w]`, the sensitivity to
+//! a uniform shift of channel `c`; for the map feeding a global average pool this equals the
+//! sensitivity to the pooled feature).
+//!
+//! Sensitivities come from the engine's autodiff in batches ([`jacobian`]): every sample is
+//! repeated once per output in one batch and each copy is seeded with one output's gradient,
+//! so a single forward and backward pass yields the whole `K x d` Jacobian of a batch. For a
+//! linear + softmax head [`linear_head_jacobian`] is the closed form
+//! `S[k][i] = y_k (W[k][i] - sum_j y_j W[j][i])`, a fast path and a cross-check.
+//!
+//! Aggregation ([`Jacobian::scores`]): over samples with the power mean of `|S|` for any real
+//! `p >= 1` or the maximum (`p = inf`) ([`PNorm`]), then over outputs by max (Zurada's
+//! convention, default), sum or the same p-norm ([`OutputAgg`]). The least sensitive features
+//! are removed first ([`least_sensitive`]).
+//!
+//! [`LsaImportance`] makes LSA a pruning criterion (channel scores from precomputed Jacobians
+//! of the activations every group's consumers read). [`run_study`] is the paper's experiment:
+//! features cached once from a frozen backbone ([`cache_features`]), the least sensitive
+//! fraction `r` removed, a new head (linear or one hidden dense layer) retrained on the kept
+//! features ([`train_head`]) and evaluated, over a grid of `p`, `r` and seeds, with magnitude
+//! and random feature selection as baselines.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use shears_data::{Dataset, Loader, LoaderConfig};
+use shears_engine::{
+    cross_entropy, Adam, AdamConfig, BackwardOptions, ForwardRequest, Mode, Network,
+};
+use shears_ir::{Graph, GraphBuilder, Linear, NodeId, Op, Tensor, Weights};
+
+use crate::eval::{batch_tensor, input_transforms, normalize_for};
+use crate::progress::{Progress, Verbosity};
+use crate::prune::depgraph::{Group, Role};
+use crate::prune::importance::{Importance, ScoreContext};
+use crate::prune::PruneError;
+use crate::zoo::Preprocess;
+use crate::Error;
+
+/// The `p` of a p-norm aggregation over samples: any real `p >= 1`, or infinity (the maximum).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PNorm(f64);
+
+impl PNorm {
+    /// `p = inf`: the maximum over samples.
+    pub const INF: PNorm = PNorm(f64::INFINITY);
+
+    /// A p-norm; an error unless `p` is a number in `[1, inf]`.
+    pub fn new(p: f64) -> Result<Self, Error> {
+        if p.is_nan() || p < 1.0 {
+            return Err(Error::invalid(format!(
+                "p-norm p = {p} is not in [1, inf] (use a number >= 1 or inf)"
+            )));
+        }
+        Ok(PNorm(p))
+    }
+
+    /// The value of `p` (`f64::INFINITY` for the maximum).
+    pub fn value(self) -> f64 {
+        self.0
+    }
+
+    /// Whether this is `p = inf`.
+    pub fn is_inf(self) -> bool {
+        self.0.is_infinite()
+    }
+
+    /// The power mean `((1/N) sum |v|^p)^(1/p)` of the absolute values, or their maximum for
+    /// `p = inf`; 0 for no values. Computed relative to the largest value, so large `p` does
+    /// not overflow.
+    pub fn power_mean(self, values: impl IntoIterator<Item = f64>) -> f64 {
+        let abs: Vec<f64> = values.into_iter().map(f64::abs).collect();
+        let m = abs.iter().fold(0.0f64, |a, &b| a.max(b));
+        if abs.is_empty() || m == 0.0 {
+            return 0.0;
+        }
+        if self.is_inf() {
+            return m;
+        }
+        let n = abs.len() as f64;
+        if self.0 == 1.0 {
+            return abs.iter().sum::<f64>() / n;
+        }
+        let s: f64 = abs.iter().map(|&v| (v / m).powf(self.0)).sum::<f64>() / n;
+        m * s.powf(1.0 / self.0)
+    }
+
+    /// The norm `(sum |v|^p)^(1/p)` (not divided by the count), or the maximum for `p = inf`.
+    pub fn norm(self, values: impl IntoIterator<Item = f64>) -> f64 {
+        let abs: Vec<f64> = values.into_iter().map(f64::abs).collect();
+        let n = abs.len() as f64;
+        if self.is_inf() {
+            return self.power_mean(abs);
+        }
+        self.power_mean(abs) * n.powf(1.0 / self.0)
+    }
+}
+
+impl fmt::Display for PNorm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_inf() {
+            f.write_str("inf")
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+impl FromStr for PNorm {
+    type Err = Error;
+
+    /// A number `>= 1`, or `inf` / `infinity` / `max`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let t = s.trim().to_ascii_lowercase();
+        if matches!(t.as_str(), "inf" | "infinity" | "max" | "∞") {
+            return Ok(PNorm::INF);
+        }
+        let p: f64 = t.parse().map_err(|_| {
+            Error::invalid(format!(
+                "p-norm {s:?} is not a number >= 1 or inf (e.g. 1, 2, 3.5, inf)"
+            ))
+        })?;
+        if p.is_infinite() {
+            return Ok(PNorm::INF);
+        }
+        PNorm::new(p)
+    }
+}
+
+impl Serialize for PNorm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// Which outputs the sensitivities are taken of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outputs {
+    /// Softmax probabilities (default). The sensitivities of one feature sum to 0 over the
+    /// outputs, since the probabilities sum to 1.
+    #[default]
+    Softmax,
+    /// The logits (the graph's output).
+    Logits,
+}
+
+impl FromStr for Outputs {
+    type Err = Error;
+
+    /// `softmax` or `logits`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "softmax" | "probabilities" | "probs" => Ok(Outputs::Softmax),
+            "logits" => Ok(Outputs::Logits),
+            _ => Err(Error::invalid(format!(
+                "unknown LSA outputs {s:?} (valid: softmax, logits)"
+            ))),
+        }
+    }
+}
+
+/// How the per-output aggregated sensitivities `A[k][i]` become one score per feature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputAgg {
+    /// `max_k A[k][i]` (Zurada's convention; default).
+    #[default]
+    Max,
+    /// `sum_k A[k][i]`.
+    Sum,
+    /// The same p-norm over outputs: `(sum_k A[k][i]^p)^(1/p)` (the maximum for `p = inf`).
+    PNorm,
+}
+
+impl FromStr for OutputAgg {
+    type Err = Error;
+
+    /// `max`, `sum` or `pnorm`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "max" => Ok(OutputAgg::Max),
+            "sum" => Ok(OutputAgg::Sum),
+            "pnorm" | "p_norm" | "p" => Ok(OutputAgg::PNorm),
+            _ => Err(Error::invalid(format!(
+                "unknown output aggregation {s:?} (valid: max, sum, pnorm)"
+            ))),
+        }
+    }
+}
+
+/// How the positions of a feature-map activation `[C, H, W]` become features.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spatial {
+    /// One feature per channel: `sum_hw dy/da[c,h,w]`, the sensitivity to a uniform shift of
+    /// the channel (default).
+    #[default]
+    Sum,
+    /// One feature per element, in PyTorch's C, H, W order (as `Flatten` produces).
+    Elements,
+}
+
+/// Per-sample sensitivities `S[n][k][i]` of `k` outputs to `d` features at `n` samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Jacobian {
+    /// Samples.
+    pub n: usize,
+    /// Outputs.
+    pub k: usize,
+    /// Features.
+    pub d: usize,
+    /// `S[n][k][i]` at `(n * k + k) * d + i`.
+    pub data: Vec<f64>,
+}
+
+impl Jacobian {
+    /// A Jacobian from its values; an error when `data` does not hold `n * k * d` values.
+    pub fn new(n: usize, k: usize, d: usize, data: Vec<f64>) -> Result<Self, Error> {
+        if n.checked_mul(k).and_then(|v| v.checked_mul(d)) != Some(data.len()) {
+            return Err(Error::invalid(format!(
+                "Jacobian of {n} samples x {k} outputs x {d} features needs {} values, got {}",
+                n.saturating_mul(k).saturating_mul(d),
+                data.len()
+            )));
+        }
+        Ok(Jacobian { n, k, d, data })
+    }
+
+    /// `S[n][k][i]`.
+    pub fn get(&self, n: usize, k: usize, i: usize) -> f64 {
+        self.data[(n * self.k + k) * self.d + i]
+    }
+
+    /// `A[k][i]`: the power mean over samples of `|S[n][k][i]|` (`k * d` values, row-major).
+    pub fn per_output(&self, p: PNorm) -> Vec<f64> {
+        let mut out = vec![0.0; self.k * self.d];
+        for k in 0..self.k {
+            for i in 0..self.d {
+                out[k * self.d + i] = p.power_mean((0..self.n).map(|n| self.get(n, k, i)));
+            }
+        }
+        out
+    }
+
+    /// One score per feature: [`Jacobian::per_output`] aggregated over outputs by `agg`.
+    pub fn scores(&self, p: PNorm, agg: OutputAgg) -> Vec<f64> {
+        let a = self.per_output(p);
+        (0..self.d)
+            .map(|i| {
+                let col = (0..self.k).map(|k| a[k * self.d + i]);
+                match agg {
+                    OutputAgg::Max => col.fold(0.0f64, f64::max),
+                    OutputAgg::Sum => col.sum(),
+                    OutputAgg::PNorm => p.norm(col),
+                }
+            })
+            .collect()
+    }
+
+    /// The largest absolute difference to another Jacobian of the same size (infinity when
+    /// the sizes differ).
+    pub fn max_abs_diff(&self, other: &Jacobian) -> f64 {
+        if (self.n, self.k, self.d) != (other.n, other.k, other.d) {
+            return f64::INFINITY;
+        }
+        self.data
+            .iter()
+            .zip(&other.data)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()))
+    }
+
+    /// The Jacobian restricted to the features `keep` (in that order).
+    pub fn select(&self, keep: &[usize]) -> Jacobian {
+        let mut data = Vec::with_capacity(self.n * self.k * keep.len());
+        for row in self.data.chunks(self.d.max(1)) {
+            data.extend(keep.iter().map(|&i| row[i]));
+        }
+        Jacobian {
+            n: self.n,
+            k: self.k,
+            d: keep.len(),
+            data,
+        }
+    }
+}
+
+/// Softmax of one row, in f64.
+fn softmax64(row: &[f64]) -> Vec<f64> {
+    let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    let e: Vec<f64> = row.iter().map(|&v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// The closed-form Jacobian of a linear head `y = softmax(W z + b)` (or of its logits, which
+/// is `W` at every sample) at the samples `z` (`[N, d]`), in f64.
+/// `w` is `[K, d]` (PyTorch layout), `b` is `[K]` or absent.
+pub fn linear_head_jacobian(
+    w: &Tensor,
+    b: Option<&Tensor>,
+    z: &Tensor,
+    outputs: Outputs,
+) -> Result<Jacobian, Error> {
+    let &[k, d] = w.shape() else {
+        return Err(Error::invalid(format!(
+            "linear head weight has shape {:?}, expected [outputs, features]",
+            w.shape()
+        )));
+    };
+    if let Some(b) = b {
+        if b.shape() != [k] {
+            return Err(Error::invalid(format!(
+                "linear head bias has shape {:?}, expected [{k}]",
+                b.shape()
+            )));
+        }
+    }
+    let n = match z.shape() {
+        [n, dd] if *dd == d => *n,
+        s => {
+            return Err(Error::invalid(format!(
+                "features have shape {s:?}, expected [samples, {d}]"
+            )))
+        }
+    };
+    let wd: Vec<f64> = w.data().iter().map(|&v| f64::from(v)).collect();
+    let mut data = Vec::with_capacity(n * k * d);
+    for zs in z.data().chunks(d.max(1)).take(n) {
+        match outputs {
+            Outputs::Logits => data.extend_from_slice(&wd),
+            Outputs::Softmax => {
+                let logits: Vec<f64> = (0..k)
+                    .map(|kk| {
+                        let dot: f64 = wd[kk * d..(kk + 1) * d]
+                            .iter()
+                            .zip(zs)
+                            .map(|(&a, &x)| a * f64::from(x))
+                            .sum();
+                        dot + b.map_or(0.0, |b| f64::from(b.data()[kk]))
+                    })
+                    .collect();
+                let y = softmax64(&logits);
+                let mean_w: Vec<f64> = (0..d)
+                    .map(|i| (0..k).map(|j| y[j] * wd[j * d + i]).sum())
+                    .collect();
+                for kk in 0..k {
+                    for i in 0..d {
+                        data.push(y[kk] * (wd[kk * d + i] - mean_w[i]));
+                    }
+                }
+            }
+        }
+    }
+    Jacobian::new(n, k, d, data)
+}
+
+/// The classifier input of a graph: the input of its first dense (`Linear`) layer, i.e. the
+/// flatten or global-pool output. An error when the graph has no dense layer.
+pub fn classifier_input(graph: &Graph) -> Result<NodeId, Error> {
+    graph
+        .ids()
+        .find(|&id| matches!(graph.node(id).op, Op::Linear(_)))
+        .map(|id| graph.node(id).inputs[0])
+        .ok_or_else(|| {
+            Error::invalid(
+                "the graph has no dense (linear) layer, so it has no classifier input; \
+                 name the LSA target node instead",
+            )
+        })
+}
+
+/// Finds a node by name, or an error listing what went wrong.
+pub fn find_node(graph: &Graph, name: &str) -> Result<NodeId, Error> {
+    graph
+        .find(name)
+        .ok_or_else(|| Error::invalid(format!("the graph has no node named {name:?}")))
+}
+
+/// The number of features of `target` under `spatial`.
+fn n_features(graph: &Graph, target: NodeId, spatial: Spatial) -> usize {
+    let s = graph.shape(target);
+    match (s.len(), spatial) {
+        (3, Spatial::Sum) => s[0],
+        _ => s.iter().product(),
+    }
+}
+
+/// Per-sample sensitivities of the graph's (first) output to the activations `targets`, by
+/// autodiff, for a batch of values fed to `feed` (NCHW, `[N, ...]`): the graph input (images)
+/// or any inner node (e.g. cached features, so only the head runs).
+///
+/// Every sample is repeated `K` times and copy `k` is seeded with the gradient of output `k`
+/// (for softmax, `y_k (e_k - y)` at the logits), so one recorded forward and one backward pass
+/// give the Jacobian of `max(1, batch / K)` samples. Runs in [`Mode::Eval`]. Feature-map targets
+/// are reduced per `spatial`.
+pub fn jacobian(
+    net: &mut Network,
+    feed: NodeId,
+    values: &Tensor,
+    targets: &[NodeId],
+    outputs: Outputs,
+    spatial: Spatial,
+    batch: usize,
+) -> Result<Vec<Jacobian>, Error> {
+    let graph = net.graph().clone();
+    let out = graph.outputs()[0];
+    let k: usize = graph.shape(out).iter().product();
+    if graph.shape(out).len() != 1 || k == 0 {
+        return Err(Error::invalid(format!(
+            "LSA needs a vector output, but output {} has shape {:?}",
+            graph.node(out).name,
+            graph.shape(out)
+        )));
+    }
+    let per: Vec<usize> = graph.shape(feed).to_vec();
+    let per_len: usize = per.iter().product();
+    let n = match values.shape().split_first() {
+        Some((&n, rest)) if rest == per.as_slice() => n,
+        _ => {
+            return Err(Error::invalid(format!(
+                "values fed to {} have shape {:?}, expected [N, {}]",
+                graph.node(feed).name,
+                values.shape(),
+                per.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    };
+    let dims: Vec<usize> = targets
+        .iter()
+        .map(|&t| n_features(&graph, t, spatial))
+        .collect();
+    let mut data: Vec<Vec<f64>> = dims
+        .iter()
+        .map(|&d| Vec::with_capacity(n * k * d))
+        .collect();
+    let chunk = (batch / k).max(1);
+    let mut start = 0;
+    while start < n {
+        let m = chunk.min(n - start);
+        let mut rep = Vec::with_capacity(m * k * per_len);
+        for s in start..start + m {
+            let row = &values.data()[s * per_len..(s + 1) * per_len];
+            for _ in 0..k {
+                rep.extend_from_slice(row);
+            }
+        }
+        let mut shape = vec![m * k];
+        shape.extend_from_slice(&per);
+        let x = Tensor::new(shape, rep).expect("m*k rows of the fed shape");
+        let fwd = net.run(
+            &ForwardRequest::new(Mode::Eval)
+                .with_feed(feed, &x)
+                .with_capture(targets)
+                .recording(),
+        )?;
+        let logits = &fwd.outputs[0];
+        let mut seed = vec![0.0f32; m * k * k];
+        for r in 0..m * k {
+            let kk = r % k;
+            let row = &logits.data()[r * k..(r + 1) * k];
+            let dst = &mut seed[r * k..(r + 1) * k];
+            match outputs {
+                Outputs::Logits => dst[kk] = 1.0,
+                Outputs::Softmax => {
+                    let y = softmax64(&row.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+                    for j in 0..k {
+                        let delta = if j == kk { 1.0 } else { 0.0 };
+                        dst[j] = (y[kk] * (delta - y[j])) as f32;
+                    }
+                }
+            }
+        }
+        let seed = Tensor::new(vec![m * k, k], seed).expect("m*k rows of k outputs");
+        let grads = net.backward_from(
+            &[(out, &seed)],
+            &BackwardOptions::new()
+                .without_param_grads()
+                .with_activations(targets),
+        )?;
+        for (ti, &t) in targets.iter().enumerate() {
+            let g = grads.activations.get(&t).ok_or_else(|| {
+                Error::invalid(format!(
+                    "no gradient reached {} (is it upstream of the output?)",
+                    graph.node(t).name
+                ))
+            })?;
+            let s = graph.shape(t);
+            let len: usize = s.iter().product();
+            for row in g.data().chunks(len.max(1)) {
+                if s.len() == 3 && spatial == Spatial::Sum {
+                    let hw = s[1] * s[2];
+                    data[ti].extend(
+                        row.chunks(hw.max(1))
+                            .map(|c| c.iter().map(|&v| f64::from(v)).sum::<f64>()),
+                    );
+                } else {
+                    data[ti].extend(row.iter().map(|&v| f64::from(v)));
+                }
+            }
+        }
+        start += m;
+    }
+    targets
+        .iter()
+        .zip(data)
+        .zip(dims)
+        .map(|((_, d), dim)| Jacobian::new(n, k, dim, d))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// LSA as a pruning criterion.
+
+/// LSA as a channel-importance criterion: the score of a group's channel is the LSA score of
+/// the activation slices its consumers read (each conv consumer's input channels, spatially
+/// summed; a dense consumer's input features, summed over the features a channel expands to
+/// after `Flatten`), aggregated over samples with `p` and over outputs with `agg`, then
+/// averaged over the consumers. Channels nothing reads score 0.
+///
+/// Build it with [`LsaImportance::compute`], which runs the engine on data once.
+#[derive(Clone, Debug)]
+pub struct LsaImportance {
+    /// The p-norm over samples.
+    pub p: PNorm,
+    /// The aggregation over outputs.
+    pub agg: OutputAgg,
+    /// Per-sample sensitivities of each activation read by a conv or dense layer, keyed by
+    /// the activation's node name (channels of feature maps spatially summed).
+    pub jacobians: HashMap<String, Jacobian>,
+    name: String,
+}
+
+impl LsaImportance {
+    /// Runs the network on `images` (NCHW, already preprocessed) and keeps the sensitivities of
+    /// every activation that a conv or dense layer reads. `batch` bounds the rows of one pass
+    /// (each image is repeated once per output).
+    pub fn compute(
+        net: &mut Network,
+        images: &Tensor,
+        p: PNorm,
+        agg: OutputAgg,
+        outputs: Outputs,
+        batch: usize,
+    ) -> Result<Self, Error> {
+        let graph = net.graph().clone();
+        let input = graph.inputs()[0];
+        let mut targets: Vec<NodeId> = Vec::new();
+        for id in graph.ids() {
+            let node = graph.node(id);
+            if matches!(node.op, Op::Conv2d(_) | Op::Linear(_)) {
+                let src = node.inputs[0];
+                if src != input && !targets.contains(&src) {
+                    targets.push(src);
+                }
+            }
+        }
+        let jac = jacobian(net, input, images, &targets, outputs, Spatial::Sum, batch)?;
+        let jacobians = targets
+            .iter()
+            .zip(jac)
+            .map(|(&t, j)| (graph.node(t).name.clone(), j))
+            .collect();
+        Ok(LsaImportance {
+            p,
+            agg,
+            jacobians,
+            name: format!("lsa_p{p}"),
+        })
+    }
+
+    /// [`LsaImportance::compute`] on `n_images` class-balanced images of `ds` (seeded by
+    /// `seed`), preprocessed and adapted to the model input as for evaluation; softmax
+    /// outputs, batches of 256 rows. This is what `shears prune --criterion lsa` needs.
+    pub fn on_dataset(
+        net: &mut Network,
+        ds: &Dataset,
+        pre: &Preprocess,
+        n_images: usize,
+        p: PNorm,
+        agg: OutputAgg,
+        seed: u64,
+    ) -> Result<Self, Error> {
+        if n_images == 0 || ds.is_empty() {
+            return Err(Error::invalid(format!(
+                "LSA needs at least one image ({n_images} requested of {} in {})",
+                ds.len(),
+                ds.name
+            )));
+        }
+        let sub = ds.class_balanced_subset(n_images.min(ds.len()), seed);
+        let shape = net.graph().shape(net.graph().inputs()[0]).to_vec();
+        let cfg = LoaderConfig::new(sub.len())
+            .with_normalize(normalize_for(pre, shape[0]))
+            .with_transforms(input_transforms(&sub, &shape)?);
+        let batch = Loader::new(&sub, cfg)?
+            .next()
+            .expect("a non-empty dataset gives one batch");
+        let x = batch_tensor(&batch);
+        Self::compute(net, &x, p, agg, Outputs::Softmax, 256)
+    }
+}
+
+impl Importance for LsaImportance {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn score(&self, ctx: &ScoreContext, group: &Group) -> crate::prune::Result<Vec<f32>> {
+        let mut sum = vec![0.0f64; group.size];
+        let mut count = vec![0u32; group.size];
+        let mut any = false;
+        for m in group.members_with(Role::InChannels) {
+            let src = ctx.graph.node(m.node).inputs[0];
+            let src_name = &ctx.graph.node(src).name;
+            let Some(j) = self.jacobians.get(src_name) else {
+                return Err(PruneError::Unscorable {
+                    criterion: self.name.clone(),
+                    group: group.id,
+                    root: ctx.graph.node(group.root).name.clone(),
+                    why: format!("no LSA sensitivities for activation {src_name}"),
+                });
+            };
+            any = true;
+            for (r, idxs) in m.idxs.iter().enumerate() {
+                if idxs.is_empty() {
+                    continue;
+                }
+                if let Some(&bad) = idxs.iter().find(|&&i| i >= j.d) {
+                    return Err(PruneError::Unscorable {
+                        criterion: self.name.clone(),
+                        group: group.id,
+                        root: ctx.graph.node(group.root).name.clone(),
+                        why: format!(
+                            "feature {bad} of {src_name} is outside its {} LSA features",
+                            j.d
+                        ),
+                    });
+                }
+                let per_k: Vec<f64> = (0..j.k)
+                    .map(|k| {
+                        self.p.power_mean(
+                            (0..j.n).map(|n| idxs.iter().map(|&i| j.get(n, k, i)).sum::<f64>()),
+                        )
+                    })
+                    .collect();
+                let s = match self.agg {
+                    OutputAgg::Max => per_k.iter().copied().fold(0.0, f64::max),
+                    OutputAgg::Sum => per_k.iter().sum(),
+                    OutputAgg::PNorm => self.p.norm(per_k),
+                };
+                sum[r] += s;
+                count[r] += 1;
+            }
+        }
+        if !any {
+            return Err(PruneError::Unscorable {
+                criterion: self.name.clone(),
+                group: group.id,
+                root: ctx.graph.node(group.root).name.clone(),
+                why: "no conv or dense layer reads the group's channels".into(),
+            });
+        }
+        Ok(sum
+            .iter()
+            .zip(&count)
+            .map(|(&s, &c)| {
+                if c == 0 {
+                    0.0
+                } else {
+                    (s / f64::from(c)) as f32
+                }
+            })
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ranking.
+
+/// Feature indices in ascending order of score (least sensitive first); ties keep index order.
+/// Non-finite scores rank last.
+pub fn ascending(scores: &[f64]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    let key = |i: usize| {
+        let v = scores[i];
+        if v.is_finite() {
+            v
+        } else {
+            f64::INFINITY
+        }
+    };
+    idx.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
+    idx
+}
+
+/// The `floor(r * d)` least sensitive features (ascending score), for a reduction level `r`
+/// in `[0, 1)`. An error for `r` outside that range.
+pub fn least_sensitive(scores: &[f64], r: f64) -> Result<Vec<usize>, Error> {
+    if !(0.0..1.0).contains(&r) {
+        return Err(Error::invalid(format!(
+            "reduction level r = {r} is not in [0, 1)"
+        )));
+    }
+    let n = (r * scores.len() as f64 + 1e-9).floor() as usize;
+    Ok(ascending(scores).into_iter().take(n).collect())
+}
+
+/// The features kept after removing `removed` from `d`, in increasing index order.
+pub fn kept(d: usize, removed: &[usize]) -> Vec<usize> {
+    let mut gone = vec![false; d];
+    for &i in removed {
+        if i < d {
+            gone[i] = true;
+        }
+    }
+    (0..d).filter(|&i| !gone[i]).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cached features and heads.
+
+/// Features of a set of samples, `n x d` row-major, with their labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Features {
+    /// Samples.
+    pub n: usize,
+    /// Features per sample.
+    pub d: usize,
+    /// `n * d` values.
+    pub data: Vec<f32>,
+    /// Class of each sample.
+    pub labels: Vec<usize>,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Features {
+    /// Features from values; an error when the sizes or labels disagree.
+    pub fn new(
+        n: usize,
+        d: usize,
+        data: Vec<f32>,
+        labels: Vec<usize>,
+        classes: usize,
+    ) -> Result<Self, Error> {
+        if n.checked_mul(d) != Some(data.len()) || labels.len() != n {
+            return Err(Error::invalid(format!(
+                "features: {} values and {} labels for {n} samples of {d} features",
+                data.len(),
+                labels.len()
+            )));
+        }
+        if let Some(&l) = labels.iter().find(|&&l| l >= classes) {
+            return Err(Error::invalid(format!(
+                "features: label {l} is not below the class count {classes}"
+            )));
+        }
+        Ok(Features {
+            n,
+            d,
+            data,
+            labels,
+            classes,
+        })
+    }
+
+    /// The samples `rows` restricted to the features `cols`, as an `[rows, cols]` tensor.
+    pub fn tensor(&self, rows: &[usize], cols: &[usize]) -> Tensor {
+        let mut v = Vec::with_capacity(rows.len() * cols.len());
+        for &r in rows {
+            let row = &self.data[r * self.d..(r + 1) * self.d];
+            v.extend(cols.iter().map(|&c| row[c]));
+        }
+        Tensor::new(vec![rows.len(), cols.len()], v).expect("rows x cols values")
+    }
+
+    /// The first `n` samples after a class-interleaved ordering (sample `j` of every class
+    /// before sample `j + 1` of any), so a prefix is close to class-balanced.
+    pub fn balanced_prefix(&self, n: usize) -> Vec<usize> {
+        let mut per: Vec<Vec<usize>> = vec![Vec::new(); self.classes.max(1)];
+        for (i, &l) in self.labels.iter().enumerate() {
+            per[l].push(i);
+        }
+        let mut out = Vec::with_capacity(n.min(self.n));
+        let mut j = 0;
+        while out.len() < n.min(self.n) {
+            for c in &per {
+                if let Some(&i) = c.get(j) {
+                    if out.len() < n {
+                        out.push(i);
+                    }
+                }
+            }
+            j += 1;
+        }
+        out
+    }
+}
+
+/// Runs the frozen backbone once over `ds` (eval mode, the model's preprocessing, grey-to-RGB
+/// and padding as the input needs) and keeps the activation of `target` for every image,
+/// flattened in C, H, W order.
+pub fn cache_features(
+    net: &mut Network,
+    ds: &Dataset,
+    pre: &Preprocess,
+    target: NodeId,
+    batch: usize,
+    verbosity: Verbosity,
+) -> Result<Features, Error> {
+    if batch == 0 {
+        return Err(Error::invalid("batch size must be at least 1"));
+    }
+    let graph = net.graph();
+    let input = graph.inputs()[0];
+    let shape = graph.shape(input).to_vec();
+    let d: usize = graph.shape(target).iter().product();
+    let transforms = input_transforms(ds, &shape)?;
+    let cfg = LoaderConfig::new(batch)
+        .with_normalize(normalize_for(pre, shape[0]))
+        .with_transforms(transforms);
+    let loader = Loader::new(ds, cfg)?;
+    let bar = Progress::new(ds.len() as u64, "features", verbosity);
+    let mut data = Vec::with_capacity(ds.len() * d);
+    let mut labels = Vec::with_capacity(ds.len());
+    for b in loader {
+        let x = batch_tensor(&b);
+        let out = net.run(
+            &ForwardRequest::new(Mode::Eval)
+                .with_feed(input, &x)
+                .with_capture(&[target]),
+        )?;
+        data.extend_from_slice(out.captured[&target].data());
+        labels.extend(b.labels.iter().map(|&l| l as usize));
+        bar.inc(b.n as u64);
+    }
+    bar.finish(&format!(
+        "features: {} images -> {} features each at {}",
+        ds.len(),
+        d,
+        net.graph().node(target).name
+    ));
+    Features::new(labels.len(), d, data, labels, ds.n_classes())
+}
+
+/// A classification head and how it is trained.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeadConfig {
+    /// Width of one hidden dense layer (with ReLU); `None` for a single linear layer (default).
+    pub hidden: Option<usize>,
+    /// Epochs over the training features; default 20.
+    pub epochs: usize,
+    /// Samples per step; default 64.
+    pub batch: usize,
+    /// Adam learning rate; default 1e-3.
+    pub lr: f32,
+    /// Adam L2 weight decay; default 0.
+    pub weight_decay: f32,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        HeadConfig {
+            hidden: None,
+            epochs: 20,
+            batch: 64,
+            lr: 1e-3,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// A trained head over a subset of the features.
+#[derive(Debug)]
+pub struct Head {
+    /// The network: input `features` (`[d_kept]`), `fc1`, optionally `relu1` and `fc2`.
+    pub net: Network,
+    /// The features it reads, as indices into the full feature vector.
+    pub keep: Vec<usize>,
+}
+
+/// The head graph: `features [d] -> fc1 -> (relu1 -> fc2)` with `k` outputs.
+pub fn head_graph(d: usize, hidden: Option<usize>, k: usize) -> Result<Graph, Error> {
+    if d == 0 || k == 0 || hidden == Some(0) {
+        return Err(Error::invalid(format!(
+            "a head needs features, outputs and hidden units (d = {d}, k = {k}, hidden = {hidden:?})"
+        )));
+    }
+    let mut b = GraphBuilder::new();
+    let x = b.input("features", &[d])?;
+    let lin = |i, o| Linear {
+        in_features: i,
+        out_features: o,
+        bias: true,
+    };
+    let out = match hidden {
+        None => b.add("fc1", lin(d, k), &[x])?,
+        Some(h) => {
+            let f = b.add("fc1", lin(d, h), &[x])?;
+            let r = b.add("relu1", Op::Relu, &[f])?;
+            b.add("fc2", lin(h, k), &[r])?
+        }
+    };
+    Ok(b.finish(&[out])?)
+}
+
+/// PyTorch's default dense initialisation, `U(-1/sqrt(in), 1/sqrt(in))` for weight and bias,
+/// from a `ChaCha8Rng` seeded with `seed`.
+pub fn init_head(graph: &Graph, seed: u64) -> Weights {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    for (id, name, spec) in graph.param_specs() {
+        let fan_in = match &graph.node(id).op {
+            Op::Linear(l) => l.in_features,
+            _ => 1,
+        };
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let len: usize = spec.shape.iter().product();
+        let v = (0..len)
+            .map(|_| (uniform(&mut rng) * 2.0 - 1.0) * bound)
+            .collect();
+        w.insert(
+            name,
+            Tensor::new(spec.shape.clone(), v).expect("spec shape"),
+        );
+    }
+    w
+}
+
+fn uniform(rng: &mut ChaCha8Rng) -> f32 {
+    (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+}
+
+/// A seeded permutation of `0..n` (Fisher-Yates).
+fn permutation(n: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+/// Trains a new head on the features `keep` of `train` with Adam and cross-entropy, shuffling
+/// with `seed` each epoch; initialised from `seed`.
+pub fn train_head(
+    train: &Features,
+    keep: &[usize],
+    cfg: &HeadConfig,
+    seed: u64,
+) -> Result<Head, Error> {
+    if cfg.batch == 0 || cfg.epochs == 0 {
+        return Err(Error::invalid(format!(
+            "head training needs a batch size and epochs of at least 1 (batch {}, epochs {})",
+            cfg.batch, cfg.epochs
+        )));
+    }
+    if train.n == 0 {
+        return Err(Error::invalid("no training features"));
+    }
+    if let Some(&bad) = keep.iter().find(|&&i| i >= train.d) {
+        return Err(Error::invalid(format!(
+            "kept feature {bad} is outside the {} features",
+            train.d
+        )));
+    }
+    let graph = head_graph(keep.len(), cfg.hidden, train.classes)?;
+    let weights = init_head(&graph, seed);
+    let input = graph.inputs()[0];
+    let mut net = Network::new(graph, &weights)?;
+    let mut opt = Adam::new(AdamConfig::new(cfg.lr).with_weight_decay(cfg.weight_decay))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f4ea);
+    for _ in 0..cfg.epochs {
+        let order = permutation(train.n, &mut rng);
+        for rows in order.chunks(cfg.batch) {
+            let x = train.tensor(rows, keep);
+            let labels: Vec<usize> = rows.iter().map(|&r| train.labels[r]).collect();
+            let out = net.run(
+                &ForwardRequest::new(Mode::Train)
+                    .with_feed(input, &x)
+                    .recording(),
+            )?;
+            let (_, dl) = cross_entropy(&out.outputs[0], &labels, 0.0)?;
+            let mut g = net.backward(&dl, &BackwardOptions::new())?;
+            net.step(&mut opt, &mut g)?;
+        }
+    }
+    Ok(Head {
+        net,
+        keep: keep.to_vec(),
+    })
+}
+
+impl Head {
+    /// Top-1 accuracy in percent on `test`.
+    pub fn accuracy(&mut self, test: &Features) -> Result<f64, Error> {
+        if test.n == 0 {
+            return Ok(0.0);
+        }
+        let input = self.net.graph().inputs()[0];
+        let mut correct = 0usize;
+        let rows: Vec<usize> = (0..test.n).collect();
+        for chunk in rows.chunks(1024) {
+            let x = test.tensor(chunk, &self.keep);
+            let out = self
+                .net
+                .run(&ForwardRequest::new(Mode::Eval).with_feed(input, &x))?;
+            let k = self.net.graph().shape(self.net.graph().outputs()[0])[0];
+            for (row, &r) in out.outputs[0].data().chunks(k).zip(chunk) {
+                correct += usize::from(crate::eval::argmax(row) == test.labels[r]);
+            }
+        }
+        Ok(100.0 * correct as f64 / test.n as f64)
+    }
+
+    /// Whether the head is a single linear layer.
+    pub fn is_linear(&self) -> bool {
+        self.net.graph().find("relu1").is_none()
+    }
+
+    /// Sensitivities of the head's outputs to its (kept) features at the samples `rows` of
+    /// `feats`: closed form for a linear head when `closed_form` is set, autodiff otherwise.
+    pub fn jacobian(
+        &mut self,
+        feats: &Features,
+        rows: &[usize],
+        outputs: Outputs,
+        closed_form: bool,
+    ) -> Result<Jacobian, Error> {
+        let z = feats.tensor(rows, &self.keep);
+        if closed_form && self.is_linear() {
+            let w = self
+                .net
+                .params()
+                .get("fc1.weight")
+                .expect("the head has fc1");
+            let b = self.net.params().get("fc1.bias");
+            return linear_head_jacobian(w, b, &z, outputs);
+        }
+        let input = self.net.graph().inputs()[0];
+        let j = jacobian(
+            &mut self.net,
+            input,
+            &z,
+            &[input],
+            outputs,
+            Spatial::Elements,
+            2048,
+        )?;
+        Ok(j.into_iter().next().expect("one target"))
+    }
+
+    /// The L2 norm of each input column of the first dense layer (one per kept feature): the
+    /// magnitude criterion for removing dense-layer inputs.
+    pub fn column_norms(&self) -> Vec<f64> {
+        let w = self
+            .net
+            .params()
+            .get("fc1.weight")
+            .expect("the head has fc1");
+        let (o, d) = (w.shape()[0], w.shape()[1]);
+        (0..d)
+            .map(|i| {
+                (0..o)
+                    .map(|r| f64::from(w.data()[r * d + i]).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect()
+    }
+
+    /// Trainable parameters of the head.
+    pub fn n_params(&self) -> u64 {
+        self.net.graph().n_params()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The feature-pruning study.
+
+/// How features are chosen for removal.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "p")]
+pub enum Selection {
+    /// LSA with this p-norm: the least sensitive features go first.
+    Lsa(PNorm),
+    /// The smallest L2 norms of the first dense layer's input columns go first.
+    Magnitude,
+    /// A seeded random choice.
+    Random,
+}
+
+impl Selection {
+    /// A short label: `lsa p=2`, `magnitude`, `random`.
+    pub fn label(&self) -> String {
+        match self {
+            Selection::Lsa(p) => format!("lsa p={p}"),
+            Selection::Magnitude => "magnitude".into(),
+            Selection::Random => "random".into(),
+        }
+    }
+}
+
+/// The grid and settings of a study.
+#[derive(Clone, Debug, Serialize)]
+pub struct StudyConfig {
+    /// The p-norms; default 1, 2, 3, 4, inf.
+    pub ps: Vec<PNorm>,
+    /// Reduction levels (fraction of features removed); default 0.1, 0.2, ..., 0.9.
+    pub ratios: Vec<f64>,
+    /// Seeds (head initialisation and shuffling, random selection); default 0, 1, 2.
+    pub seeds: Vec<u64>,
+    /// Training samples the sensitivities are averaged over (a class-interleaved prefix);
+    /// default 1000.
+    pub lsa_samples: usize,
+    /// Softmax probabilities or logits; default softmax.
+    pub outputs: Outputs,
+    /// Aggregation over outputs; default max.
+    pub output_agg: OutputAgg,
+    /// The head and its training.
+    pub head: HeadConfig,
+    /// Also run magnitude and random selection at every (r, seed); default true.
+    pub baselines: bool,
+    /// Progress display.
+    #[serde(skip)]
+    pub verbosity: Verbosity,
+}
+
+impl Default for StudyConfig {
+    fn default() -> Self {
+        StudyConfig {
+            ps: vec![PNorm(1.0), PNorm(2.0), PNorm(3.0), PNorm(4.0), PNorm::INF],
+            ratios: (1..=9).map(|i| f64::from(i) / 10.0).collect(),
+            seeds: vec![0, 1, 2],
+            lsa_samples: 1000,
+            outputs: Outputs::Softmax,
+            output_agg: OutputAgg::Max,
+            head: HeadConfig::default(),
+            baselines: true,
+            verbosity: Verbosity::Normal,
+        }
+    }
+}
+
+/// One trained and evaluated head of the grid.
+#[derive(Clone, Debug, Serialize)]
+pub struct StudyRow {
+    /// How features were removed.
+    pub selection: Selection,
+    /// Reduction level.
+    pub ratio: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Features kept.
+    pub d_kept: usize,
+    /// Trainable parameters of the head.
+    pub head_params: u64,
+    /// Test top-1 accuracy in percent.
+    pub accuracy: f64,
+}
+
+/// Summary of one selection method over the grid.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelectionSummary {
+    /// `lsa` (all p together), `lsa p=...`, `magnitude` or `random`.
+    pub method: String,
+    /// Heads trained.
+    pub runs: usize,
+    /// Mean accuracy over p, r and seeds.
+    pub mean: f64,
+    /// Volatility: population standard deviation of the accuracy over p, r and seeds.
+    pub std: f64,
+    /// Mean over (p, r) cells of the standard deviation over seeds.
+    pub seed_std: f64,
+    /// The (p, r) with the highest mean accuracy over seeds (p empty for baselines).
+    pub best_p: Option<PNorm>,
+    /// Its reduction level.
+    pub best_ratio: f64,
+    /// Its mean accuracy.
+    pub best_accuracy: f64,
+    /// The largest r whose mean accuracy is within 1 point of the unpruned head's mean.
+    pub max_ratio_within_1pt: Option<f64>,
+}
+
+/// The result of [`run_study`].
+#[derive(Clone, Debug, Serialize)]
+pub struct StudyResult {
+    /// Features per sample.
+    pub d: usize,
+    /// Training and test samples.
+    pub n_train: usize,
+    /// Test samples.
+    pub n_test: usize,
+    /// Accuracy of the unpruned head per seed.
+    pub base: Vec<(u64, f64)>,
+    /// Every pruned head.
+    pub rows: Vec<StudyRow>,
+    /// Per method summaries: `lsa` over all p, each `lsa p=...`, `magnitude`, `random`.
+    pub summary: Vec<SelectionSummary>,
+    /// Wall-clock seconds of the grid.
+    pub seconds: f64,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n;
+    (m, var.sqrt())
+}
+
+/// Summarises the rows selected by `pick` under the name `method`.
+fn summarize(
+    method: &str,
+    rows: &[StudyRow],
+    base_mean: f64,
+    pick: impl Fn(&Selection) -> bool,
+) -> Option<SelectionSummary> {
+    let sel: Vec<&StudyRow> = rows.iter().filter(|r| pick(&r.selection)).collect();
+    if sel.is_empty() {
+        return None;
+    }
+    let accs: Vec<f64> = sel.iter().map(|r| r.accuracy).collect();
+    let (mean, std) = mean_std(&accs);
+    // Cells (p, r) in first-appearance order.
+    let mut cells: Vec<(Selection, f64, Vec<f64>)> = Vec::new();
+    for r in &sel {
+        match cells
+            .iter_mut()
+            .find(|c| c.0 == r.selection && c.1 == r.ratio)
+        {
+            Some(c) => c.2.push(r.accuracy),
+            None => cells.push((r.selection, r.ratio, vec![r.accuracy])),
+        }
+    }
+    let seed_std = cells.iter().map(|c| mean_std(&c.2).1).sum::<f64>() / cells.len() as f64;
+    let (best_sel, best_ratio, best_acc) = cells
+        .iter()
+        .map(|c| (c.0, c.1, mean_std(&c.2).0))
+        .fold(None, |b: Option<(Selection, f64, f64)>, c| match b {
+            Some(b) if b.2 >= c.2 => Some(b),
+            _ => Some(c),
+        })
+        .expect("at least one cell");
+    let max_ratio_within_1pt = cells
+        .iter()
+        .filter(|c| mean_std(&c.2).0 >= base_mean - 1.0)
+        .map(|c| c.1)
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+    Some(SelectionSummary {
+        method: method.to_string(),
+        runs: sel.len(),
+        mean,
+        std,
+        seed_std,
+        best_p: match best_sel {
+            Selection::Lsa(p) => Some(p),
+            _ => None,
+        },
+        best_ratio,
+        best_accuracy: best_acc,
+        max_ratio_within_1pt,
+    })
+}
+
+/// The LSA feature-pruning study (methods §1.3, order (a)): for every seed, train a head on all
+/// features of `train`, compute its LSA over `lsa_samples` training samples, and for every
+/// `p` and `r` remove the `floor(r * d)` least sensitive features, train a new head (same seed)
+/// on the rest and evaluate it on `test`; with `baselines`, the same with magnitude and random
+/// selection.
+pub fn run_study(
+    train: &Features,
+    test: &Features,
+    cfg: &StudyConfig,
+) -> Result<StudyResult, Error> {
+    if train.d != test.d || train.classes != test.classes {
+        return Err(Error::invalid(format!(
+            "training features ({} features, {} classes) and test features ({}, {}) differ",
+            train.d, train.classes, test.d, test.classes
+        )));
+    }
+    if cfg.ps.is_empty() || cfg.ratios.is_empty() || cfg.seeds.is_empty() {
+        return Err(Error::invalid(
+            "the study needs at least one p, one r and one seed",
+        ));
+    }
+    if cfg.lsa_samples == 0 {
+        return Err(Error::invalid("LSA needs at least one sample"));
+    }
+    for &r in &cfg.ratios {
+        least_sensitive(&[], r)?;
+    }
+    let start = std::time::Instant::now();
+    let mut sels: Vec<Selection> = cfg.ps.iter().map(|&p| Selection::Lsa(p)).collect();
+    if cfg.baselines {
+        sels.push(Selection::Magnitude);
+        sels.push(Selection::Random);
+    }
+    let total = cfg.seeds.len() * (1 + sels.len() * cfg.ratios.len());
+    let bar = Progress::new(total as u64, "lsa study", cfg.verbosity);
+    let all: Vec<usize> = (0..train.d).collect();
+    let lsa_rows = train.balanced_prefix(cfg.lsa_samples);
+    let mut base = Vec::new();
+    let mut rows = Vec::new();
+    for &seed in &cfg.seeds {
+        let mut head = train_head(train, &all, &cfg.head, seed)?;
+        let acc = head.accuracy(test)?;
+        base.push((seed, acc));
+        bar.inc(1);
+        bar.println(&format!("seed {seed}: unpruned head {acc:.2}%"));
+        let jac = head.jacobian(train, &lsa_rows, cfg.outputs, true)?;
+        let mags = head.column_norms();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0a11_5e1e_c7ed);
+        let rand_order = permutation(train.d, &mut rng);
+        for sel in &sels {
+            let scores: Vec<f64> = match sel {
+                Selection::Lsa(p) => jac.scores(*p, cfg.output_agg),
+                Selection::Magnitude => mags.clone(),
+                Selection::Random => {
+                    let mut s = vec![0.0; train.d];
+                    for (rank, &i) in rand_order.iter().enumerate() {
+                        s[i] = rank as f64;
+                    }
+                    s
+                }
+            };
+            for &r in &cfg.ratios {
+                let removed = least_sensitive(&scores, r)?;
+                let keep = kept(train.d, &removed);
+                let mut h = train_head(train, &keep, &cfg.head, seed)?;
+                let accuracy = h.accuracy(test)?;
+                rows.push(StudyRow {
+                    selection: *sel,
+                    ratio: r,
+                    seed,
+                    d_kept: keep.len(),
+                    head_params: h.n_params(),
+                    accuracy,
+                });
+                bar.inc(1);
+                bar.set_message(format!(
+                    "{} r={r:.2} seed {seed}: {accuracy:.2}%",
+                    sel.label()
+                ));
+            }
+        }
+    }
+    let base_mean = mean_std(&base.iter().map(|b| b.1).collect::<Vec<_>>()).0;
+    let mut summary = Vec::new();
+    summary.extend(summarize("lsa", &rows, base_mean, |s| {
+        matches!(s, Selection::Lsa(_))
+    }));
+    for &p in &cfg.ps {
+        summary.extend(summarize(
+            &Selection::Lsa(p).label(),
+            &rows,
+            base_mean,
+            |s| *s == Selection::Lsa(p),
+        ));
+    }
+    summary.extend(summarize("magnitude", &rows, base_mean, |s| {
+        *s == Selection::Magnitude
+    }));
+    summary.extend(summarize("random", &rows, base_mean, |s| {
+        *s == Selection::Random
+    }));
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish(&format!(
+        "lsa study: {} heads in {seconds:.1} s",
+        rows.len() + base.len()
+    ));
+    Ok(StudyResult {
+        d: train.d,
+        n_train: train.n,
+        n_test: test.n,
+        base,
+        rows,
+        summary,
+        seconds,
+    })
+}
+
+/// The study's rows as CSV: `selection,p,ratio,seed,d_kept,head_params,accuracy`, with the
+/// unpruned heads as `none` rows at ratio 0.
+pub fn study_csv(res: &StudyResult) -> String {
+    let mut s = String::from("selection,p,ratio,seed,d_kept,head_params,accuracy\n");
+    for (seed, acc) in &res.base {
+        s.push_str(&format!("none,,0,{seed},{},,{acc:.4}\n", res.d));
+    }
+    for r in &res.rows {
+        let (name, p) = match r.selection {
+            Selection::Lsa(p) => ("lsa", p.to_string()),
+            Selection::Magnitude => ("magnitude", String::new()),
+            Selection::Random => ("random", String::new()),
+        };
+        s.push_str(&format!(
+            "{name},{p},{},{},{},{},{:.4}\n",
+            r.ratio, r.seed, r.d_kept, r.head_params, r.accuracy
+        ));
+    }
+    s
+}
+
+/// Mean accuracy over seeds per reduction level for one selection: `(r, mean)` points in the
+/// order of the grid, starting with the unpruned heads' mean at r = 0.
+pub fn curve(res: &StudyResult, sel: Selection) -> Vec<(f64, f64)> {
+    let base = mean_std(&res.base.iter().map(|b| b.1).collect::<Vec<_>>()).0;
+    let mut pts: Vec<(f64, Vec<f64>)> = Vec::new();
+    for r in res.rows.iter().filter(|r| r.selection == sel) {
+        match pts.iter_mut().find(|p| p.0 == r.ratio) {
+            Some(p) => p.1.push(r.accuracy),
+            None => pts.push((r.ratio, vec![r.accuracy])),
+        }
+    }
+    std::iter::once((0.0, base))
+        .chain(pts.into_iter().map(|(r, v)| (r, mean_std(&v).0)))
+        .collect()
+}

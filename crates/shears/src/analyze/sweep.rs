@@ -1,0 +1,1144 @@
+//! Per-group prune-and-evaluate sweeps (Distiller, NNI and PaddleSlim style), run from cached
+//! prefix activations.
+//!
+//! For each prunable group and each ratio of a list, the group alone loses
+//! `floor(ratio * size)` channels chosen by a criterion, and the model is evaluated (top-1
+//! accuracy and mean cross-entropy) on a fixed evaluation set, typically a class-balanced
+//! validation subset ([`EvalSet::balanced`]). A probe uses the *masked* model
+//! ([`crate::prune::mask_weights`]), which [`crate::prune::prune`] reproduces exactly
+//! (default [`FoldMode::Exact`]), so a probe's accuracy is the pruned model's accuracy.
+//!
+//! **Prefix caching ([`Prober`]).** Damaging a group changes the weights of a few nodes; every
+//! node before the first of them computes exactly what it computes in the undamaged model. The
+//! prober keeps the activations at the *frontier* of that point (the nodes before it that are
+//! read by nodes at or after it; for a ResNet block, the block input) for the whole evaluation
+//! set, and each probe runs only the suffix of the network from them. Probes are taken in
+//! topological order of their first damaged node, so the frontier walks forward through the
+//! network once: the prefixes cost one forward pass in all. With `prefix_cache = false` every
+//! probe runs the whole network, as the other toolkits do. Both give bit-identical logits.
+//!
+//! **Resume.** With a cache file, every finished probe is written at once (temporary file, then
+//! rename); a later run with the same model, data and settings reuses the cached probes and
+//! computes only the missing ones. A cache made for anything else is an error naming the file
+//! and what differs.
+//!
+//! **Ratio selection.** [`ratios_for_loss`] picks, per group, the largest ratio whose
+//! interpolated loss increase stays under a threshold (PaddleSlim's `get_ratios_by_loss`, with
+//! the curve starting at (0, baseline)); [`ratios_for_macs`] bisects that threshold until the
+//! ratios meet a MACs target. Both return `{group root: ratio}`, the format of
+//! `shears prune --ratios-from FILE`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use shears_data::{Dataset, Loader, LoaderConfig};
+use shears_engine::{ForwardRequest, Mode, Network};
+use shears_ir::{Graph, NodeId, Tensor, Weights};
+
+use crate::eval::{batch_tensor, input_transforms, normalize_for};
+use crate::progress::{Progress, Verbosity};
+use crate::prune::{
+    self, fingerprint, mask_weights_with, predict_cost, AllocConfig, Criterion, DepGraph, FoldMode,
+    Plan, PlanGroup, Reduction, Role, ScoreContext, Strategy,
+};
+use crate::zoo::Preprocess;
+use crate::Error;
+
+/// A fixed evaluation set: preprocessed images as one NCHW tensor, and their labels.
+#[derive(Clone, Debug)]
+pub struct EvalSet {
+    /// `[N, C, H, W]`, normalised and adapted to the model input.
+    pub images: Tensor,
+    /// One label per image.
+    pub labels: Vec<u8>,
+    /// Number of classes of the dataset.
+    pub n_classes: usize,
+    /// Where the images come from (for reports), e.g. `cifar10 test, 1000 class-balanced`.
+    pub description: String,
+}
+
+impl EvalSet {
+    /// All images of `ds`, preprocessed for a model with input shape `input` (`[C, H, W]`).
+    pub fn from_dataset(ds: &Dataset, pre: &Preprocess, input: &[usize]) -> Result<Self, Error> {
+        if ds.is_empty() {
+            return Err(Error::invalid(format!("dataset {} has no images", ds.name)));
+        }
+        let transforms = input_transforms(ds, input)?;
+        let cfg = LoaderConfig::new(ds.len())
+            .with_normalize(normalize_for(pre, input[0]))
+            .with_transforms(transforms);
+        let mut loader = Loader::new(ds, cfg)?;
+        let batch = loader
+            .next()
+            .ok_or_else(|| Error::invalid(format!("dataset {} gave no batch", ds.name)))?;
+        Ok(EvalSet {
+            images: batch_tensor(&batch),
+            labels: batch.labels.clone(),
+            n_classes: ds.n_classes(),
+            description: format!("{}, {} images", ds.name, ds.len()),
+        })
+    }
+
+    /// A seeded class-balanced subset of `n` images of `ds` (all of `ds` if smaller).
+    pub fn balanced(
+        ds: &Dataset,
+        n: usize,
+        seed: u64,
+        pre: &Preprocess,
+        input: &[usize],
+    ) -> Result<Self, Error> {
+        if n == 0 {
+            return Err(Error::invalid(
+                "the evaluation set needs at least one image",
+            ));
+        }
+        let sub = if n < ds.len() {
+            ds.class_balanced_subset(n, seed)
+        } else {
+            ds.clone()
+        };
+        let mut s = Self::from_dataset(&sub, pre, input)?;
+        s.description = format!(
+            "{}, {} class-balanced images (seed {seed})",
+            ds.name,
+            sub.len()
+        );
+        Ok(s)
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// FNV-1a hash of the images' bits and the labels (identifies the set in cache files).
+    pub fn hash(&self) -> String {
+        let mut h = Fnv::new();
+        for v in self.images.data() {
+            h.add(&v.to_bits().to_le_bytes());
+        }
+        h.add(&self.labels);
+        h.hex()
+    }
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn hex(&self) -> String {
+        format!("fnv1a64:{:016x}", self.0)
+    }
+}
+
+/// FNV-1a hash of a set of weights (names, shapes and bits, in name order).
+pub fn weights_hash(w: &Weights) -> String {
+    let mut names: Vec<&String> = w.names().collect();
+    names.sort();
+    let mut h = Fnv::new();
+    for n in names {
+        let t = w.get(n).expect("name listed by the weights");
+        h.add(n.as_bytes());
+        for &d in t.shape() {
+            h.add(&(d as u64).to_le_bytes());
+        }
+        for v in t.data() {
+            h.add(&v.to_bits().to_le_bytes());
+        }
+    }
+    h.hex()
+}
+
+/// Top-1 correct count and summed cross-entropy of one evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Images evaluated.
+    pub images: usize,
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// Mean cross-entropy.
+    pub loss: f64,
+}
+
+impl Score {
+    /// Top-1 accuracy as a fraction in `[0, 1]`.
+    pub fn accuracy(&self) -> f64 {
+        if self.images == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.images as f64
+        }
+    }
+}
+
+/// Counters of a [`Prober`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStats {
+    /// Probes run (baseline excluded).
+    pub probes: usize,
+    /// MACs per image run by the probes (suffixes), summed over probes.
+    pub probe_macs: u64,
+    /// MACs per image run to fill the prefix caches.
+    pub prefix_macs: u64,
+    /// MACs per image of one full forward pass.
+    pub full_macs: u64,
+}
+
+/// Evaluates damaged copies of one model on one [`EvalSet`], optionally from cached prefix
+/// activations (see the module docs).
+pub struct Prober<'a> {
+    graph: Graph,
+    weights: Weights,
+    net: Network,
+    data: &'a EvalSet,
+    batch: usize,
+    prefix_cache: bool,
+    owner: HashMap<String, NodeId>,
+    needed: Vec<bool>,
+    /// Cached frontier: the position it is for, and its node values over all images.
+    cache: Option<(usize, Vec<(NodeId, Tensor)>)>,
+    baseline: Option<Score>,
+    stats: ProbeStats,
+}
+
+impl<'a> Prober<'a> {
+    /// A prober for `graph` with `weights` on `data`, running `batch` images at a time.
+    pub fn new(
+        graph: &Graph,
+        weights: &Weights,
+        data: &'a EvalSet,
+        batch: usize,
+        prefix_cache: bool,
+    ) -> Result<Self, Error> {
+        if batch == 0 {
+            return Err(Error::invalid("batch size must be at least 1"));
+        }
+        if data.is_empty() {
+            return Err(Error::invalid("the evaluation set is empty"));
+        }
+        let inputs = graph.inputs();
+        if inputs.len() != 1 || graph.outputs().len() != 1 {
+            return Err(Error::invalid(format!(
+                "probing needs a graph with one input and one output (found {} and {})",
+                inputs.len(),
+                graph.outputs().len()
+            )));
+        }
+        let want = graph.shape(inputs[0]);
+        if &data.images.shape()[1..] != want {
+            return Err(Error::invalid(format!(
+                "evaluation images have shape {:?} but the model input {:?} expects {:?}",
+                &data.images.shape()[1..],
+                graph.node(inputs[0]).name,
+                want
+            )));
+        }
+        let n_out: usize = graph.shape(graph.outputs()[0]).iter().product();
+        if n_out < data.n_classes {
+            return Err(Error::invalid(format!(
+                "the model has {n_out} outputs but the evaluation set has {} classes",
+                data.n_classes
+            )));
+        }
+        let net = Network::new(graph.clone(), weights)?;
+        let owner = graph
+            .param_specs()
+            .into_iter()
+            .map(|(id, name, _)| (name, id))
+            .collect();
+        let mut needed = vec![false; graph.len()];
+        let mut stack: Vec<NodeId> = graph.outputs().to_vec();
+        while let Some(v) = stack.pop() {
+            if !needed[v.0] {
+                needed[v.0] = true;
+                stack.extend_from_slice(&graph.node(v).inputs);
+            }
+        }
+        let full_macs = graph
+            .ids()
+            .filter(|i| needed[i.0])
+            .map(|i| graph.node_macs(i))
+            .sum();
+        Ok(Prober {
+            graph: graph.clone(),
+            weights: weights.clone(),
+            net,
+            data,
+            batch,
+            prefix_cache,
+            owner,
+            needed,
+            cache: None,
+            baseline: None,
+            stats: ProbeStats {
+                full_macs,
+                ..ProbeStats::default()
+            },
+        })
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The undamaged weights.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ProbeStats {
+        self.stats
+    }
+
+    /// The undamaged model's score (computed once).
+    pub fn baseline(&mut self) -> Result<Score, Error> {
+        if let Some(s) = self.baseline {
+            return Ok(s);
+        }
+        let input = self.graph.inputs()[0];
+        let feeds = vec![(input, self.data.images.clone())];
+        let s = self.run_from(&feeds)?;
+        self.baseline = Some(s);
+        Ok(s)
+    }
+
+    /// The first node whose value changes when the tensors named in `changed` change (the
+    /// graph length when nothing changes). Errors name an unknown tensor.
+    pub fn start_of(&self, changed: &Weights) -> Result<usize, Error> {
+        let mut start = self.graph.len();
+        for (name, t) in changed.iter() {
+            let Some(&id) = self.owner.get(name) else {
+                return Err(Error::invalid(format!(
+                    "damaged tensor {name:?} is not a parameter of the graph"
+                )));
+            };
+            let orig = self
+                .weights
+                .get(name)
+                .expect("graph parameters are in the weights");
+            if orig.shape() != t.shape() {
+                return Err(Error::invalid(format!(
+                    "damaged tensor {name:?} has shape {:?}, expected {:?}",
+                    t.shape(),
+                    orig.shape()
+                )));
+            }
+            if orig.data() != t.data() {
+                start = start.min(id.0);
+            }
+        }
+        Ok(start)
+    }
+
+    /// The score of the model with the tensors in `changed` replaced (any subset of the
+    /// graph's parameters; unchanged ones may be included). The network is restored after.
+    pub fn probe(&mut self, changed: &Weights) -> Result<Score, Error> {
+        let start = self.start_of(changed)?;
+        self.stats.probes += 1;
+        if start >= self.graph.len() {
+            return self.baseline();
+        }
+        let input = self.graph.inputs()[0];
+        let feeds: Vec<(NodeId, Tensor)> = if self.prefix_cache && start > input.0 {
+            self.advance_to(start)?;
+            let (_, vals) = self.cache.as_ref().expect("advance_to fills the cache");
+            let front = self.frontier(start);
+            vals.iter()
+                .filter(|(id, _)| front.contains(id))
+                .map(|(id, t)| (*id, t.clone()))
+                .collect()
+        } else {
+            vec![(input, self.data.images.clone())]
+        };
+        let first = feeds.iter().map(|(id, _)| id.0).min().unwrap_or(0);
+        let from = if self.prefix_cache { start } else { first };
+        self.stats.probe_macs += self.macs_from(from);
+        self.net.set_weights(changed)?;
+        let out = self.run_from(&feeds);
+        let restore = self.original_of(changed);
+        self.net.set_weights(&restore)?;
+        out
+    }
+
+    fn original_of(&self, changed: &Weights) -> Weights {
+        let mut w = Weights::new();
+        for name in changed.names() {
+            if let Some(t) = self.weights.get(name) {
+                w.insert(name.clone(), t.clone());
+            }
+        }
+        w
+    }
+
+    fn macs_from(&self, start: usize) -> u64 {
+        self.graph
+            .ids()
+            .filter(|i| i.0 >= start && self.needed[i.0])
+            .map(|i| self.graph.node_macs(i))
+            .sum()
+    }
+
+    /// Nodes before `start` whose values nodes at or after `start` read.
+    fn frontier(&self, start: usize) -> Vec<NodeId> {
+        let mut f = vec![false; self.graph.len()];
+        for id in self
+            .graph
+            .ids()
+            .filter(|i| i.0 >= start && self.needed[i.0])
+        {
+            for inp in &self.graph.node(id).inputs {
+                if inp.0 < start {
+                    f[inp.0] = true;
+                }
+            }
+        }
+        for o in self.graph.outputs() {
+            if o.0 < start {
+                f[o.0] = true;
+            }
+        }
+        (0..f.len()).filter(|&i| f[i]).map(NodeId).collect()
+    }
+
+    /// Makes the cache hold the frontier of `start`, walking forward from the current one (or
+    /// from the input when `start` lies before it).
+    fn advance_to(&mut self, start: usize) -> Result<(), Error> {
+        let input = self.graph.inputs()[0];
+        let (pos, vals) = match self.cache.take() {
+            Some((p, v)) if p <= start => (p, v),
+            _ => (input.0 + 1, vec![(input, self.data.images.clone())]),
+        };
+        if pos == start {
+            self.cache = Some((pos, vals));
+            return Ok(());
+        }
+        let want = self.frontier(start);
+        let new: Vec<NodeId> = want.iter().copied().filter(|i| i.0 >= pos).collect();
+        let mut computed: Vec<(NodeId, Tensor)> = Vec::new();
+        if !new.is_empty() {
+            // The nodes the new frontier needs, walking back to the cached values.
+            let have: Vec<NodeId> = vals.iter().map(|(id, _)| *id).collect();
+            let mut reach = vec![false; self.graph.len()];
+            let mut fed_used = Vec::new();
+            let mut stack = new.clone();
+            while let Some(v) = stack.pop() {
+                if reach[v.0] {
+                    continue;
+                }
+                reach[v.0] = true;
+                if have.contains(&v) {
+                    fed_used.push(v);
+                    continue;
+                }
+                stack.extend_from_slice(&self.graph.node(v).inputs);
+            }
+            let (nodes, _) = self.graph.clone().into_parts();
+            let sub_nodes: Vec<_> = nodes.into_iter().take(start).collect();
+            let sub = Graph::new(sub_nodes, new.clone())?;
+            let mut w = Weights::new();
+            for (_, name, _) in sub.param_specs() {
+                let t = self
+                    .weights
+                    .get(&name)
+                    .expect("graph parameters are in the weights");
+                w.insert(name, t.clone());
+            }
+            let mut net = Network::new(sub, &w)?;
+            let old_vals: Vec<(NodeId, Tensor)> = vals
+                .iter()
+                .filter(|(id, _)| fed_used.contains(id))
+                .map(|(id, t)| (*id, t.clone()))
+                .collect();
+            self.stats.prefix_macs += self
+                .graph
+                .ids()
+                .filter(|i| reach[i.0] && !have.contains(i))
+                .map(|i| self.graph.node_macs(i))
+                .sum::<u64>();
+            let outs = run_batches(&mut net, &old_vals, self.batch, self.data.len())?;
+            computed = new.iter().copied().zip(outs).collect();
+        }
+        let mut kept: Vec<(NodeId, Tensor)> = vals
+            .into_iter()
+            .filter(|(id, _)| want.contains(id))
+            .chain(computed)
+            .collect();
+        kept.sort_by_key(|(id, _)| id.0);
+        self.cache = Some((start, kept));
+        Ok(())
+    }
+
+    /// Runs the full network from `feeds` and scores the logits.
+    fn run_from(&mut self, feeds: &[(NodeId, Tensor)]) -> Result<Score, Error> {
+        let outs = run_batches(&mut self.net, feeds, self.batch, self.data.len())?;
+        let logits = &outs[0];
+        let n_out = logits.numel() / self.data.len();
+        let l = logits.data();
+        let mut correct = 0usize;
+        let mut loss = 0f64;
+        for (i, &label) in self.data.labels.iter().enumerate() {
+            let row = &l[i * n_out..(i + 1) * n_out];
+            let label = label as usize;
+            correct += usize::from(crate::eval::argmax(row) == label);
+            loss += neg_log_softmax(row, label);
+        }
+        Ok(Score {
+            images: self.data.len(),
+            correct,
+            loss: loss / self.data.len() as f64,
+        })
+    }
+}
+
+/// Runs `net` over all images in batches, feeding batch slices of `feeds`, and returns its
+/// outputs concatenated over the batches.
+fn run_batches(
+    net: &mut Network,
+    feeds: &[(NodeId, Tensor)],
+    batch: usize,
+    n: usize,
+) -> Result<Vec<Tensor>, Error> {
+    let mut outs: Vec<Vec<f32>> = Vec::new();
+    let mut shapes: Vec<Vec<usize>> = Vec::new();
+    let mut a = 0;
+    while a < n {
+        let b = (a + batch).min(n);
+        let slices: Vec<(NodeId, Tensor)> =
+            feeds.iter().map(|(id, t)| (*id, rows(t, a, b))).collect();
+        let mut req = ForwardRequest::new(Mode::Eval);
+        for (id, t) in &slices {
+            req = req.with_feed(*id, t);
+        }
+        let out = net.run(&req)?;
+        if outs.is_empty() {
+            outs = out.outputs.iter().map(|_| Vec::new()).collect();
+            shapes = out
+                .outputs
+                .iter()
+                .map(|t| t.shape()[1..].to_vec())
+                .collect();
+        }
+        for (dst, t) in outs.iter_mut().zip(out.outputs) {
+            dst.extend_from_slice(t.data());
+        }
+        a = b;
+    }
+    Ok(outs
+        .into_iter()
+        .zip(shapes)
+        .map(|(d, s)| {
+            let mut shape = vec![n];
+            shape.extend(s);
+            Tensor::new(shape, d).expect("batches concatenate to n rows")
+        })
+        .collect())
+}
+
+/// Rows `a..b` of a batch tensor.
+fn rows(t: &Tensor, a: usize, b: usize) -> Tensor {
+    let per: usize = t.shape()[1..].iter().product();
+    let mut shape = t.shape().to_vec();
+    shape[0] = b - a;
+    Tensor::new(shape, t.data()[a * per..b * per].to_vec()).expect("row slice of a batch")
+}
+
+/// `-log softmax(row)[label]` in f64.
+fn neg_log_softmax(row: &[f32], label: usize) -> f64 {
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+    -(row[label] as f64 - m - s.ln())
+}
+
+/// The tensors of `damaged` that differ from `orig` (same names and shapes).
+pub fn changed_tensors(orig: &Weights, damaged: &Weights) -> Weights {
+    let mut w = Weights::new();
+    for (name, t) in damaged.iter() {
+        if orig.get(name).is_none_or(|o| o.data() != t.data()) {
+            w.insert(name.clone(), t.clone());
+        }
+    }
+    w
+}
+
+/// The first node a group's damage can change: its earliest producer, batch norm or shortcut
+/// member (input-channel consumers keep their weights). Used to order probes.
+pub fn group_start(g: &prune::Group) -> usize {
+    g.members
+        .iter()
+        .filter(|m| m.role != Role::InChannels)
+        .map(|m| m.node.0)
+        .min()
+        .unwrap_or(g.root.0)
+}
+
+/// `floor(ratio * n)` as allocation computes it.
+pub fn ratio_count(ratio: f32, n: usize) -> usize {
+    ((f64::from(ratio) * n as f64) + 1e-6).floor() as usize
+}
+
+/// The f32 ratio nearest `k / n` that `shears prune` turns back into exactly `k` of `n`
+/// channels (`floor(ratio * n)`).
+pub fn ratio_for_count(k: usize, n: usize) -> f32 {
+    if n == 0 {
+        return 0.0;
+    }
+    let mut r = (k as f64 / n as f64) as f32;
+    for _ in 0..64 {
+        match ratio_count(r, n).cmp(&k) {
+            std::cmp::Ordering::Equal => return r,
+            std::cmp::Ordering::Less => r = f32::from_bits(r.to_bits() + 1),
+            std::cmp::Ordering::Greater => r = f32::from_bits(r.to_bits() - 1),
+        }
+    }
+    r
+}
+
+/// Settings of [`sweep`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SweepConfig {
+    /// Ratios (fractions of a group's channels removed), each in `(0, 1)`.
+    pub ratios: Vec<f32>,
+    /// Criterion choosing the removed channels within a group.
+    pub criterion: Criterion,
+    /// Member reduction of the criterion.
+    pub reduction: Reduction,
+    /// Seed of the criterion (random criterion only).
+    pub seed: u64,
+    /// How the masked model treats removed channels (as `shears prune --fold`).
+    pub fold: FoldMode,
+    /// Images per forward batch (does not change results).
+    #[serde(skip)]
+    pub batch: usize,
+    /// Run each probe from cached prefix activations (does not change results).
+    #[serde(skip)]
+    pub prefix_cache: bool,
+    /// Cache file: finished probes are written there and reused by a later run.
+    #[serde(skip)]
+    pub cache_file: Option<PathBuf>,
+    /// Stop after computing this many new probes (to test resuming). Default none.
+    #[serde(skip)]
+    pub max_new_probes: Option<usize>,
+    /// Only these group roots (default: every prunable group).
+    pub only: Option<Vec<String>>,
+    /// Progress display.
+    #[serde(skip)]
+    pub verbosity: Verbosity,
+}
+
+impl SweepConfig {
+    /// The given ratios with the L1 criterion, mean reduction, seed 0, exact fold, batches of
+    /// 250, prefix caching on, no cache file.
+    pub fn new(ratios: Vec<f32>) -> Self {
+        SweepConfig {
+            ratios,
+            criterion: Criterion::L1,
+            reduction: Reduction::Mean,
+            seed: 0,
+            fold: FoldMode::Exact,
+            batch: 250,
+            prefix_cache: true,
+            cache_file: None,
+            max_new_probes: None,
+            only: None,
+            verbosity: Verbosity::Quiet,
+        }
+    }
+}
+
+/// One measured point of a group's curve.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    /// The requested ratio.
+    pub ratio: f32,
+    /// Channels removed (`floor(ratio * size)`, at least one kept).
+    pub removed: usize,
+    /// Top-1 accuracy in `[0, 1]`.
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+}
+
+/// A group's measured curve.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupCurve {
+    /// Group id.
+    pub group: usize,
+    /// Root node name (the key of `--ratios-from`).
+    pub root: String,
+    /// Channels in the group.
+    pub size: usize,
+    /// Points in the order of the configured ratios.
+    pub points: Vec<SweepPoint>,
+}
+
+/// What identifies a sweep in a cache file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepKey {
+    /// Graph fingerprint.
+    pub graph: String,
+    /// Weights hash.
+    pub weights: String,
+    /// Evaluation set hash.
+    pub data: String,
+    /// Criterion name.
+    pub criterion: String,
+    /// Member reduction.
+    pub reduction: String,
+    /// Criterion seed.
+    pub seed: u64,
+    /// Fold mode.
+    pub fold: FoldMode,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CacheFile {
+    version: u32,
+    key: SweepKey,
+    baseline: Option<Score>,
+    /// The baseline loss's bits (JSON decimals need not round-trip exactly).
+    #[serde(default)]
+    baseline_loss_bits: Option<u64>,
+    entries: Vec<CacheEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CacheEntry {
+    root: String,
+    group: usize,
+    ratio: f32,
+    removed: usize,
+    accuracy: f64,
+    loss: f64,
+    /// Exact values: accuracy is `correct / images`, loss is `f64::from_bits(loss_bits)`.
+    correct: usize,
+    images: usize,
+    loss_bits: u64,
+}
+
+impl CacheEntry {
+    fn accuracy(&self) -> f64 {
+        Score {
+            images: self.images,
+            correct: self.correct,
+            loss: 0.0,
+        }
+        .accuracy()
+    }
+    fn loss(&self) -> f64 {
+        f64::from_bits(self.loss_bits)
+    }
+}
+
+/// The result of [`sweep`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SweepResult {
+    /// What was swept.
+    pub key: SweepKey,
+    /// Images in the evaluation set.
+    pub images: usize,
+    /// Baseline top-1 accuracy in `[0, 1]`.
+    pub baseline_accuracy: f64,
+    /// Baseline mean cross-entropy.
+    pub baseline_loss: f64,
+    /// One curve per swept group, in group order. Incomplete when stopped early.
+    pub groups: Vec<GroupCurve>,
+    /// Probes computed by this run.
+    pub computed: usize,
+    /// Probes taken from the cache file.
+    pub reused: usize,
+    /// Whether every probe is done.
+    pub complete: bool,
+    /// Wall-clock seconds of this run.
+    pub seconds: f64,
+    /// Prober counters.
+    pub stats: ProbeStats,
+}
+
+const CACHE_VERSION: u32 = 1;
+
+/// Writes `text` to `path` atomically (a temporary file beside it, then a rename).
+pub fn write_atomic(path: &Path, text: &str) -> Result<(), Error> {
+    let io = |source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn load_cache(path: &Path, key: &SweepKey) -> Result<Option<CacheFile>, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::File {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let c: CacheFile = serde_json::from_str(&text).map_err(|e| {
+        Error::invalid(format!(
+            "sweep cache {}: not a sweep cache file ({e}); delete it or choose another path",
+            path.display()
+        ))
+    })?;
+    if c.version != CACHE_VERSION {
+        return Err(Error::invalid(format!(
+            "sweep cache {}: version {} (this shears writes {CACHE_VERSION})",
+            path.display(),
+            c.version
+        )));
+    }
+    if &c.key != key {
+        let a = serde_json::to_value(&c.key).expect("plain data");
+        let b = serde_json::to_value(key).expect("plain data");
+        let diff: Vec<String> = a
+            .as_object()
+            .expect("struct")
+            .iter()
+            .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+            .map(|(k, v)| format!("{k} {v} (now {})", b[k.as_str()]))
+            .collect();
+        return Err(Error::invalid(format!(
+            "sweep cache {} was made for another sweep: {}; delete it or choose another path",
+            path.display(),
+            diff.join(", ")
+        )));
+    }
+    Ok(Some(c))
+}
+
+/// Sweeps every prunable group (or `cfg.only`) over `cfg.ratios`; see the module docs.
+pub fn sweep(
+    graph: &Graph,
+    weights: &Weights,
+    data: &EvalSet,
+    cfg: &SweepConfig,
+) -> Result<SweepResult, Error> {
+    let start_t = Instant::now();
+    if cfg.ratios.is_empty() {
+        return Err(Error::invalid("the sweep needs at least one ratio"));
+    }
+    for &r in &cfg.ratios {
+        if !(r > 0.0 && r < 1.0) {
+            return Err(Error::invalid(format!(
+                "sweep ratio {r} is outside (0, 1) (the fraction of a group's channels removed)"
+            )));
+        }
+    }
+    if cfg.criterion == Criterion::Taylor {
+        return Err(Error::invalid(
+            "the taylor criterion needs gradients; sweep with l1, l2, bn_scale, fpgm or random",
+        ));
+    }
+    let dg = DepGraph::build(graph)?;
+    let mut groups: Vec<&prune::Group> = dg.prunable().filter(|g| g.size > 1).collect();
+    if let Some(only) = &cfg.only {
+        for name in only {
+            if !groups.iter().any(|g| &graph.node(g.root).name == name) {
+                let roots: Vec<&str> = groups
+                    .iter()
+                    .map(|g| graph.node(g.root).name.as_str())
+                    .collect();
+                return Err(Error::invalid(format!(
+                    "no prunable group has root {name:?} (roots: {})",
+                    roots.join(", ")
+                )));
+            }
+        }
+        groups.retain(|g| only.contains(&graph.node(g.root).name));
+    }
+    let key = SweepKey {
+        graph: fingerprint(graph),
+        weights: weights_hash(weights),
+        data: data.hash(),
+        criterion: cfg.criterion.name().into(),
+        reduction: format!("{:?}", cfg.reduction).to_lowercase(),
+        seed: cfg.seed,
+        fold: cfg.fold,
+    };
+    let mut file = match &cfg.cache_file {
+        Some(p) => load_cache(p, &key)?,
+        None => None,
+    }
+    .unwrap_or(CacheFile {
+        version: CACHE_VERSION,
+        key: key.clone(),
+        baseline: None,
+        baseline_loss_bits: None,
+        entries: Vec::new(),
+    });
+    let save = |file: &CacheFile| -> Result<(), Error> {
+        if let Some(p) = &cfg.cache_file {
+            let text = serde_json::to_string_pretty(file).expect("plain data");
+            write_atomic(p, &text)?;
+        }
+        Ok(())
+    };
+    let mut prober = Prober::new(graph, weights, data, cfg.batch, cfg.prefix_cache)?;
+    let base = match (file.baseline, file.baseline_loss_bits) {
+        (Some(b), Some(bits)) => Score {
+            loss: f64::from_bits(bits),
+            ..b
+        },
+        _ => {
+            let b = prober.baseline()?;
+            file.baseline = Some(b);
+            file.baseline_loss_bits = Some(b.loss.to_bits());
+            save(&file)?;
+            b
+        }
+    };
+    let crit = cfg.criterion.build(cfg.reduction, cfg.seed);
+    let ctx = ScoreContext::new(graph, weights);
+    let total = groups.len() * cfg.ratios.len();
+    let bar = Progress::new(total as u64, "sweep", cfg.verbosity);
+    let mut order: Vec<&prune::Group> = groups.clone();
+    order.sort_by_key(|g| (group_start(g), g.id));
+    let (mut computed, mut reused) = (0usize, 0usize);
+    let mut complete = true;
+    'outer: for g in &order {
+        let root = graph.node(g.root).name.clone();
+        for &r in &cfg.ratios {
+            if file
+                .entries
+                .iter()
+                .any(|e| e.group == g.id && e.root == root && e.ratio == r)
+            {
+                reused += 1;
+                bar.inc(1);
+                continue;
+            }
+            if cfg.max_new_probes.is_some_and(|m| computed >= m) {
+                complete = false;
+                break 'outer;
+            }
+            let mut ratios = BTreeMap::new();
+            ratios.insert(root.clone(), r);
+            let mut ac = AllocConfig::new(Strategy::PerGroup { ratios }).with_fold(cfg.fold);
+            ac.min_channels = 1;
+            let plan = prune::plan_with(&ctx, &dg, crit.as_ref(), &ac)?;
+            let removed = plan.n_removed();
+            let masked = mask_weights_with(graph, weights, &dg, &plan)?;
+            let changed = changed_tensors(weights, &masked);
+            let s = prober.probe(&changed)?;
+            computed += 1;
+            file.entries.push(CacheEntry {
+                root: root.clone(),
+                group: g.id,
+                ratio: r,
+                removed,
+                accuracy: s.accuracy(),
+                loss: s.loss,
+                correct: s.correct,
+                images: s.images,
+                loss_bits: s.loss.to_bits(),
+            });
+            save(&file)?;
+            bar.inc(1);
+            bar.set_message(format!("{root} r={r}: {:.2}%", 100.0 * s.accuracy()));
+        }
+    }
+    bar.finish(&format!(
+        "sweep: {computed} probes computed, {reused} reused, {:.1}s",
+        start_t.elapsed().as_secs_f64()
+    ));
+    let curves = groups
+        .iter()
+        .map(|g| {
+            let root = graph.node(g.root).name.clone();
+            let points = cfg
+                .ratios
+                .iter()
+                .filter_map(|&r| {
+                    file.entries
+                        .iter()
+                        .find(|e| e.group == g.id && e.root == root && e.ratio == r)
+                        .map(|e| SweepPoint {
+                            ratio: r,
+                            removed: e.removed,
+                            accuracy: e.accuracy(),
+                            loss: e.loss(),
+                        })
+                })
+                .collect();
+            GroupCurve {
+                group: g.id,
+                root,
+                size: g.size,
+                points,
+            }
+        })
+        .collect();
+    Ok(SweepResult {
+        key,
+        images: data.len(),
+        baseline_accuracy: base.accuracy(),
+        baseline_loss: base.loss,
+        groups: curves,
+        computed,
+        reused,
+        complete,
+        seconds: start_t.elapsed().as_secs_f64(),
+        stats: prober.stats(),
+    })
+}
+
+/// The largest ratio of `curve` whose loss increase over `base_loss`, linearly interpolated
+/// between measured points (the curve starts at (0, `base_loss`)), stays at or below
+/// `max_increase`. Points are taken in increasing ratio; the first crossing decides.
+pub fn max_ratio_for_loss(curve: &GroupCurve, base_loss: f64, max_increase: f64) -> f64 {
+    let mut pts: Vec<(f64, f64)> = curve
+        .points
+        .iter()
+        .map(|p| (f64::from(p.ratio), p.loss - base_loss))
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut r0, mut d0) = (0.0f64, 0.0f64);
+    for (r, d) in pts {
+        if d > max_increase {
+            if d0 >= max_increase || d <= d0 {
+                return r0;
+            }
+            return r0 + (r - r0) * (max_increase - d0) / (d - d0);
+        }
+        (r0, d0) = (r, d);
+    }
+    r0
+}
+
+/// Per-group ratios for a loss-increase threshold (see [`max_ratio_for_loss`]), as exact
+/// channel counts: `{root: ratio}` with `floor(ratio * size)` the channels removed (at least
+/// one kept), the `--ratios-from` format. Groups that get no channel removed are omitted.
+pub fn ratios_for_loss(result: &SweepResult, max_increase: f64) -> BTreeMap<String, f32> {
+    let mut out = BTreeMap::new();
+    for c in &result.groups {
+        let r = max_ratio_for_loss(c, result.baseline_loss, max_increase);
+        let k = ((r * c.size as f64) + 1e-9).floor() as usize;
+        let k = k.min(c.size.saturating_sub(1));
+        if k > 0 {
+            out.insert(c.root.clone(), ratio_for_count(k, c.size));
+        }
+    }
+    out
+}
+
+/// Ratios chosen by [`ratios_for_macs`].
+#[derive(Clone, Debug, Serialize)]
+pub struct MacsSelection {
+    /// `{root: ratio}` for `--ratios-from`.
+    pub ratios: BTreeMap<String, f32>,
+    /// The loss-increase threshold found.
+    pub threshold: f64,
+    /// MACs before.
+    pub macs_before: u64,
+    /// MACs after (exact, from the cost model).
+    pub macs_after: u64,
+}
+
+/// The MACs `shears prune --ratios-from` would leave with these ratios (channel choice does not
+/// change MACs; the first `k` channels stand in).
+pub fn macs_with_ratios(
+    graph: &Graph,
+    weights: &Weights,
+    dg: &DepGraph,
+    ratios: &BTreeMap<String, f32>,
+) -> Result<u64, Error> {
+    let mut plan = Plan::empty(graph);
+    for g in dg.prunable() {
+        let name = &graph.node(g.root).name;
+        if let Some(&r) = ratios.get(name) {
+            let k = ratio_count(r, g.size).min(g.size.saturating_sub(1));
+            if k > 0 {
+                plan.groups.push(PlanGroup {
+                    group_id: g.id,
+                    root: name.clone(),
+                    removed: (0..k).collect(),
+                });
+            }
+        }
+    }
+    Ok(predict_cost(graph, weights, dg, &plan)?.macs)
+}
+
+/// Bisects the loss-increase threshold so that [`ratios_for_loss`] keeps at most
+/// `keep_fraction` of the MACs (PaddleSlim's `get_ratios_by_sensitivity`). The largest
+/// ratio a group can get is its largest swept ratio; a target below what that allows is an
+/// error naming the best achievable fraction.
+pub fn ratios_for_macs(
+    graph: &Graph,
+    weights: &Weights,
+    result: &SweepResult,
+    keep_fraction: f64,
+) -> Result<MacsSelection, Error> {
+    if !(keep_fraction > 0.0 && keep_fraction <= 1.0) {
+        return Err(Error::invalid(format!(
+            "MACs keep fraction {keep_fraction} must be in (0, 1] (0.5 halves the MACs)"
+        )));
+    }
+    let dg = DepGraph::build(graph)?;
+    let before = graph.macs();
+    let target = keep_fraction * before as f64;
+    let eval = |t: f64| -> Result<(BTreeMap<String, f32>, u64), Error> {
+        let r = ratios_for_loss(result, t);
+        let m = macs_with_ratios(graph, weights, &dg, &r)?;
+        Ok((r, m))
+    };
+    let hi_t = result
+        .groups
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.loss - result.baseline_loss))
+        .fold(0.0f64, f64::max)
+        + 1.0;
+    let (_, m_hi) = eval(hi_t)?;
+    if (m_hi as f64) > target {
+        return Err(Error::invalid(format!(
+            "a MACs keep fraction of {keep_fraction} is out of reach of the swept ratios: \
+             pruning every group at its largest swept ratio keeps {:.4}; sweep larger ratios",
+            m_hi as f64 / before as f64
+        )));
+    }
+    let (mut lo, mut hi) = (0.0f64, hi_t);
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if (eval(mid)?.1 as f64) <= target {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+        if hi - lo < 1e-12 {
+            break;
+        }
+    }
+    let (ratios, after) = eval(hi)?;
+    Ok(MacsSelection {
+        ratios,
+        threshold: hi,
+        macs_before: before,
+        macs_after: after,
+    })
+}
