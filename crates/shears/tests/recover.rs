@@ -429,3 +429,89 @@ fn casm_handles_residual_blocks() {
     );
     assert!(after > pruned, "{pruned} -> {after}");
 }
+
+#[test]
+fn finetune_kill_and_resume_reaches_the_same_weights() {
+    let (m, p) = pruned_lenet();
+    let train = mnist(Split::Train).take(640);
+    let val = mnist(Split::Test).take(100);
+    let dir = tempfile::tempdir().unwrap();
+    let base = FinetuneConfig {
+        epochs: 3,
+        batch: 64,
+        distill: Some(DistillConfig::default()),
+        seed: 5,
+        ..FinetuneConfig::new(3)
+    };
+    let run = |cfg: &FinetuneConfig| {
+        let mut teacher = Network::new(m.graph.clone(), &m.weights).unwrap();
+        let mut student = Network::new(p.graph.clone(), &p.weights).unwrap();
+        let rep = finetune(
+            &mut student,
+            Some(&mut teacher),
+            &train,
+            Some(&val),
+            &m.preprocess,
+            cfg,
+        )
+        .unwrap();
+        (student.weights(), rep)
+    };
+    let (whole, whole_rep) = run(&base);
+    let ck = FinetuneConfig {
+        checkpoint_dir: Some(dir.path().to_path_buf()),
+        ..base.clone()
+    };
+    // Killed after the first epoch, then resumed twice (one epoch per invocation).
+    let (_, r1) = run(&FinetuneConfig {
+        stop_after: Some(1),
+        ..ck.clone()
+    });
+    assert_eq!(r1.epochs.len(), 1);
+    let (_, r2) = run(&FinetuneConfig {
+        resume: true,
+        stop_after: Some(1),
+        ..ck.clone()
+    });
+    assert_eq!(r2.resumed_from, Some(1));
+    let (resumed, r3) = run(&FinetuneConfig {
+        resume: true,
+        ..ck.clone()
+    });
+    assert_eq!(r3.resumed_from, Some(2));
+    assert_eq!(r3.epochs.len(), 3);
+    assert_eq!(
+        resumed, whole,
+        "resumed weights differ from the uninterrupted run"
+    );
+    assert_eq!(
+        r3.epochs.iter().map(|e| e.val_top1).collect::<Vec<_>>(),
+        whole_rep
+            .epochs
+            .iter()
+            .map(|e| e.val_top1)
+            .collect::<Vec<_>>()
+    );
+    // Before training, then after each epoch.
+    assert_eq!(whole_rep.curve.len(), 4);
+    assert!(whole_rep
+        .curve
+        .windows(2)
+        .all(|w| w[0].seconds <= w[1].seconds));
+    // A different configuration does not resume from this checkpoint.
+    let mut other = Network::new(p.graph.clone(), &p.weights).unwrap();
+    let err = finetune(
+        &mut other,
+        None,
+        &train,
+        None,
+        &m.preprocess,
+        &FinetuneConfig {
+            lr: 0.05,
+            resume: true,
+            ..ck
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("finetune.safetensors"), "{err}");
+}

@@ -6,10 +6,13 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use shears_data::Dataset;
-use shears_engine::{mse, Adam, AdamConfig, BackwardOptions, Mode, Network, Optimizer};
+use shears_engine::{
+    mse, Adam, AdamConfig, BackwardOptions, ForwardRequest, Mode, Network, Optimizer,
+};
 use shears_ir::{Graph, GraphBuilder, NodeId, Op, ParamKind, Tensor, Weights};
 
 use super::sample_batches;
+use crate::progress::{Progress, Verbosity};
 use crate::zoo::Preprocess;
 use crate::Error;
 
@@ -65,6 +68,9 @@ pub struct CasmConfig {
     /// Most im2col rows (output positions) used by the least-squares refit of a convolution.
     /// Default 50,000.
     pub ls_max_rows: usize,
+    /// Progress display (a bar over the layers); default quiet.
+    #[serde(skip)]
+    pub verbosity: Verbosity,
 }
 
 impl Default for CasmConfig {
@@ -81,6 +87,7 @@ impl Default for CasmConfig {
             refit_inputs: true,
             ridge: 1e-6,
             ls_max_rows: 50_000,
+            verbosity: Verbosity::Quiet,
         }
     }
 }
@@ -160,22 +167,37 @@ pub fn casm(
     }
     let (og, ow) = original;
     let (pg, pw) = pruned;
-    let mut orig = Network::new(og.clone(), ow)?;
     let mut cur_w = pw.clone();
-    let mut net = Network::new(pg.clone(), &cur_w)?;
+    let net = Network::new(pg.clone(), &cur_w)?;
     let maps = channel_maps(og, ow, pg, pw);
     let batches = sample_batches(&net, ds, pre, cfg.samples, cfg.batch_size, cfg.seed)?;
+    drop(net);
     let inputs: Vec<Tensor> = batches.into_iter().map(|(x, _)| x).collect();
+    let mut col = Collector {
+        og,
+        ow,
+        pg,
+        inputs: &inputs,
+        pfront: None,
+        ofront: None,
+    };
     let samples = inputs.iter().map(|x| x.shape()[0]).sum();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xCA5A);
     let mut layers = Vec::new();
     // Layers already refit as the next layer of a small model.
     let mut refit = vec![false; pg.len()];
+    let n_layers = pg
+        .ids()
+        .filter(|&id| matches!(pg.node(id).op, Op::Conv2d(_) | Op::Linear(_)))
+        .count();
+    let bar = Progress::new(n_layers as u64, "casm", cfg.verbosity);
     for id in pg.ids() {
         let node = pg.node(id);
         if !matches!(node.op, Op::Conv2d(_) | Op::Linear(_)) {
             continue;
         }
+        bar.inc(1);
+        bar.set_message(node.name.clone());
         let Some(oid) = og.find(&node.name) else {
             continue;
         };
@@ -191,7 +213,7 @@ pub fn casm(
         if single {
             let chain = single_chain(pg, id, cfg.variant);
             layers.push(run_chain(
-                &mut orig, &mut net, og, pg, &chain, &maps, &inputs, cfg, &mut rng, &mut cur_w,
+                &mut col, &chain, &maps, cfg, &mut rng, &mut cur_w,
             )?);
             refit[id.0] = true;
         }
@@ -211,12 +233,13 @@ pub fn casm(
             }),
             Ok(chain) => {
                 layers.push(run_chain(
-                    &mut orig, &mut net, og, pg, &chain, &maps, &inputs, cfg, &mut rng, &mut cur_w,
+                    &mut col, &chain, &maps, cfg, &mut rng, &mut cur_w,
                 )?);
                 refit[chain.next.0] = true;
             }
         }
     }
+    bar.finish("");
     Ok((
         cur_w,
         CasmReport {
@@ -244,18 +267,15 @@ fn single_chain(g: &Graph, layer: NodeId, variant: CasmVariant) -> Chain {
 /// Reconstructs one small model and reports it.
 #[allow(clippy::too_many_arguments)]
 fn run_chain(
-    orig: &mut Network,
-    net: &mut Network,
-    og: &Graph,
-    pg: &Graph,
+    col: &mut Collector,
     chain: &Chain,
     maps: &[Option<Vec<usize>>],
-    inputs: &[Tensor],
     cfg: &CasmConfig,
     rng: &mut ChaCha8Rng,
     cur_w: &mut Weights,
 ) -> Result<CasmLayer, Error> {
     let t0 = Instant::now();
+    let pg = col.pg;
     let target = match cfg.variant {
         CasmVariant::Gradient => *chain.path.last().expect("a chain has nodes"),
         CasmVariant::LeastSquares => chain.next,
@@ -270,17 +290,129 @@ fn run_chain(
         seconds: 0.0,
         skipped: None,
     };
-    net.set_weights(cur_w)?;
-    if let Err(e) = reconstruct(
-        orig, net, og, pg, chain, maps, inputs, cfg, rng, cur_w, &mut rep,
-    ) {
+    if let Err(e) = reconstruct(col, chain, maps, cfg, rng, cur_w, &mut rep) {
         match e {
             Skip::Why(why) => rep.skipped = Some(why),
             Skip::Err(e) => return Err(e),
         }
     }
+    // The chain may have changed its nodes' weights: a cached pruned activation downstream
+    // of its first node is stale.
+    if col
+        .pfront
+        .as_ref()
+        .is_some_and(|(id, _)| *id >= chain.path[0])
+    {
+        col.pfront = None;
+    }
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)
+}
+
+/// Computes the small models' inputs (from the pruned network with the weights recovered so
+/// far) and targets (from the original network) for every sample batch, incrementally: each
+/// pass runs a copy of the graph truncated at the nodes it captures, and is fed, besides the
+/// images, the activations it captured last time (a *frontier*), so only the nodes between the
+/// frontier and the captures are computed. Over a whole network the collection then costs
+/// about one forward pass of each network instead of one per small model.
+struct Collector<'a> {
+    og: &'a Graph,
+    ow: &'a Weights,
+    pg: &'a Graph,
+    inputs: &'a [Tensor],
+    /// Pruned-network activations at a node, valid for the current weights.
+    pfront: Option<(NodeId, Vec<Tensor>)>,
+    /// Original-network activations at a node.
+    ofront: Option<(NodeId, Vec<Tensor>)>,
+}
+
+impl Collector<'_> {
+    /// The pruned network's activations at `node` with the weights `w`, one per batch.
+    fn pruned_at(&mut self, w: &Weights, node: NodeId) -> Result<Vec<Tensor>, Error> {
+        if let Some((id, vals)) = &self.pfront {
+            if *id == node {
+                return Ok(vals.clone());
+            }
+        }
+        let mut caps = run_prefix(self.pg, w, self.inputs, self.pfront.as_ref(), &[node])?;
+        let vals = caps.pop().expect("one capture");
+        self.pfront = Some((node, vals.clone()));
+        Ok(vals)
+    }
+
+    /// The original network's activations at `target`, one per batch; also moves the
+    /// frontier to `front` (the original node matching the small model's input) when given.
+    fn original_at(&mut self, target: NodeId, front: Option<NodeId>) -> Result<Vec<Tensor>, Error> {
+        let mut capture = vec![target];
+        if let Some(f) = front.filter(|&f| f != target) {
+            capture.push(f);
+        }
+        let mut caps = run_prefix(
+            self.og,
+            self.ow,
+            self.inputs,
+            self.ofront.as_ref(),
+            &capture,
+        )?;
+        if capture.len() == 2 {
+            let f = caps.pop().expect("two captures");
+            if self.ofront.as_ref().is_none_or(|(id, _)| *id <= capture[1]) {
+                self.ofront = Some((capture[1], f));
+            }
+        }
+        Ok(caps.pop().expect("one capture"))
+    }
+}
+
+/// Runs `g` with weights `w`, truncated after the last of `capture`, on every batch of
+/// `inputs` (fed to the graph input), also feeding `front` when it lies before the end; returns
+/// the captured activations per capture node and batch.
+fn run_prefix(
+    g: &Graph,
+    w: &Weights,
+    inputs: &[Tensor],
+    front: Option<&(NodeId, Vec<Tensor>)>,
+    capture: &[NodeId],
+) -> Result<Vec<Vec<Tensor>>, Error> {
+    let last = capture
+        .iter()
+        .map(|c| c.0)
+        .max()
+        .expect("something to capture");
+    let tg = Graph::new(g.nodes()[..=last].to_vec(), vec![NodeId(last)])?;
+    let mut tw = Weights::new();
+    for (_, name, _) in tg.param_specs() {
+        let t = w
+            .get(&name)
+            .ok_or_else(|| Error::invalid(format!("weights lack {name}")))?;
+        tw.insert(name, t.clone());
+    }
+    let mut net = Network::new(tg, &tw)?;
+    let input = *net
+        .graph()
+        .inputs()
+        .first()
+        .ok_or_else(|| Error::invalid("the graph has no input"))?;
+    let front = front.filter(|(id, _)| id.0 < last && *id != input);
+    let mut out: Vec<Vec<Tensor>> = vec![Vec::with_capacity(inputs.len()); capture.len()];
+    for (b, x) in inputs.iter().enumerate() {
+        let mut req = ForwardRequest::new(Mode::Eval)
+            .with_feed(input, x)
+            .with_capture(capture);
+        if let Some((id, vals)) = front {
+            req = req.with_feed(*id, &vals[b]);
+        }
+        let mut res = net.run(&req)?;
+        for (k, c) in capture.iter().enumerate() {
+            let t = res
+                .captured
+                .remove(c)
+                .or_else(|| (c.0 == last).then(|| res.outputs[0].clone()))
+                .expect("the engine returns every capture");
+            out[k].push(t);
+        }
+    }
+    Ok(out)
 }
 
 enum Skip {
@@ -518,18 +650,15 @@ fn dataset_mse(small: &mut Network, xs: &[Tensor], ys: &[Tensor]) -> Result<f64,
 
 #[allow(clippy::too_many_arguments)]
 fn reconstruct(
-    orig: &mut Network,
-    net: &mut Network,
-    og: &Graph,
-    pg: &Graph,
+    col: &mut Collector,
     chain: &Chain,
     maps: &[Option<Vec<usize>>],
-    inputs: &[Tensor],
     cfg: &CasmConfig,
     rng: &mut ChaCha8Rng,
     cur_w: &mut Weights,
     rep: &mut CasmLayer,
 ) -> Result<(), Skip> {
+    let (og, pg) = (col.og, col.pg);
     let target = *chain.path.last().expect("a chain has nodes");
     let lsq = cfg.variant == CasmVariant::LeastSquares;
     // The least-squares refit targets the next layer's own output (before its BN).
@@ -544,14 +673,12 @@ fn reconstruct(
         .find(tname)
         .ok_or_else(|| Skip::Why(format!("{tname} is not in the original graph")))?;
     let in_id = pg.node(chain.path[0]).inputs[0];
-    let mut xs = Vec::with_capacity(inputs.len());
-    let mut ys = Vec::with_capacity(inputs.len());
-    for x in inputs {
-        let (_, cap) = net.forward_capture(x, Mode::Eval, &[in_id])?;
-        xs.push(cap[&in_id].clone());
-        let (_, cap) = orig.forward_capture(x, Mode::Eval, &[otarget])?;
-        ys.push(select_channels(&cap[&otarget], &map)?);
-    }
+    let xs = col.pruned_at(cur_w, in_id)?;
+    let ys = col
+        .original_at(otarget, og.find(&pg.node(in_id).name))?
+        .iter()
+        .map(|y| select_channels(y, &map))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut small = small_model(pg, chain, cur_w)?;
     if lsq {
         return least_squares(&mut small, pg, chain, &xs, &ys, cfg, rng, cur_w, rep);

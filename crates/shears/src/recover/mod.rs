@@ -12,13 +12,13 @@
 //! * [`finetune()`] is a plain training loop with optional knowledge distillation from the
 //!   original network.
 
-mod bn;
+pub(crate) mod bn;
 mod casm;
 mod finetune;
 
 pub use bn::{bn_recalibrate, bn_recalibrate_with, BnRecalConfig, BnRecalMethod, BnRecalReport};
 pub use casm::{casm, channel_maps, CasmConfig, CasmLayer, CasmReport, CasmVariant};
-pub use finetune::{finetune, FinetuneConfig, FinetuneEpoch, FinetuneReport};
+pub use finetune::{finetune, CurvePoint, FinetuneConfig, FinetuneEpoch, FinetuneReport};
 
 use shears_data::{Dataset, Loader, LoaderConfig, Transform};
 use shears_engine::Network;
