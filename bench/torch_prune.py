@@ -42,6 +42,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
+
+# The installed distribution's version: torch_pruning 1.6.1's own __version__ string still says
+# 1.6.0, so ask the package metadata, which is what pip installed.
+try:
+    from importlib.metadata import version as _dist_version
+    TP_VERSION = _dist_version("torch-pruning")
+except Exception:  # pragma: no cover - metadata missing in odd installs
+    TP_VERSION = tp.__version__
 from safetensors.torch import load_file
 
 
@@ -257,7 +265,7 @@ def main():
     model.eval()
     original = copy.deepcopy(model)
     x, y = cifar10_test(args.data_dir, args.eval_limit)
-    log(f"torch {torch.__version__}, torch_pruning {tp.__version__}, {args.threads} threads")
+    log(f"torch {torch.__version__}, torch_pruning {TP_VERSION}, {args.threads} threads")
     acc_before = None if args.skip_before else accuracy(model, x, y)
     macs0, params0 = macs_and_params(model)
     target = args.target_macs * macs0
@@ -292,7 +300,7 @@ def main():
     if error is not None:
         log("torch-pruning failed:", error)
         print(json.dumps({"ok": False, "error": error, "shortcut": args.shortcut,
-                          "torch": torch.__version__, "torch_pruning": tp.__version__,
+                          "torch": torch.__version__, "torch_pruning": TP_VERSION,
                           "prune_s": prune_s, "acc_before": acc_before}))
         return
     acc_after = accuracy(model, x, y)
@@ -304,7 +312,7 @@ def main():
         "ok": True,
         "shortcut": args.shortcut,
         "torch": torch.__version__,
-        "torch_pruning": tp.__version__,
+        "torch_pruning": TP_VERSION,
         "threads": args.threads,
         "images": len(x),
         "acc_before": acc_before,

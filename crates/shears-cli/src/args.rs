@@ -59,6 +59,48 @@ pub enum Command {
     Prune(PruneArgs),
     /// Write a model as ONNX (--onnx) and/or as self-describing safetensors (--safetensors).
     Export(ExportArgs),
+    /// Sensitivity analysis: LSA feature study, SBPF damage-based layer sensitiveness, sweeps.
+    Analyze(AnalyzeArgs),
+    /// Recover a pruned model's accuracy: BN recalibration, CASM reconstruction, fine-tuning.
+    Recover(RecoverArgs),
+}
+
+/// `shears analyze`.
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    /// Which analysis.
+    #[command(subcommand)]
+    pub command: AnalyzeCommand,
+}
+
+/// The analyses.
+#[derive(Subcommand, Debug)]
+pub enum AnalyzeCommand {
+    /// LSA p-norm sensitivity of high-level features and the feature-pruning study.
+    Lsa(crate::analyze_lsa_cmd::LsaArgs),
+    /// Damage-based layer sensitiveness (SBPF) and the per-group ratios it allocates.
+    Sbpf(crate::analyze_sbpf_cmd::SbpfArgs),
+    /// Per-group prune-and-evaluate sweep over a list of ratios (cached, resumable).
+    Sweep(crate::analyze_sweep_cmd::SweepArgs),
+}
+
+/// `shears recover`.
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    /// Which recovery.
+    #[command(subcommand)]
+    pub command: RecoverCommand,
+}
+
+/// The recovery methods.
+#[derive(Subcommand, Debug)]
+pub enum RecoverCommand {
+    /// Re-estimate BatchNorm running statistics from N training samples.
+    Bn(crate::recover_cmd::BnArgs),
+    /// CASM: fit the remaining kernels layer by layer to the original network's feature maps.
+    Casm(crate::recover_cmd::CasmArgs),
+    /// Fine-tune end to end, optionally distilling from the original model (--teacher).
+    Finetune(crate::recover_cmd::FinetuneArgs),
 }
 
 /// `shears info`.
@@ -197,6 +239,24 @@ pub struct TrainArgs {
     /// Resume from the latest checkpoint in --checkpoint-dir.
     #[arg(long)]
     pub resume: bool,
+    /// CDP + DTC sparse training (methods §3): give every conv a filter skeleton (one value
+    /// per filter and kernel position, starting at 1) and add the CDP penalty of strength PROP
+    /// (as released: 2 * PROP * sum |skeleton|). The skeleton is saved in the model's
+    /// metadata for `shears prune --from-skeleton`.
+    #[arg(long, value_name = "PROP")]
+    pub cdp: Option<f32>,
+    /// Threshold the skeleton after every backward pass with DTC base TAU (per filter
+    /// T_c = TAU * mean_norm / norm_c; masked stripes and dead filters' batch norms are zeroed
+    /// before the optimizer step).
+    #[arg(long, value_name = "TAU")]
+    pub dtc: Option<f32>,
+    /// With --dtc: apply TAU as one static threshold (SWP's rule) instead of DTC.
+    #[arg(long, requires = "dtc")]
+    pub static_threshold: bool,
+    /// With --cdp: weight the filter- and stripe-level terms by the layers' texture
+    /// similarity ratio (the paper's intent) instead of as released.
+    #[arg(long, requires = "cdp")]
+    pub cdp_adaptive: bool,
     /// Where to write the trained model (self-describing safetensors).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -217,6 +277,15 @@ pub struct DemoArgs {
     /// Training images for the demo's one epoch (default: all 60,000).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Class-balanced training images the sensitivity sweep evaluates each probe on.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub sensitivity_images: usize,
+    /// Training images in CASM's sample set.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub casm_samples: usize,
+    /// Also save the pruned and recovered model here (self-describing safetensors).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -289,6 +358,10 @@ pub enum BenchCommand {
         /// Warm-up iterations.
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+        /// Alternating rounds (shears, then PyTorch, N times); each side reports the median
+        /// of its rounds, so a burst of load on a shared machine hits both sides alike.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Python interpreter with torch installed (e.g. bench/.venv/bin/python); omit to skip the
         /// PyTorch side.
         #[arg(long, value_name = "PYTHON")]
@@ -322,6 +395,9 @@ pub enum CriterionArg {
     Fpgm,
     /// Seeded random scores (--seed).
     Random,
+    /// LSA p-norm sensitivity of the outputs to each channel (methods §1), from --lsa-images
+    /// training images of --data, aggregated over samples with --p.
+    Lsa,
 }
 
 /// `--reduction`.
@@ -358,9 +434,19 @@ pub struct PruneArgs {
     #[command(flatten)]
     /// The model.
     pub model: ModelOpts,
-    /// Channel-importance criterion (not needed with --plan-in).
-    #[arg(long, value_enum, required_unless_present = "plan_in")]
+    /// Channel-importance criterion (not needed with --plan-in or --from-skeleton).
+    #[arg(long, value_enum, required_unless_present_any = ["plan_in", "from_skeleton"])]
     pub criterion: Option<CriterionArg>,
+    /// Prune a model trained with `shears train --cdp/--dtc` from its filter skeleton: keep
+    /// the stripes with |skeleton| > TAU as dense kernel weights, remove the dead filters,
+    /// collapse residual blocks whose branch died (methods §3.5). --verify checks the pruned
+    /// model against the masked skeleton network.
+    #[arg(long, conflicts_with_all = ["criterion", "plan_in", "plan_out"])]
+    pub from_skeleton: bool,
+    /// With --from-skeleton: the static threshold (default: the TAU the model was trained
+    /// with).
+    #[arg(long, value_name = "TAU", requires = "from_skeleton")]
+    pub skeleton_tau: Option<f32>,
     /// Fraction of each group's channels REMOVED, in [0, 1): 0.3 removes floor(0.3 * n) of a
     /// group's n channels (with --global: 30% of all prunable channels, lowest scores first).
     #[arg(long, value_name = "R")]
@@ -433,6 +519,12 @@ pub struct PruneArgs {
     /// Training images (class-balanced, seeded) whose gradients the Taylor criterion uses.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub taylor_images: usize,
+    /// LSA: the p of the p-norm over samples (any real >= 1, or inf).
+    #[arg(long, value_name = "P", default_value = "2")]
+    pub p: String,
+    /// LSA: training images whose sensitivities are aggregated.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub lsa_images: usize,
     /// Timed runs per latency measurement at batch 64 (5x as many at batch 1), after warm-up;
     /// the median is reported.
     #[arg(long, value_name = "N", default_value_t = 20)]

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use serde::Serialize;
 use serde_json::json;
 use shears::eval::{evaluate, EvalConfig};
 use shears::model::{load_model, save_model, Model};
@@ -73,11 +72,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info(a),
         Command::Eval(a) => eval(a),
         Command::Train(a) => train_cmd(a),
-        Command::Demo(a) => demo(a),
+        Command::Demo(a) => crate::demo_cmd::run(a),
         Command::Data(a) => data(a),
         Command::Bench(a) => bench(a),
         Command::Prune(a) => crate::prune_cmd::run(a),
         Command::Export(a) => crate::export_cmd::run(a),
+        Command::Analyze(a) => match a.command {
+            AnalyzeCommand::Lsa(a) => crate::analyze_lsa_cmd::run(a),
+            AnalyzeCommand::Sbpf(a) => crate::analyze_sbpf_cmd::run(a),
+            AnalyzeCommand::Sweep(a) => crate::analyze_sweep_cmd::run(a),
+        },
+        Command::Recover(a) => match a.command {
+            RecoverCommand::Bn(a) => crate::recover_cmd::run_bn(a),
+            RecoverCommand::Casm(a) => crate::recover_cmd::run_casm(a),
+            RecoverCommand::Finetune(a) => crate::recover_cmd::run_finetune(a),
+        },
     }
 }
 
@@ -321,6 +330,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         eval_batch_size: 250,
     };
     let mut net = network(&model, a.threads)?;
+    let sparse = crate::prune_cmd::sparse_attach(&a, &mut net)?;
     let ckpt = CheckpointConfig {
         dir: a.checkpoint_dir.clone(),
         resume: a.resume,
@@ -341,6 +351,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         verbosity,
     )?;
     model.weights = net.weights();
+    let sparse_summary = crate::prune_cmd::sparse_finish(sparse, &mut net, &mut model, a.json);
     model
         .metadata
         .insert(shears::model::META_DATASET.into(), name.to_string());
@@ -354,6 +365,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             "val_images": val.len(),
             "config": cfg,
             "report": report,
+            "sparse": sparse_summary,
         }));
     } else {
         println!(
@@ -370,170 +382,6 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             a.output.display()
         );
     }
-    Ok(())
-}
-
-#[derive(Serialize)]
-struct DemoResult {
-    data_dir: PathBuf,
-    weights: String,
-    train_images: usize,
-    train_seconds: Option<f64>,
-    eval: shears::eval::EvalReport,
-    params: u64,
-    macs: u64,
-    latency_b1: shears::report::Latency,
-    latency_b64: shears::report::Latency,
-}
-
-fn demo(a: DemoArgs) -> Result<()> {
-    let dir = data_dir(&a.data_opts);
-    let quiet = a.json;
-    let say = |s: &str| {
-        if !quiet {
-            eprintln!("{s}");
-        }
-    };
-    let name = DatasetName::Mnist;
-    let test = match shears_data::load(&dir, name, Split::Test) {
-        Ok(d) => d,
-        Err(shears_data::DataError::Missing { .. }) => {
-            say(&format!(
-                "MNIST not found in {}; downloading the official files",
-                dir.display()
-            ));
-            shears_data::fetch(
-                &dir,
-                name,
-                &FetchOptions {
-                    progress: !quiet,
-                    ..Default::default()
-                },
-            )?;
-            shears_data::load(&dir, name, Split::Test)?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let arch = Arch::LeNet5;
-    let (mut model, weights_desc, train_images, train_seconds) = match &a.weights {
-        Some(p) => (
-            open_model(&ModelOpts {
-                model: p.clone(),
-                arch: Some(arch.to_string()),
-            })?,
-            p.display().to_string(),
-            0,
-            None,
-        ),
-        None => {
-            let graph = zoo::build(arch, &arch.default_config())?;
-            let weights = zoo::init_weights(&graph, Some(arch), a.seed);
-            let model = Model {
-                graph,
-                weights,
-                preprocess: arch.preprocessing(),
-                arch: Some(arch),
-                metadata: BTreeMap::new(),
-                report: Default::default(),
-            };
-            let mut train_set = shears_data::load(&dir, name, Split::Train)?;
-            if let Some(n) = a.limit {
-                train_set = train_set.class_balanced_subset(n, a.seed);
-            }
-            say(&format!(
-                "training LeNet-5 on {} MNIST images for one epoch",
-                train_set.len()
-            ));
-            let mut net = network(&model, a.threads)?;
-            let mut cfg = TrainConfig::new(1);
-            cfg.optimizer = OptimizerKind::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-            };
-            cfg.lr = 1e-3;
-            cfg.weight_decay = 0.0;
-            cfg.batch_size = 64;
-            cfg.schedule = Schedule::Constant;
-            cfg.seed = a.seed;
-            let t0 = std::time::Instant::now();
-            train(
-                &mut net,
-                &train_set,
-                None,
-                &model.preprocess,
-                &cfg,
-                &CheckpointConfig::default(),
-                if quiet {
-                    Verbosity::Quiet
-                } else {
-                    Verbosity::Normal
-                },
-            )?;
-            let secs = t0.elapsed().as_secs_f64();
-            let mut model = model;
-            model.weights = net.weights();
-            (
-                model,
-                "trained now (1 epoch, Adam 1e-3)".to_string(),
-                train_set.len(),
-                Some(secs),
-            )
-        }
-    };
-    let mut net = network(&model, a.threads)?;
-    let r = evaluate(
-        &mut net,
-        &test,
-        &model.preprocess,
-        &EvalConfig {
-            verbosity: if quiet {
-                Verbosity::Quiet
-            } else {
-                Verbosity::Normal
-            },
-            ..Default::default()
-        },
-    )?;
-    let l1 = shears::report::measure_latency(&mut net, 1, 5, 30)?;
-    let l64 = shears::report::measure_latency(&mut net, 64, 2, 10)?;
-    model
-        .metadata
-        .insert(shears::model::META_DATASET.into(), "mnist".into());
-    let res = DemoResult {
-        data_dir: dir,
-        weights: weights_desc,
-        train_images,
-        train_seconds,
-        params: model.graph.n_params(),
-        macs: model.graph.macs(),
-        eval: r,
-        latency_b1: l1,
-        latency_b64: l64,
-    };
-    if a.json {
-        print_json(&res);
-        return Ok(());
-    }
-    println!("shears demo: LeNet-5 on MNIST ({})", res.weights);
-    if let Some(s) = res.train_seconds {
-        println!(
-            "training     {} images in {:.1} s ({:.0} images/s)",
-            res.train_images,
-            s,
-            res.train_images as f64 / s
-        );
-    }
-    println!(
-        "test top-1   {:.2}% ({} / {})",
-        res.eval.top1, res.eval.correct, res.eval.images
-    );
-    println!("eval speed   {:.0} images/s", res.eval.images_per_s);
-    println!("parameters   {}", thousands(res.params));
-    println!("MACs         {} per image", thousands(res.macs));
-    println!(
-        "latency      batch 1: {:.3} ms   batch 64: {:.2} ms (median)",
-        res.latency_b1.median_ms, res.latency_b64.median_ms
-    );
     Ok(())
 }
 
@@ -603,6 +451,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             threads,
             iters,
             warmup,
+            rounds,
             torch_python,
             torch_script,
             out,
@@ -611,6 +460,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             threads,
             iters,
             warmup,
+            rounds,
             torch_python,
             torch_script,
             out,

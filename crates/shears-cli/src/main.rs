@@ -5,12 +5,17 @@
 //! with `--json`, as exactly one JSON object on stdout. Exit code 0 on success, 2 on bad input
 //! (with a message naming the file, tensor or value at fault), 1 on other failures.
 
+mod analyze_lsa_cmd;
+mod analyze_sbpf_cmd;
+mod analyze_sweep_cmd;
 mod args;
 mod bench_engine;
 mod commands;
+mod demo_cmd;
 mod export_cmd;
 mod output;
 mod prune_cmd;
+mod recover_cmd;
 
 use std::process::ExitCode;
 

@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
+use shears::analyze::lsa::{LsaImportance, OutputAgg, PNorm};
 use shears::eval::{evaluate, EvalConfig, EvalReport};
 use shears::model::{save_model, Model};
 use shears::progress::Verbosity;
@@ -76,15 +77,17 @@ pub fn info_groups(path: &Path, model: &Model, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn criterion_of(c: CriterionArg) -> Criterion {
-    match c {
+/// The built-in criterion of `c`; `None` for LSA, which is built from data by the analysis.
+fn criterion_of(c: CriterionArg) -> Option<Criterion> {
+    Some(match c {
         CriterionArg::L1 => Criterion::L1,
         CriterionArg::L2 => Criterion::L2,
         CriterionArg::Bn => Criterion::BnScale,
         CriterionArg::Taylor => Criterion::Taylor,
         CriterionArg::Fpgm => Criterion::Fpgm,
         CriterionArg::Random => Criterion::Random,
-    }
+        CriterionArg::Lsa => return None,
+    })
 }
 
 fn fold_of(f: FoldArg) -> FoldMode {
@@ -296,6 +299,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
             graph.outputs().len()
         )));
     }
+    if a.from_skeleton {
+        return from_skeleton(&a, &model);
+    }
     let dataset = a.data.as_deref().map(parse_dataset).transpose()?;
     let dir = data_dir(&a.data_opts);
     let test_set: Option<Dataset> = match dataset {
@@ -328,8 +334,38 @@ pub fn run(a: PruneArgs) -> Result<()> {
             ReductionArg::Sum => Reduction::Sum,
             ReductionArg::Max => Reduction::Max,
         };
-        let criterion = crit.build(reduction, a.seed);
-        let grads = if crit == Criterion::Taylor {
+        let criterion: Box<dyn prune::Importance> = match crit {
+            Some(c) => c.build(reduction, a.seed),
+            None => {
+                let p: PNorm = a.p.parse().map_err(|e| bad(format!("--p: {e}")))?;
+                let Some(name) = dataset else {
+                    return Err(bad(format!(
+                        "--criterion lsa needs data: give --data NAME (sensitivities are taken \
+                         on {} training images)",
+                        a.lsa_images
+                    )));
+                };
+                let train = shears_data::load(&dir, name, Split::Train)?;
+                say(&format!(
+                    "lsa: p = {p} sensitivities on {} {name} training images",
+                    a.lsa_images.min(train.len())
+                ));
+                let t = Instant::now();
+                let mut net = network(&model, a.threads)?;
+                let imp = LsaImportance::on_dataset(
+                    &mut net,
+                    &train,
+                    &model.preprocess,
+                    a.lsa_images,
+                    p,
+                    OutputAgg::Max,
+                    a.seed,
+                )?;
+                grad_seconds = Some(t.elapsed().as_secs_f64());
+                Box::new(imp)
+            }
+        };
+        let grads = if crit == Some(Criterion::Taylor) {
             let Some(name) = dataset else {
                 return Err(bad(format!(
                     "--criterion taylor needs data: give --data NAME (gradients are taken on \
@@ -367,6 +403,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
         let plan = prune::plan_with(&ctx, &dg, criterion.as_ref(), &cfg)?;
         (plan, t.elapsed().as_secs_f64(), Some(cfg))
     };
+    if let Some(ws) = plan.config.get("warnings").and_then(Value::as_array) {
+        for w in ws.iter().filter_map(Value::as_str) {
+            eprintln!("warning: {w}");
+        }
+    }
     let t = Instant::now();
     let pruned = prune::prune(graph, &model.weights, &plan)?;
     let surgery_seconds = t.elapsed().as_secs_f64();
@@ -374,7 +415,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
     // loading.
     let prune_seconds = grad_seconds.unwrap_or(0.0) + plan_seconds + surgery_seconds;
     if let Some(p) = &a.plan_out {
-        std::fs::write(p, plan.to_json())
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, plan.to_json())
+            .and_then(|()| std::fs::rename(&tmp, p))
             .with_context(|| format!("writing the plan to {}", p.display()))?;
     }
 
@@ -682,4 +725,248 @@ fn describe_alloc(cfg: &AllocConfig) -> String {
         s.push_str(&format!(", ignoring {}", cfg.ignore.join(",")));
     }
     s
+}
+
+/// `shears train --cdp PROP --dtc TAU`: the sparse-training hook on `net`, when asked for.
+pub(crate) fn sparse_attach(
+    a: &crate::args::TrainArgs,
+    net: &mut shears_engine::Network,
+) -> Result<Option<shears::sparse::SparseTraining>> {
+    use shears::sparse::{CdpConfig, PenaltyMode, SparseConfig, ThresholdMode};
+    if a.cdp.is_none() && a.dtc.is_none() {
+        return Ok(None);
+    }
+    if a.resume {
+        return Err(bad(
+            "--resume cannot continue a --cdp/--dtc run: trainer checkpoints hold the kernels, \
+             not the filter skeleton; start the sparse run again",
+        ));
+    }
+    let mut cdp = CdpConfig::new(a.cdp.unwrap_or(0.0));
+    if a.cdp_adaptive {
+        cdp.mode = PenaltyMode::Adaptive;
+    }
+    let cfg = SparseConfig {
+        cdp,
+        tau: a.dtc,
+        threshold_mode: if a.static_threshold {
+            ThresholdMode::Static
+        } else {
+            ThresholdMode::Dynamic
+        },
+    };
+    cfg.validate()
+        .map_err(|e| bad(format!("--cdp/--dtc: {e}")))?;
+    Ok(Some(shears::sparse::attach(net, &cfg)?))
+}
+
+/// Ends sparse training: stores the skeleton in `model`'s metadata and returns a summary
+/// (JSON null when there was none), also printed to stderr unless `quiet`.
+pub(crate) fn sparse_finish(
+    sparse: Option<shears::sparse::SparseTraining>,
+    net: &mut shears_engine::Network,
+    model: &mut Model,
+    quiet: bool,
+) -> Value {
+    use shears::sparse::{ThresholdMode, META_SKELETON};
+    let Some(st) = sparse else {
+        return Value::Null;
+    };
+    let stats = st.stats();
+    let sk = st.detach(net);
+    model.metadata.insert(META_SKELETON.into(), sk.to_json());
+    let at = |mode: ThresholdMode| {
+        sk.tau.map(|t| {
+            let s = sk.sparsity(t, mode);
+            json!({
+                "filters": s.filters,
+                "dead_filters": s.dead_filters,
+                "filter_sparsity": s.filter_sparsity(),
+                "stripes": s.stripes,
+                "dead_stripes": s.dead_stripes,
+                "stripe_sparsity": s.stripe_sparsity(),
+            })
+        })
+    };
+    let summary = json!({
+        "tau": sk.tau,
+        "threshold_mode": sk.threshold_mode,
+        "cdp": sk.cdp,
+        "steps": stats.steps,
+        "last_penalty": stats.last_penalty,
+        "dynamic": at(ThresholdMode::Dynamic),
+        "static": at(ThresholdMode::Static),
+    });
+    if !quiet {
+        if let Some(t) = sk.tau {
+            for mode in [ThresholdMode::Dynamic, ThresholdMode::Static] {
+                let s = sk.sparsity(t, mode);
+                eprintln!(
+                    "skeleton under {} tau {t}: {}/{} filters dead ({:.2}%), {}/{} stripes \
+                     dead ({:.2}%)",
+                    mode.name(),
+                    s.dead_filters,
+                    s.filters,
+                    100.0 * s.filter_sparsity(),
+                    s.dead_stripes,
+                    s.stripes,
+                    100.0 * s.stripe_sparsity()
+                );
+            }
+        }
+    }
+    summary
+}
+
+/// `shears prune --from-skeleton`: the final static-threshold prune of a sparse-trained model.
+fn from_skeleton(a: &PruneArgs, model: &Model) -> Result<()> {
+    use shears::sparse::{prune_from_skeleton, Skeleton, META_SKELETON};
+    let path = a.model.model.display().to_string();
+    let quiet = a.json;
+    let text = model.metadata.get(META_SKELETON).ok_or_else(|| {
+        bad(format!(
+            "{path}: no filter skeleton in the metadata ({META_SKELETON}); train it with \
+             `shears train --cdp PROP --dtc TAU`"
+        ))
+    })?;
+    let sk = Skeleton::from_json(text).map_err(|e| bad(format!("{path}: {e}")))?;
+    let tau = a.skeleton_tau.or(sk.tau).ok_or_else(|| {
+        bad(format!(
+            "{path}: the model was trained without --dtc; give the threshold with --skeleton-tau"
+        ))
+    })?;
+    let t0 = Instant::now();
+    let pr = prune_from_skeleton(&model.graph, &model.weights, &sk, tau)
+        .map_err(|e| bad(format!("{path}: {e}")))?;
+    let prune_seconds = t0.elapsed().as_secs_f64();
+    let masked_model = Model {
+        weights: pr.masked.clone(),
+        ..model.clone()
+    };
+    let mut meta = model.metadata.clone();
+    meta.remove(META_SKELETON);
+    let r = &pr.report;
+    meta.insert(
+        META_PRUNE.to_string(),
+        json!({"method": "cdp-dtc skeleton", "tau": tau, "report": r}).to_string(),
+    );
+    let out_model = Model {
+        graph: pr.graph.clone(),
+        weights: pr.weights.clone(),
+        preprocess: model.preprocess.clone(),
+        arch: model.arch,
+        metadata: meta,
+        report: Default::default(),
+    };
+    let mut masked_net = network(&masked_model, a.threads)?;
+    let mut pruned_net = network(&out_model, a.threads)?;
+    let dataset = a.data.as_deref().map(parse_dataset).transpose()?;
+    let test_set: Option<Dataset> = match dataset {
+        Some(name) => Some(shears_data::load(
+            &data_dir(&a.data_opts),
+            name,
+            Split::Test,
+        )?),
+        None => None,
+    };
+    let verification = if a.verify {
+        let input = model.graph.shape(model.graph.inputs()[0]).to_vec();
+        let x = match &test_set {
+            Some(ds) => input_batch(ds, &model.preprocess, &input, a.verify_images)?,
+            None => random_inputs(&model.graph, a.verify_images, a.seed),
+        };
+        let m = masked_net.forward(&x, shears_engine::Mode::Eval)?;
+        let p = pruned_net.forward(&x, shears_engine::Mode::Eval)?;
+        let d = m
+            .data()
+            .iter()
+            .zip(p.data())
+            .fold(0f64, |acc, (u, v)| acc.max(f64::from((u - v).abs())));
+        if d > VERIFY_TOLERANCE {
+            anyhow::bail!(
+                "verification failed: the pruned model differs from the masked skeleton \
+                 network by {d:e} (tolerance {VERIFY_TOLERANCE:e})"
+            );
+        }
+        Some(d)
+    } else {
+        None
+    };
+    let accuracy = match &test_set {
+        Some(ds) => {
+            let cfg = EvalConfig {
+                batch_size: 250,
+                limit: a.eval_limit,
+                verbosity: Verbosity::Quiet,
+            };
+            let trained = if a.skip_before_eval {
+                None
+            } else {
+                let mut net = network(model, a.threads)?;
+                Some(evaluate(&mut net, ds, &model.preprocess, &cfg)?.top1)
+            };
+            let pruned = evaluate(&mut pruned_net, ds, &model.preprocess, &cfg)?;
+            Some(json!({
+                "dataset": ds.name,
+                "images": pruned.images,
+                "trained_top1": trained,
+                "pruned_top1": pruned.top1,
+            }))
+        }
+        None => None,
+    };
+    save_model(&a.output, &out_model)?;
+    let pct = |x: usize, n: usize| 100.0 * x as f64 / n.max(1) as f64;
+    if a.json {
+        print_json(&json!({
+            "model": a.model.model,
+            "output": a.output,
+            "tau": tau,
+            "report": r,
+            "filter_sparsity": pct(r.dead_filters, r.filters) / 100.0,
+            "stripe_sparsity": pct(r.dead_stripes, r.stripes) / 100.0,
+            "verify_max_abs_diff": verification,
+            "accuracy": accuracy,
+            "prune_seconds": prune_seconds,
+        }));
+        return Ok(());
+    }
+    let _ = quiet;
+    println!(
+        "static tau {tau}: {}/{} filters dead ({:.2}%), {} removed ({} kept on residual sums); \
+         {}/{} stripes dead ({:.2}%)",
+        r.dead_filters,
+        r.filters,
+        pct(r.dead_filters, r.filters),
+        r.removed_filters,
+        r.kept_dead_filters,
+        r.dead_stripes,
+        r.stripes,
+        pct(r.dead_stripes, r.stripes)
+    );
+    for b in &r.collapsed {
+        println!(
+            "collapsed {} into its shortcut (removed {}; branch constant max |{:e}| kept as {})",
+            b.add,
+            b.removed.join(", "),
+            b.max_abs_shift,
+            b.shift_node.as_deref().unwrap_or("nothing (zero)")
+        );
+    }
+    println!(
+        "params {} -> {}; MACs {} -> {} (stripe-wise {})",
+        thousands(r.params_before),
+        thousands(r.params_after),
+        thousands(r.macs_before),
+        thousands(r.macs_after),
+        thousands(r.stripe_macs_after)
+    );
+    if let Some(d) = verification {
+        println!("verify: max |masked - pruned| = {d:e}");
+    }
+    if let Some(acc) = &accuracy {
+        println!("accuracy: {acc}");
+    }
+    println!("saved {}", a.output.display());
+    Ok(())
 }

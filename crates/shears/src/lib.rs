@@ -18,6 +18,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod analyze;
 pub mod bench;
 mod error;
 pub mod eval;
@@ -26,6 +27,7 @@ pub mod progress;
 pub mod prune;
 pub mod recover;
 pub mod report;
+pub mod sparse;
 pub mod train;
 pub mod zoo;
 

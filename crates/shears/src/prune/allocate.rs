@@ -230,6 +230,10 @@ pub struct Allocation {
     pub before: Cost,
     /// MACs and parameters after (exact, including biases added by constant folding).
     pub after: Cost,
+    /// What a user should know about the result, e.g. a target overshot (more removed than
+    /// asked) because `round_to` or the groups' channel steps could not land closer.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 struct Ranked<'a> {
@@ -377,6 +381,7 @@ pub fn allocate(
         build(&|r: &Ranked| want[idx_of[&r.group.id]])
     };
 
+    let mut warnings = Vec::new();
     let removal = match &cfg.strategy {
         Strategy::Uniform { ratio } if !global => {
             build(&|r: &Ranked| ratio_count(*ratio, r.group.size))
@@ -462,6 +467,15 @@ pub fn allocate(
                     why: why.join(", "),
                 });
             }
+            if best.1 < target * (1.0 - cfg.tolerance) {
+                warnings.push(format!(
+                    "{what} target {keep_fraction} overshot: {:.4} kept (more removed than asked, \
+                     beyond the {} tolerance); the nearest allocation above the target keeps {:.4}",
+                    best.1 / base,
+                    cfg.tolerance,
+                    c_lo.max(c_hi) / base
+                ));
+            }
             best.0
         }
     };
@@ -476,5 +490,6 @@ pub fn allocate(
         removed,
         before,
         after,
+        warnings,
     })
 }

@@ -112,6 +112,7 @@ pub fn plan_with(
             "alloc": cfg,
             "before": alloc.before,
             "after": alloc.after,
+            "warnings": alloc.warnings,
         }),
         groups,
     })
