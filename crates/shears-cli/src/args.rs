@@ -461,7 +461,7 @@ pub struct PruneArgs {
     /// MACs reduction factor, at least 1: the same as --target-macs 1/X (2 halves the MACs).
     #[arg(long, value_name = "X")]
     pub speedup: Option<f64>,
-    /// Per-group ratios (fractions REMOVED) from a JSON file {"<group root>": ratio, ...};
+    /// Per-group ratios (fractions REMOVED) from a JSON file `{"<group root>": ratio, ...}`;
     /// `shears info MODEL --groups` lists the roots. Unlisted groups are not pruned.
     #[arg(long, value_name = "FILE")]
     pub ratios_from: Option<PathBuf>,

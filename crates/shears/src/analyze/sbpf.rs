@@ -1,5 +1,5 @@
 //! SBPF: damage-based layer sensitiveness and inverse-sensitiveness ratio allocation
-//! (methods §2.3, interpretation [I]).
+//! (methods §2.3, interpretation \[I\]).
 //!
 //! 1. **Damage probe** ([`damage`]): for each prunable group (a layer of a chain network; a
 //!    residual block's inner layer or a coupled trunk in a ResNet), a damaged copy of the model
