@@ -1,57 +1,9 @@
 //! The `shears` binary as users run it: one JSON object with `--json`, exit code 2 and a message
 //! naming the file or value on bad input, models that reload without `--arch`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn shared() -> PathBuf {
-    if let Some(d) = std::env::var_os("SHEARS_SHARED") {
-        return PathBuf::from(d);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for a in manifest.ancestors() {
-        for c in [a.join("shared"), a.join("..").join("shared")] {
-            if c.join("models").is_dir() {
-                return c;
-            }
-        }
-    }
-    panic!("no shared/ folder above {}", manifest.display())
-}
-
-fn shears(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shears"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn json_of(o: &Output) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let s = String::from_utf8(o.stdout.clone()).unwrap();
-    serde_json::from_str(&s).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {s}"))
-}
-
-fn fails_with_2(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "expected exit 2, stderr: {err}");
-    assert!(
-        err.contains(needle),
-        "stderr does not name {needle:?}: {err}"
-    );
-}
-
-fn model(name: &str) -> String {
-    shared()
-        .join("models")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
+use common::{fails_with_2, json_of, model, shared, shears};
 
 #[test]
 fn info_reports_resnet56_params_and_macs() {

@@ -2,64 +2,12 @@
 //! self-describing outputs with their recovery history, fine-tuning checkpoints and resume,
 //! exit code 2 naming the value at fault.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{data, fails_with_2, json_of, model, shears};
 use serde_json::Value;
-
-fn shared() -> PathBuf {
-    if let Some(d) = std::env::var_os("SHEARS_SHARED") {
-        return PathBuf::from(d);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for a in manifest.ancestors() {
-        for c in [a.join("shared"), a.join("..").join("shared")] {
-            if c.join("models").is_dir() {
-                return c;
-            }
-        }
-    }
-    panic!("no shared/ folder above {}", manifest.display())
-}
-
-fn shears(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shears"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn json_of(o: &Output) -> Value {
-    assert!(
-        o.status.success(),
-        "exit {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let s = String::from_utf8(o.stdout.clone()).unwrap();
-    serde_json::from_str(&s).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {s}"))
-}
-
-fn fails_with_2(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "expected exit 2, stderr: {err}");
-    assert!(
-        err.contains(needle),
-        "stderr does not name {needle:?}: {err}"
-    );
-}
-
-fn model(name: &str) -> String {
-    shared()
-        .join("models")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn data() -> String {
-    shared().join("data").to_string_lossy().into_owned()
-}
 
 /// LeNet-5 with half of every group's channels removed by L1, written by `shears prune`.
 fn pruned_lenet(dir: &Path) -> String {
