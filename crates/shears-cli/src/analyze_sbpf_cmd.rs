@@ -19,8 +19,8 @@ use shears::prune::Criterion;
 use shears::recover::BnRecalConfig;
 use shears_data::Split;
 
-use crate::analyze_sweep_cmd::{eval_set, uptime};
-use crate::args::{DataOpts, ModelOpts};
+use crate::analyze_sweep_cmd::{eval_set, uptime, SubsetOpts};
+use crate::args::ModelOpts;
 use crate::commands::{bad, data_dir, open_model, parse_arch, parse_dataset};
 use crate::output::{print_json, Table};
 
@@ -37,21 +37,9 @@ pub struct SbpfArgs {
     #[command(flatten)]
     /// The model.
     pub model: ModelOpts,
-    /// Dataset (mnist, fashion-mnist, cifar10, cifar100).
-    #[arg(long, value_name = "NAME")]
-    pub data: String,
     #[command(flatten)]
-    /// Where datasets live.
-    pub data_opts: DataOpts,
-    /// Split the evaluation subset is drawn from (train or test).
-    #[arg(long, default_value = "test", value_name = "train|test")]
-    pub split: String,
-    /// Class-balanced images per probe.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub images: usize,
-    /// Seed of the class-balanced subset.
-    #[arg(long, default_value_t = 0)]
-    pub subset_seed: u64,
+    /// The evaluation subset.
+    pub subset: SubsetOpts,
     /// Damage operator: drop-random, gauss-noise or drop-l1.
     #[arg(long, default_value = "drop-random")]
     pub damage: String,
@@ -162,14 +150,7 @@ pub fn run(a: SbpfArgs) -> Result<()> {
         ));
     }
     let criterion: Criterion = a.criterion.parse().map_err(|e| bad(format!("{e}")))?;
-    let data = eval_set(
-        &a.data,
-        &a.data_opts,
-        &a.split,
-        a.images,
-        a.subset_seed,
-        &model,
-    )?;
+    let data = eval_set(&a.subset, &model)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let cfg = SbpfConfig {
         damage,
@@ -247,10 +228,10 @@ pub fn run(a: SbpfArgs) -> Result<()> {
     }
     // Multi-step pruning.
     if let (Some(steps), Some(b), Some(o)) = (a.steps, budget, &a.output) {
-        let name = parse_dataset(&a.data)?;
+        let name = parse_dataset(&a.subset.data)?;
         let train = if a.recal_images > 0 {
             Some(shears_data::load(
-                &data_dir(&a.data_opts),
+                &data_dir(&a.subset.data_opts),
                 name,
                 Split::Train,
             )?)

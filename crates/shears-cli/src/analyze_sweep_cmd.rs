@@ -31,21 +31,9 @@ pub struct SweepArgs {
     #[command(flatten)]
     /// The model.
     pub model: ModelOpts,
-    /// Dataset (mnist, fashion-mnist, cifar10, cifar100).
-    #[arg(long, value_name = "NAME")]
-    pub data: String,
     #[command(flatten)]
-    /// Where datasets live.
-    pub data_opts: DataOpts,
-    /// Split the evaluation subset is drawn from (train or test).
-    #[arg(long, default_value = "test", value_name = "train|test")]
-    pub split: String,
-    /// Class-balanced images per probe.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub images: usize,
-    /// Seed of the class-balanced subset.
-    #[arg(long, default_value_t = 0)]
-    pub subset_seed: u64,
+    /// The evaluation subset.
+    pub subset: SubsetOpts,
     /// Ratios (fraction of a group's channels REMOVED), comma-separated, each in (0, 1).
     #[arg(
         long,
@@ -104,24 +92,39 @@ fn parse_split(s: &str) -> Result<Split> {
 }
 
 /// Loads the class-balanced evaluation subset for a model.
-pub(crate) fn eval_set(
-    data: &str,
-    opts: &DataOpts,
-    split: &str,
-    images: usize,
-    seed: u64,
-    model: &shears::model::Model,
-) -> Result<EvalSet> {
-    let name = parse_dataset(data)?;
-    let split = parse_split(split)?;
-    if images == 0 {
+/// The class-balanced evaluation subset a probe is measured on (shared by `analyze sweep` and
+/// `analyze sbpf`).
+#[derive(Args, Debug)]
+pub struct SubsetOpts {
+    /// Dataset (mnist, fashion-mnist, cifar10, cifar100).
+    #[arg(long, value_name = "NAME")]
+    pub data: String,
+    #[command(flatten)]
+    /// Where datasets live.
+    pub data_opts: DataOpts,
+    /// Split the evaluation subset is drawn from (train or test).
+    #[arg(long, default_value = "test", value_name = "train|test")]
+    pub split: String,
+    /// Class-balanced images per probe.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub images: usize,
+    /// Seed of the class-balanced subset.
+    #[arg(long, default_value_t = 0)]
+    pub subset_seed: u64,
+}
+
+/// Loads the class-balanced evaluation subset described by `o`, shaped for `model`.
+pub(crate) fn eval_set(o: &SubsetOpts, model: &shears::model::Model) -> Result<EvalSet> {
+    let name = parse_dataset(&o.data)?;
+    let split = parse_split(&o.split)?;
+    if o.images == 0 {
         return Err(bad(
             "--images 0: the evaluation subset needs at least one image",
         ));
     }
-    let ds = shears_data::load(&data_dir(opts), name, split)?;
+    let ds = shears_data::load(&data_dir(&o.data_opts), name, split)?;
     let input = model.graph.shape(model.graph.inputs()[0]).to_vec();
-    let mut s = EvalSet::balanced(&ds, images, seed, &model.preprocess, &input)?;
+    let mut s = EvalSet::balanced(&ds, o.images, o.subset_seed, &model.preprocess, &input)?;
     s.description = format!("{} ({split} split)", s.description);
     Ok(s)
 }
@@ -164,14 +167,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
             )));
         }
     }
-    let data = eval_set(
-        &a.data,
-        &a.data_opts,
-        &a.split,
-        a.images,
-        a.subset_seed,
-        &model,
-    )?;
+    let data = eval_set(&a.subset, &model)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let verbosity = if a.json {
         Verbosity::Quiet
