@@ -20,9 +20,9 @@ use shears::prune::{
     self, input_batch, taylor_grads, verify, AllocConfig, Criterion, DepGraph, FoldMode,
     GradConfig, Plan, Reduction, ScoreContext, Strategy, Verification, VERIFY_TOLERANCE,
 };
-use shears::report::{compare_latency, summarize, Latency};
+use shears::report::{compare_latency, random_inputs, summarize, Latency};
 use shears_data::{Dataset, Split};
-use shears_ir::{Graph, Tensor};
+use shears_ir::Graph;
 
 use crate::args::{CriterionArg, FoldArg, PruneArgs, ReductionArg};
 use crate::commands::{bad, data_dir, network, open_model, parse_dataset};
@@ -253,23 +253,6 @@ fn ratio(a: f64, b: f64) -> f64 {
     } else {
         f64::INFINITY
     }
-}
-
-/// A seeded batch of inputs in [-1, 1) for verification without data.
-fn random_inputs(graph: &Graph, n: usize, seed: u64) -> Tensor {
-    let mut shape = vec![n];
-    shape.extend_from_slice(graph.shape(graph.inputs()[0]));
-    let numel: usize = shape.iter().product();
-    let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let data = (0..numel)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::new(shape, data).expect("shape and data agree by construction")
 }
 
 /// Runs `shears prune`.

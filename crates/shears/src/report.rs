@@ -109,14 +109,13 @@ pub struct Latency {
     pub images_per_s: f64,
 }
 
-/// A deterministic pseudo-random batch (values in [-1, 1)) for `graph`'s first input.
-fn latency_input(graph: &Graph, batch: usize) -> Tensor {
-    let input = graph.inputs()[0];
+/// A deterministic pseudo-random batch of `batch` inputs in [-1, 1) for `graph`'s first input
+/// (xorshift seeded by `seed`): latency measurement and verification without data.
+pub fn random_inputs(graph: &Graph, batch: usize, seed: u64) -> Tensor {
     let mut shape = vec![batch];
-    shape.extend_from_slice(graph.shape(input));
+    shape.extend_from_slice(graph.shape(graph.inputs()[0]));
     let numel: usize = shape.iter().product();
-    // A cheap deterministic pseudo-random input (values in [-1, 1)).
-    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
     let data = (0..numel)
         .map(|_| {
             s ^= s << 13;
@@ -171,7 +170,7 @@ pub fn measure_latency(
     iters: usize,
 ) -> Result<Latency, Error> {
     check_latency_args(batch, iters)?;
-    let x = latency_input(net.graph(), batch);
+    let x = random_inputs(net.graph(), batch, 0);
     for _ in 0..warmup {
         net.forward(&x, Mode::Eval)?;
     }
@@ -193,7 +192,7 @@ pub fn compare_latency(
     iters: usize,
 ) -> Result<(Latency, Latency), Error> {
     check_latency_args(batch, iters)?;
-    let x = latency_input(a.graph(), batch);
+    let x = random_inputs(a.graph(), batch, 0);
     if b.graph().shape(b.graph().inputs()[0]) != &x.shape()[1..] {
         return Err(Error::invalid(
             "compare_latency needs two networks with the same input shape",
