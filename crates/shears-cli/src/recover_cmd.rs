@@ -18,7 +18,7 @@ use shears::model::{save_model, Model, META_DATASET};
 use shears::progress::Verbosity;
 use shears::recover::{
     bn_recalibrate_with, casm, finetune, BnRecalConfig, BnRecalMethod, BnRecalReport, CasmConfig,
-    CasmVariant, FinetuneConfig,
+    CasmVariant, FinetuneConfig, ResidualTarget,
 };
 use shears_data::{Dataset, DatasetName, Split};
 use shears_engine::{DistillConfig, Network};
@@ -107,6 +107,16 @@ pub enum CasmVariantArg {
     Lstsq,
 }
 
+/// `--residual-target` of `recover casm`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResidualTargetArg {
+    /// The original block output minus the pruned shortcut: the branch also absorbs the error
+    /// earlier layers left in the residual stream.
+    Block,
+    /// The original branch output (exact only when the shortcut is unchanged).
+    Branch,
+}
+
 /// `shears recover casm` arguments.
 #[derive(Args, Debug)]
 pub struct CasmArgs {
@@ -147,6 +157,9 @@ pub struct CasmArgs {
     /// Finish with a BN recalibration on N training images (0: none).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub bn_recal: usize,
+    /// What the last conv (and BN) of a residual branch is fit to.
+    #[arg(long, value_enum, default_value_t = ResidualTargetArg::Block)]
+    pub residual_target: ResidualTargetArg,
 }
 
 /// `shears recover finetune` arguments.
@@ -477,6 +490,10 @@ pub fn run_casm(a: CasmArgs) -> Result<()> {
         train_first: !a.next_only,
         refit_inputs: !a.no_refit_inputs,
         ls_max_rows: a.ls_max_rows.max(1),
+        residual_target: match a.residual_target {
+            ResidualTargetArg::Block => ResidualTarget::Block,
+            ResidualTargetArg::Branch => ResidualTarget::Branch,
+        },
         verbosity: verbosity(c.json),
         ..CasmConfig::default()
     };

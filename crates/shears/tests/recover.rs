@@ -9,7 +9,7 @@ use shears::progress::Verbosity;
 use shears::prune::{self, AllocConfig, Criterion, Reduction, ScoreContext, Strategy};
 use shears::recover::{
     bn_recalibrate, bn_recalibrate_with, casm, finetune, BnRecalConfig, CasmConfig, CasmVariant,
-    FinetuneConfig,
+    FinetuneConfig, ResidualTarget,
 };
 use shears::zoo::Preprocess;
 use shears_data::{Dataset, DatasetName, Split};
@@ -428,6 +428,78 @@ fn casm_handles_residual_blocks() {
         rep.seconds
     );
     assert!(after > pruned, "{pruned} -> {after}");
+}
+
+/// With the shortcut unchanged (only the first block's inner conv pruned), the block target
+/// (original add minus pruned shortcut, taken back through bn2 for least squares) is the
+/// branch target up to rounding, so both give the same weights; once the residual stream is
+/// pruned too, they differ.
+#[test]
+fn casm_block_target_equals_branch_target_when_the_shortcut_is_unchanged() {
+    let m = common::shared_model("resnet20");
+    let train = shears_data::load(&common::data_dir(), DatasetName::Cifar10, Split::Train)
+        .unwrap()
+        .take(1000);
+    let l1 = Criterion::L1.build(Reduction::Mean, 0);
+    let run = |ratios: &[(&str, f32)], variant, target| {
+        let ratios: BTreeMap<String, f32> =
+            ratios.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+        let cfg = AllocConfig::new(Strategy::PerGroup { ratios });
+        let plan =
+            prune::plan(&ScoreContext::new(&m.graph, &m.weights), l1.as_ref(), &cfg).unwrap();
+        let p = prune::prune(&m.graph, &m.weights, &plan).unwrap();
+        let ccfg = CasmConfig {
+            samples: 100,
+            epochs_per_layer: 2,
+            batch_size: 50,
+            variant,
+            residual_target: target,
+            ..CasmConfig::default()
+        };
+        let (w, rep) = casm(
+            (&m.graph, &m.weights),
+            (&p.graph, &p.weights),
+            &train,
+            &m.preprocess,
+            &ccfg,
+        )
+        .unwrap();
+        (w, rep)
+    };
+    let max_diff = |a: &Weights, b: &Weights| {
+        a.iter()
+            .map(|(n, t)| {
+                let u = b.get(n).unwrap();
+                t.data()
+                    .iter()
+                    .zip(u.data())
+                    .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
+                    .fold(0.0f32, f32::max)
+            })
+            .fold(0.0f32, f32::max)
+    };
+    for variant in [CasmVariant::LeastSquares, CasmVariant::Gradient] {
+        let inner = [("layer1.0.conv1", 0.5)];
+        let (wb, rb) = run(&inner, variant, ResidualTarget::Block);
+        let (wr, rr) = run(&inner, variant, ResidualTarget::Branch);
+        assert!(rb.layers.iter().all(|l| l.skipped.is_none()), "{rb:#?}");
+        assert!(
+            rb.layers.iter().any(|l| l.final_mse < l.initial_mse),
+            "{rb:#?}"
+        );
+        let d = max_diff(&wb, &wr);
+        assert!(d < 1e-3, "{variant:?}: block and branch differ by {d}");
+        assert!(
+            (rb.layers[0].initial_mse - rr.layers[0].initial_mse).abs()
+                <= 1e-4 * rr.layers[0].initial_mse,
+            "{rb:#?} {rr:#?}"
+        );
+        // The stem's group is the stage-1 residual stream: every stage-1 shortcut changes.
+        let trunk = [("conv1", 0.25), ("layer1.1.conv1", 0.5)];
+        let (wb, _) = run(&trunk, variant, ResidualTarget::Block);
+        let (wr, _) = run(&trunk, variant, ResidualTarget::Branch);
+        assert!(max_diff(&wb, &wr) > 1e-3, "{variant:?}");
+    }
 }
 
 #[test]

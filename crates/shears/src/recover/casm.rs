@@ -31,6 +31,20 @@ pub enum CasmVariant {
     LeastSquares,
 }
 
+/// What a small model whose output feeds a residual add (a block's last conv and BN) is fit
+/// to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ResidualTarget {
+    /// The original network's branch output (methods §4.3 for ResNet blocks): exact when the
+    /// shortcut is unchanged, but errors already in the pruned residual stream pass through.
+    Branch,
+    /// The original network's block output (the add) minus what the pruned network's shortcut
+    /// now carries, so the branch also absorbs the error that earlier layers left in the
+    /// residual stream (methods §4.3 step 4: "later layers absorb earlier errors"). Equal to
+    /// `Branch` when the shortcut is unchanged.
+    Block,
+}
+
 /// CASM settings. [`CasmConfig::default`] gives the proposed defaults of methods §4.4 (500
 /// samples, 5 epochs per layer, batch 128) except for the learning rate.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -68,6 +82,9 @@ pub struct CasmConfig {
     /// Most im2col rows (output positions) used by the least-squares refit of a convolution.
     /// Default 50,000.
     pub ls_max_rows: usize,
+    /// The target of a small model that ends at a residual add; default
+    /// [`ResidualTarget::Block`].
+    pub residual_target: ResidualTarget,
     /// Progress display (a bar over the layers); default quiet.
     #[serde(skip)]
     pub verbosity: Verbosity,
@@ -87,6 +104,7 @@ impl Default for CasmConfig {
             refit_inputs: true,
             ridge: 1e-6,
             ls_max_rows: 50_000,
+            residual_target: ResidualTarget::Block,
             verbosity: Verbosity::Quiet,
         }
     }
@@ -338,6 +356,18 @@ impl Collector<'_> {
         let vals = caps.pop().expect("one capture");
         self.pfront = Some((node, vals.clone()));
         Ok(vals)
+    }
+
+    /// The pruned network's activations at `node` with the weights `w`, computed from the
+    /// frontier without moving it.
+    fn pruned_peek(&self, w: &Weights, node: NodeId) -> Result<Vec<Tensor>, Error> {
+        if let Some((id, vals)) = &self.pfront {
+            if *id == node {
+                return Ok(vals.clone());
+            }
+        }
+        let mut caps = run_prefix(self.pg, w, self.inputs, self.pfront.as_ref(), &[node])?;
+        Ok(caps.pop().expect("one capture"))
     }
 
     /// The original network's activations at `target`, one per batch; also moves the
@@ -679,6 +709,14 @@ fn reconstruct(
         .iter()
         .map(|y| select_channels(y, &map))
         .collect::<Result<Vec<_>, _>>()?;
+    let ys = if cfg.residual_target == ResidualTarget::Block {
+        match block_target(col, chain, maps, cur_w, tnode)? {
+            Some(block) => block,
+            None => ys,
+        }
+    } else {
+        ys
+    };
     let mut small = small_model(pg, chain, cur_w)?;
     if lsq {
         return least_squares(&mut small, pg, chain, &xs, &ys, cfg, rng, cur_w, rep);
@@ -739,6 +777,95 @@ fn reconstruct(
         }
     }
     Ok(())
+}
+
+/// The [`ResidualTarget::Block`] target of a small model whose next layer (through its BN, if
+/// any) feeds a two-input residual add: the original add output at the kept channels minus
+/// the pruned network's other add input (its shortcut), taken back through the BN when
+/// `tnode` is the next layer itself (least squares). `None` when the chain does not end at an
+/// add, or the channels of the add cannot be matched.
+fn block_target(
+    col: &mut Collector,
+    chain: &Chain,
+    maps: &[Option<Vec<usize>>],
+    cur_w: &Weights,
+    tnode: NodeId,
+) -> Result<Option<Vec<Tensor>>, Skip> {
+    let (og, pg) = (col.og, col.pg);
+    let cons = pg.consumers();
+    let sole = |id: NodeId| (cons[id.0].len() == 1).then(|| cons[id.0][0]);
+    let next = chain.next;
+    let bn = sole(next).filter(|&b| matches!(pg.node(b).op, Op::BatchNorm2d(_)));
+    let end = bn.unwrap_or(next);
+    let Some(add) = sole(end) else {
+        return Ok(None);
+    };
+    let add_node = pg.node(add);
+    if !matches!(add_node.op, Op::Add) || add_node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    if tnode != end && tnode != next {
+        return Ok(None);
+    }
+    let other = if add_node.inputs[0] == end {
+        add_node.inputs[1]
+    } else {
+        add_node.inputs[0]
+    };
+    let (Some(map), Some(oadd)) = (maps[add.0].clone(), og.find(&add_node.name)) else {
+        return Ok(None);
+    };
+    let oys = col.original_at(oadd, None)?;
+    let shortcut = col.pruned_peek(cur_w, other)?;
+    let mut out = Vec::with_capacity(oys.len());
+    for (y, s) in oys.iter().zip(&shortcut) {
+        let mut t = select_channels(y, &map)?;
+        if t.shape() != s.shape() {
+            return Ok(None);
+        }
+        for (a, b) in t.data_mut().iter_mut().zip(s.data()) {
+            *a -= *b;
+        }
+        out.push(t);
+    }
+    if tnode == end {
+        return Ok(Some(out));
+    }
+    // Back through the BN (eval mode, a per-channel affine map): x = (y - beta) / scale + mean.
+    let bn = bn.expect("tnode is next and end is its BN");
+    let node = pg.node(bn);
+    let Op::BatchNorm2d(b) = &node.op else {
+        unreachable!("checked above")
+    };
+    let get = |k: ParamKind| {
+        cur_w
+            .get(&node.param_name(k))
+            .map(|t| t.data().to_vec())
+            .ok_or_else(|| Error::invalid(format!("pruned weights lack {}", node.param_name(k))))
+    };
+    let (gamma, beta) = (get(ParamKind::Weight)?, get(ParamKind::Bias)?);
+    let (mean, var) = (get(ParamKind::RunningMean)?, get(ParamKind::RunningVar)?);
+    for t in &mut out {
+        let shape = t.shape().to_vec();
+        let (n, c) = (shape[0], shape[1]);
+        let s: usize = shape[2..].iter().product();
+        let d = t.data_mut();
+        for i in 0..n {
+            for ch in 0..c {
+                let scale = gamma[ch] / (var[ch] + b.eps).sqrt();
+                let seg = &mut d[(i * c + ch) * s..(i * c + ch + 1) * s];
+                if scale.abs() < 1e-12 {
+                    // The channel's conv output does not reach the add: any target will do.
+                    seg.fill(mean[ch]);
+                } else {
+                    for v in seg {
+                        *v = (*v - beta[ch]) / scale + mean[ch];
+                    }
+                }
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 /// The closed-form variant: refit `chain.next`'s weight and bias.

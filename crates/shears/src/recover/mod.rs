@@ -17,7 +17,9 @@ mod casm;
 mod finetune;
 
 pub use bn::{bn_recalibrate, bn_recalibrate_with, BnRecalConfig, BnRecalMethod, BnRecalReport};
-pub use casm::{casm, channel_maps, CasmConfig, CasmLayer, CasmReport, CasmVariant};
+pub use casm::{
+    casm, channel_maps, CasmConfig, CasmLayer, CasmReport, CasmVariant, ResidualTarget,
+};
 pub use finetune::{finetune, CurvePoint, FinetuneConfig, FinetuneEpoch, FinetuneReport};
 
 use shears_data::{Dataset, Loader, LoaderConfig, Transform};
