@@ -16,8 +16,10 @@ use shears::analyze::sweep::write_atomic;
 use shears::model::{save_model, Model};
 use shears::progress::Verbosity;
 use shears::prune::Criterion;
-use shears::recover::BnRecalConfig;
+use shears::recover::{finetune, BnRecalConfig, FinetuneConfig};
 use shears_data::Split;
+use shears_engine::{DistillConfig, Network};
+use shears_ir::{Graph, Weights};
 
 use crate::analyze_sweep_cmd::{eval_set, uptime, SubsetOpts};
 use crate::args::ModelOpts;
@@ -79,6 +81,14 @@ pub struct SbpfArgs {
     /// Training images for BN recalibration between steps (0: none).
     #[arg(long, value_name = "N", default_value_t = 2000)]
     pub recal_images: usize,
+    /// Fine-tune for S seconds after each step's pruning and BN recalibration (SGD with
+    /// momentum, cosine over the budget, distillation from the unpruned model, pad-crop and
+    /// flip for CIFAR); 0: no fine-tuning.
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    pub finetune_seconds: f64,
+    /// Peak learning rate of the fine-tuning between steps.
+    #[arg(long, value_name = "LR", default_value_t = 0.01)]
+    pub finetune_lr: f32,
     /// Where multi-step pruning writes the pruned model.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -143,6 +153,12 @@ pub fn run(a: SbpfArgs) -> Result<()> {
     }
     if a.batch == 0 {
         return Err(bad("--batch 0: use at least 1"));
+    }
+    if !(a.finetune_seconds.is_finite() && a.finetune_seconds >= 0.0) {
+        return Err(bad(format!(
+            "--finetune-seconds {}: give a non-negative number of seconds",
+            a.finetune_seconds
+        )));
     }
     if a.steps.is_some() && (budget.is_none() || a.output.is_none()) {
         return Err(bad(
@@ -229,7 +245,7 @@ pub fn run(a: SbpfArgs) -> Result<()> {
     // Multi-step pruning.
     if let (Some(steps), Some(b), Some(o)) = (a.steps, budget, &a.output) {
         let name = parse_dataset(&a.subset.data)?;
-        let train = if a.recal_images > 0 {
+        let train = if a.recal_images > 0 || a.finetune_seconds > 0.0 {
             Some(shears_data::load(
                 &data_dir(&a.subset.data_opts),
                 name,
@@ -256,13 +272,49 @@ pub fn run(a: SbpfArgs) -> Result<()> {
                 c
             }),
         };
+        let mut teacher = Network::new(model.graph.clone(), &model.weights)?;
+        let is_cifar = name.as_str().starts_with("cifar");
+        let mut tune = |step: usize, g: &Graph, w: &mut Weights| -> Result<(), shears::Error> {
+            let train = train.as_ref().expect("loaded for fine-tuning");
+            let mut student = Network::new(g.clone(), w)?;
+            let cfg = FinetuneConfig {
+                lr: a.finetune_lr,
+                distill: Some(DistillConfig {
+                    temperature: 4.0,
+                    alpha: 0.9,
+                    label_smoothing: 0.0,
+                }),
+                augment_pad: is_cifar.then_some(4),
+                augment_flip: is_cifar,
+                seed: a.seed ^ step as u64,
+                time_budget: Some(std::time::Duration::from_secs_f64(a.finetune_seconds)),
+                verbosity: if a.json {
+                    Verbosity::Quiet
+                } else {
+                    Verbosity::Normal
+                },
+                ..FinetuneConfig::new(1000)
+            };
+            finetune(
+                &mut student,
+                Some(&mut teacher),
+                train,
+                None,
+                &model.preprocess,
+                &cfg,
+            )?;
+            *w = student.weights();
+            Ok(())
+        };
+        let hook: Option<&mut shears::analyze::sbpf::FinetuneHook<'_>> =
+            (a.finetune_seconds > 0.0).then_some(&mut tune as _);
         let (g, w, records) = multi_step(
             &model.graph,
             &model.weights,
             &data,
             train.as_ref().map(|d| (d, &model.preprocess)),
             &ms,
-            None,
+            hook,
         )?;
         let mut pruned = Model {
             graph: g,
@@ -289,6 +341,8 @@ pub fn run(a: SbpfArgs) -> Result<()> {
             .collect();
         out["multi_step"] = json!({
             "output": o,
+            "finetune_seconds_per_step": a.finetune_seconds,
+            "finetune_lr": a.finetune_lr,
             "macs_before": model.graph.macs(),
             "macs_after": pruned.graph.macs(),
             "steps": steps_json,

@@ -1,7 +1,7 @@
 //! Draws a line chart described in JSON as SVG with [`shears::analyze::plot::LineChart`].
 //!
 //! ```sh
-//! cargo run --release -p shears --example plot_json -- CHART.json OUT.svg
+//! cargo run -p shears --example plot_json -- CHART.json OUT.svg
 //! ```
 //!
 //! `CHART.json`: `{"title": "...", "x_label": "...", "y_label": "...",

@@ -6,15 +6,17 @@ mod common;
 use std::collections::BTreeMap;
 
 use shears::analyze::sbpf::{
-    allocate_inverse, analyze, damage, rank_stability, spearman, Budget, Damage, GroupSensitivity,
-    SbpfConfig,
+    allocate_inverse, analyze, damage, multi_step, rank_stability, spearman, Budget, Damage,
+    GroupSensitivity, MultiStepConfig, SbpfConfig,
 };
 use shears::analyze::sweep::{
     ratio_count, ratios_for_loss, ratios_for_macs, sweep, EvalSet, Prober, SweepConfig,
 };
 use shears::model::Model;
 use shears::prune::{self, AllocConfig, Criterion, DepGraph, Reduction, ScoreContext, Strategy};
+use shears::recover::{finetune, FinetuneConfig};
 use shears_data::{DatasetName, Split};
+use shears_engine::Network;
 
 fn eval_set(model: &Model, name: DatasetName, n: usize) -> EvalSet {
     let ds = shears_data::load(&common::data_dir(), name, Split::Test).unwrap();
@@ -362,6 +364,76 @@ fn interrupted_sweep_resumes_to_the_same_result() {
     let pruned = prune::prune(&m.graph, &m.weights, &plan).unwrap();
     assert_eq!(pruned.graph.macs(), sel.macs_after);
     assert!(ratios_for_macs(&m.graph, &m.weights, &fresh, 0.01).is_err());
+}
+
+/// Multi-step SBPF (methods §2.3): each step re-analyses the model it is given, takes the
+/// geometric share of the budget, and calls the fine-tuning hook, whose weights the next
+/// step analyses.
+#[test]
+fn multi_step_meets_the_budget_and_fine_tunes_between_steps() {
+    let (m, d) = lenet();
+    let train = shears_data::load(&common::data_dir(), DatasetName::Mnist, Split::Train)
+        .unwrap()
+        .class_balanced_subset(1000, 0);
+    let filters = |g: &shears_ir::Graph| -> usize {
+        DepGraph::build(g)
+            .unwrap()
+            .groups()
+            .iter()
+            .map(|gr| gr.size)
+            .sum()
+    };
+    let before = filters(&m.graph);
+    let cfg = MultiStepConfig {
+        steps: 2,
+        budget: Budget::Filters { ratio: 0.5 },
+        r_max: 0.9,
+        criterion: Criterion::L1,
+        sbpf: cfg(Damage::DropRandom, 0.5, 1),
+        bn_recal: None,
+    };
+    let mut calls = Vec::new();
+    let mut hook = |step: usize, g: &shears_ir::Graph, w: &mut shears_ir::Weights| {
+        let mut net = Network::new(g.clone(), w)?;
+        let fc = FinetuneConfig {
+            max_batches: Some(5),
+            verbosity: shears::progress::Verbosity::Quiet,
+            ..FinetuneConfig::new(1)
+        };
+        finetune(&mut net, None, &train, None, &m.preprocess, &fc)?;
+        let tuned = net.weights();
+        calls.push((step, tuned != *w));
+        *w = tuned;
+        Ok(())
+    };
+    let (g, _, records) = multi_step(
+        &m.graph,
+        &m.weights,
+        &d,
+        None,
+        &cfg,
+        Some(&mut hook as &mut shears::analyze::sbpf::FinetuneHook<'_>),
+    )
+    .unwrap();
+    assert_eq!(calls, vec![(1, true), (2, true)]);
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].macs, g.macs());
+    // Each step analyses the model the previous one left, and takes 1 - sqrt(0.5) of its
+    // filters (within one per group), so about half of the analysed filters remain.
+    let (a0, a1) = (&records[0].allocation, &records[1].allocation);
+    assert_eq!(a1.filters_total, a0.filters_total - a0.filters_removed);
+    let share = 1.0 - 0.5f64.sqrt();
+    for a in [a0, a1] {
+        let slack = a.groups.len() as f64;
+        assert!(
+            (a.filters_removed as f64 - share * a.filters_total as f64).abs() <= slack,
+            "{a:?}"
+        );
+    }
+    let kept = (a1.filters_total - a1.filters_removed) as f64 / a0.filters_total as f64;
+    assert!((kept - 0.5).abs() < 0.05, "kept {kept}");
+    assert!(filters(&g) < before);
+    assert!(records[1].accuracy_recovered > 0.9, "{records:?}");
 }
 
 #[test]
