@@ -16,9 +16,10 @@ use shears::analyze::sweep::write_atomic;
 use shears::model::{save_model, Model};
 use shears::progress::Verbosity;
 use shears::prune::Criterion;
-use shears::recover::{finetune, BnRecalConfig, FinetuneConfig};
+use shears::recover::{finetune, BnRecalConfig};
+use shears::train::{CheckpointConfig, TrainConfig};
 use shears_data::Split;
-use shears_engine::{DistillConfig, Network};
+use shears_engine::Network;
 use shears_ir::{Graph, Weights};
 
 use crate::analyze_sweep_cmd::{eval_set, uptime, SubsetOpts};
@@ -277,23 +278,19 @@ pub fn run(a: SbpfArgs) -> Result<()> {
         let mut tune = |step: usize, g: &Graph, w: &mut Weights| -> Result<(), shears::Error> {
             let train = train.as_ref().expect("loaded for fine-tuning");
             let mut student = Network::new(g.clone(), w)?;
-            let cfg = FinetuneConfig {
+            let cfg = TrainConfig {
                 lr: a.finetune_lr,
-                distill: Some(DistillConfig {
-                    temperature: 4.0,
-                    alpha: 0.9,
-                    label_smoothing: 0.0,
-                }),
                 augment_pad: is_cifar.then_some(4),
                 augment_flip: is_cifar,
                 seed: a.seed ^ step as u64,
-                time_budget: Some(std::time::Duration::from_secs_f64(a.finetune_seconds)),
-                verbosity: if a.json {
-                    Verbosity::Quiet
-                } else {
-                    Verbosity::Normal
-                },
-                ..FinetuneConfig::new(1000)
+                time_budget: Some(a.finetune_seconds),
+                eval_at_start: false,
+                ..TrainConfig::finetune(1000)
+            };
+            let verbosity = if a.json {
+                Verbosity::Quiet
+            } else {
+                Verbosity::Normal
             };
             finetune(
                 &mut student,
@@ -302,6 +299,8 @@ pub fn run(a: SbpfArgs) -> Result<()> {
                 None,
                 &model.preprocess,
                 &cfg,
+                &CheckpointConfig::default(),
+                verbosity,
             )?;
             *w = student.weights();
             Ok(())

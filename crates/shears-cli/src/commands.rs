@@ -327,7 +327,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         label_smoothing: 0.0,
         early_stop: a.early_stop,
         seed: a.seed,
-        eval_batch_size: 250,
+        ..TrainConfig::new(a.epochs)
     };
     let mut net = network(&model, a.threads)?;
     let sparse = crate::prune_cmd::sparse_attach(&a, &mut net)?;

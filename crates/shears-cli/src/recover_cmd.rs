@@ -7,7 +7,7 @@
 //! so chained recoveries keep their history).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -18,8 +18,9 @@ use shears::model::{save_model, Model, META_DATASET};
 use shears::progress::Verbosity;
 use shears::recover::{
     bn_recalibrate_with, casm, finetune, BnRecalConfig, BnRecalMethod, BnRecalReport, CasmConfig,
-    CasmVariant, FinetuneConfig, ResidualTarget,
+    CasmVariant, ResidualTarget,
 };
+use shears::train::{CheckpointConfig, OptimizerKind, TrainConfig};
 use shears_data::{Dataset, DatasetName, Split};
 use shears_engine::{DistillConfig, Network};
 
@@ -562,15 +563,11 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
     if a.resume && a.checkpoint_dir.is_none() {
         return Err(bad("--resume needs --checkpoint-dir DIR"));
     }
-    let budget = match a.time_budget {
-        Some(t) if !(t.is_finite() && t > 0.0) => {
-            return Err(bad(format!(
-                "--time-budget {t}: it must be a positive number of seconds"
-            )))
-        }
-        Some(t) => Some(Duration::from_secs_f64(t)),
-        None => None,
-    };
+    if let Some(t) = a.time_budget.filter(|t| !(t.is_finite() && *t > 0.0)) {
+        return Err(bad(format!(
+            "--time-budget {t}: it must be a positive number of seconds"
+        )));
+    }
     let c = &a.common;
     let mut s = setup(c)?;
     let mut teacher = match &a.teacher {
@@ -600,11 +597,13 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
     }
     let before = before_eval(&mut s, c)?;
     let is_cifar = matches!(s.name, DatasetName::Cifar10 | DatasetName::Cifar100);
-    let cfg = FinetuneConfig {
-        epochs: a.epochs,
+    let cfg = TrainConfig {
+        batch_size: a.batch_size,
+        optimizer: OptimizerKind::Sgd {
+            momentum: a.momentum,
+            nesterov: false,
+        },
         lr: a.lr,
-        batch: a.batch_size,
-        momentum: a.momentum,
         weight_decay: a.weight_decay,
         distill: teacher.as_ref().map(|_| DistillConfig {
             temperature: a.kd_temperature,
@@ -614,14 +613,15 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         augment_pad: s.augment.then_some(4),
         augment_flip: s.augment && is_cifar,
         seed: c.seed,
-        time_budget: budget,
-        max_batches: None,
+        time_budget: a.time_budget,
         val_limit: Some(a.val_limit),
         eval_every: a.eval_every,
-        checkpoint_dir: a.checkpoint_dir.clone(),
+        ..TrainConfig::finetune(a.epochs)
+    };
+    let ckpt = CheckpointConfig {
+        dir: a.checkpoint_dir.clone(),
         resume: a.resume,
         stop_after: a.stop_after,
-        verbosity: verbosity(c.json),
     };
     let rep = finetune(
         &mut s.net,
@@ -630,6 +630,8 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         Some(&s.test),
         &s.model.preprocess,
         &cfg,
+        &ckpt,
+        verbosity(c.json),
     )?;
     if !c.json {
         eprintln!(

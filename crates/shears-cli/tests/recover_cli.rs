@@ -171,7 +171,7 @@ fn finetune_resumes_to_the_same_model_as_an_uninterrupted_run() {
             .len(),
         1
     );
-    assert!(ck.join("finetune.safetensors").exists());
+    assert!(ck.join("checkpoint.safetensors").exists());
     let resumed = run(&["--checkpoint-dir", ck_s, "--resume"], &part);
     assert_eq!(resumed["details"]["finetune"]["resumed_from"], 1);
     assert_eq!(
@@ -210,7 +210,7 @@ fn finetune_resumes_to_the_same_model_as_an_uninterrupted_run() {
         "-o",
         part.to_str().unwrap(),
     ]);
-    fails_with_2(&o, "finetune.safetensors");
+    fails_with_2(&o, "checkpoint.safetensors");
 }
 
 #[test]

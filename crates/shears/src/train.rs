@@ -1,6 +1,8 @@
 //! The trainer: SGD or Adam, step / cosine schedules with warm-up, pad-crop and flip
-//! augmentation, evaluation every epoch, early stopping, and checkpoints written atomically
-//! after every epoch that `resume` continues from bit-exactly.
+//! augmentation, evaluation every epoch (and every N batches for a time-to-accuracy curve),
+//! early stopping, a time budget, knowledge distillation from a teacher, and checkpoints
+//! written atomically after every epoch that `resume` continues from bit-exactly. Fine-tuning
+//! recovery ([`crate::recover::finetune()`]) is this trainer with a teacher and a budget.
 //!
 //! Determinism: the data order and augmentation of epoch `e` come from `(seed, e)`, and the
 //! dropout stream is re-seeded from `(seed, e)` at the start of each epoch, so an interrupted
@@ -8,13 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shears_data::{Dataset, Loader, LoaderConfig, Transform};
 use shears_engine::{
-    cross_entropy, Adam, AdamConfig, AdamParamState, AdamState, BackwardOptions, Network,
-    Optimizer, Sgd, SgdConfig, SgdState,
+    cross_entropy, distillation, Adam, AdamConfig, AdamParamState, AdamState, BackwardOptions,
+    DistillConfig, Mode, Network, Optimizer, Sgd, SgdConfig, SgdState,
 };
 use shears_ir::{Tensor, Weights};
 
@@ -90,6 +92,30 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Validation batch size.
     pub eval_batch_size: usize,
+    /// Distillation from the teacher given to [`train_with`] (Hinton loss against its
+    /// eval-mode logits on the same batch); ignored without a teacher.
+    #[serde(default)]
+    pub distill: Option<DistillConfig>,
+    /// Stop (after the current batch) once this many seconds of training have passed
+    /// (validation excluded). A cosine schedule then anneals over whichever ends first, the
+    /// budget or the epochs: its progress at a step is `max(iterations done / all iterations,
+    /// training time / budget)`. A run with a budget is not bit-reproducible (where it stops
+    /// depends on the machine's speed).
+    #[serde(default)]
+    pub time_budget: Option<f64>,
+    /// Stop each epoch after this many batches (short runs, tests); default all.
+    #[serde(default)]
+    pub max_batches: Option<usize>,
+    /// Validate on only the first this many validation images; default all.
+    #[serde(default)]
+    pub val_limit: Option<usize>,
+    /// Also validate every this many batches (points of [`TrainReport::curve`]); default
+    /// only after every epoch.
+    #[serde(default)]
+    pub eval_every: Option<usize>,
+    /// Validate once before training (the first point of [`TrainReport::curve`]).
+    #[serde(default)]
+    pub eval_at_start: bool,
 }
 
 impl TrainConfig {
@@ -112,6 +138,25 @@ impl TrainConfig {
             early_stop: None,
             seed: 0,
             eval_batch_size: 250,
+            distill: None,
+            time_budget: None,
+            max_batches: None,
+            val_limit: None,
+            eval_every: None,
+            eval_at_start: false,
+        }
+    }
+
+    /// The recovery defaults of [`crate::recover::finetune()`] for `epochs`: SGD (momentum
+    /// 0.9), lr 0.01 cosine-annealed to 0, weight decay 5e-4, batch 128, distillation with
+    /// temperature 4 and weight 0.9 (used when a teacher is given), no augmentation, a
+    /// validation before training.
+    pub fn finetune(epochs: usize) -> Self {
+        TrainConfig {
+            lr: 0.01,
+            distill: Some(DistillConfig::default()),
+            eval_at_start: true,
+            ..TrainConfig::new(epochs)
         }
     }
 
@@ -139,6 +184,25 @@ impl TrainConfig {
                 self.label_smoothing
             ));
         }
+        if let Some(d) = &self.distill {
+            if !(d.temperature.is_finite() && d.temperature > 0.0) {
+                return bad(format!(
+                    "distillation temperature {} must be positive",
+                    d.temperature
+                ));
+            }
+            if !(0.0..=1.0).contains(&d.alpha) {
+                return bad(format!("distillation weight {} must be in [0, 1]", d.alpha));
+            }
+        }
+        if let Some(t) = self.time_budget {
+            if !(t.is_finite() && t > 0.0) {
+                return bad(format!("time budget {t} s must be positive"));
+            }
+        }
+        if self.eval_every == Some(0) || self.max_batches == Some(0) || self.val_limit == Some(0) {
+            return bad("eval-every, max-batches and val-limit must be at least 1".into());
+        }
         if let Schedule::Step { step_size, gamma } = self.schedule {
             if step_size == 0 || !(gamma > 0.0 && gamma.is_finite()) {
                 return bad(format!(
@@ -156,6 +220,20 @@ impl TrainConfig {
                 bad(format!("adam betas ({beta1}, {beta2}) must be in [0, 1)"))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Learning rate at iteration `it` of epoch `epoch` with `iters` iterations per epoch,
+    /// after `trained` seconds of training (which matters only with a time budget and the
+    /// cosine schedule).
+    pub fn lr_at_time(&self, epoch: usize, it: usize, iters: usize, trained: f64) -> f32 {
+        let lr = self.lr_at(epoch, it, iters);
+        match (self.time_budget, self.schedule) {
+            (Some(b), Schedule::Cosine) if epoch >= self.warmup_epochs => {
+                let t = (trained / b).min(1.0) as f32;
+                lr.min(0.5 * self.lr * (1.0 + (std::f32::consts::PI * t).cos()))
+            }
+            _ => lr,
         }
     }
 
@@ -199,6 +277,21 @@ pub struct EpochLog {
     pub seconds: f64,
     /// Training images per second.
     pub images_per_s: f64,
+    /// Training seconds (validation excluded) from the start of the run to the end of the
+    /// epoch, summed over resumed invocations.
+    #[serde(default)]
+    pub elapsed: f64,
+}
+
+/// One point of the time-to-accuracy curve of a run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CurvePoint {
+    /// Batches trained so far.
+    pub batches: usize,
+    /// Training seconds so far (validation excluded), summed over resumed invocations.
+    pub seconds: f64,
+    /// Validation top-1 in percent.
+    pub val_top1: f64,
 }
 
 /// The result of [`train`].
@@ -210,8 +303,19 @@ pub struct TrainReport {
     pub resumed_from: Option<usize>,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// Whether the time budget ended the run.
+    pub stopped_by_budget: bool,
     /// Best validation accuracy seen.
     pub best_val_acc: Option<f64>,
+    /// Validation accuracy over training time: before training and every
+    /// [`TrainConfig::eval_every`] batches (when set), and after every epoch.
+    pub curve: Vec<CurvePoint>,
+    /// Training loss of every batch of this invocation, in order.
+    pub batch_losses: Vec<f32>,
+    /// Training seconds (validation excluded), summed over resumed invocations.
+    pub train_seconds: f64,
+    /// Wall-clock seconds of this invocation, validation included.
+    pub seconds: f64,
 }
 
 /// Where and how to checkpoint.
@@ -237,6 +341,12 @@ struct CkptMeta {
     adam_steps: BTreeMap<String, u64>,
     best_val_acc: Option<f64>,
     since_best: usize,
+    #[serde(default)]
+    curve: Vec<CurvePoint>,
+    #[serde(default)]
+    train_seconds: f64,
+    #[serde(default)]
+    batches: usize,
 }
 
 enum Opt {
@@ -371,6 +481,9 @@ fn clone_meta(m: &CkptMeta) -> CkptMeta {
         adam_steps: m.adam_steps.clone(),
         best_val_acc: m.best_val_acc,
         since_best: m.since_best,
+        curve: m.curve.clone(),
+        train_seconds: m.train_seconds,
+        batches: m.batches,
     }
 }
 
@@ -387,6 +500,24 @@ pub fn train(
     ckpt: &CheckpointConfig,
     verbosity: Verbosity,
 ) -> Result<TrainReport, Error> {
+    train_with(net, None, train_set, val_set, pre, cfg, ckpt, verbosity)
+}
+
+/// [`train`] with an optional `teacher`: with one and [`TrainConfig::distill`], the loss is
+/// Hinton distillation against the teacher's logits (teacher in eval mode, same batch);
+/// otherwise cross-entropy on the labels.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    net: &mut Network,
+    mut teacher: Option<&mut Network>,
+    train_set: &Dataset,
+    val_set: Option<&Dataset>,
+    pre: &Preprocess,
+    cfg: &TrainConfig,
+    ckpt: &CheckpointConfig,
+    verbosity: Verbosity,
+) -> Result<TrainReport, Error> {
+    let start = Instant::now();
     cfg.validate()?;
     if train_set.len() < cfg.batch_size {
         return Err(Error::invalid(format!(
@@ -409,10 +540,14 @@ pub fn train(
     let n_out: usize = net.graph().shape(net.graph().outputs()[0]).iter().product();
     let mut opt = Opt::new(cfg)?;
     let mut history = Vec::new();
+    let mut curve = Vec::new();
     let mut start_epoch = 0;
     let mut best: Option<f64> = None;
     let mut since_best = 0usize;
     let mut resumed_from = None;
+    // Training time before this invocation, and batches trained in all.
+    let mut prior = 0.0f64;
+    let mut batches = 0usize;
     if let (Some(dir), true) = (&ckpt.dir, ckpt.resume) {
         let path = dir.join(CKPT_FILE);
         if path.exists() {
@@ -425,16 +560,12 @@ pub fn train(
                     path: path.clone(),
                     msg: format!("no readable {CKPT_META} metadata"),
                 })?;
-            let same = TrainConfig {
-                epochs: cfg.epochs,
-                early_stop: cfg.early_stop,
-                ..meta.config.clone()
-            };
-            if &same != cfg {
+            if resume_key(&meta.config) != resume_key(cfg) {
                 return Err(Error::Checkpoint {
                     path,
-                    msg: "it was written by a run with a different configuration (only epochs \
-                          and early stopping may change on resume)"
+                    msg: "it was written by a run with a different configuration (only epochs, \
+                          early stopping, the time budget and validation settings may change \
+                          on resume)"
                         .into(),
                 });
             }
@@ -453,10 +584,44 @@ pub fn train(
             history = meta.history;
             best = meta.best_val_acc;
             since_best = meta.since_best;
+            curve = meta.curve;
+            prior = meta.train_seconds;
+            batches = meta.batches;
             resumed_from = Some(start_epoch);
         }
     }
+    let validate = |net: &mut Network| -> Result<Option<(f64, f64)>, Error> {
+        let Some(v) = val_set else { return Ok(None) };
+        let r = evaluate(
+            net,
+            v,
+            pre,
+            &EvalConfig {
+                batch_size: cfg.eval_batch_size,
+                limit: cfg.val_limit,
+                verbosity: Verbosity::Quiet,
+            },
+        )?;
+        Ok(Some((r.loss, r.top1)))
+    };
+    if cfg.eval_at_start && start_epoch == 0 && curve.is_empty() {
+        if let Some((_, a)) = validate(net)? {
+            curve.push(CurvePoint {
+                batches: 0,
+                seconds: 0.0,
+                val_top1: a,
+            });
+        }
+    }
+    // Training time of this invocation, validation excluded.
+    let mut trained = Duration::ZERO;
+    let over_budget = |trained: Duration| {
+        cfg.time_budget
+            .is_some_and(|b| prior + trained.as_secs_f64() >= b)
+    };
+    let mut batch_losses = Vec::new();
     let mut stopped_early = false;
+    let mut stopped_by_budget = false;
     for (ran, epoch) in (start_epoch..cfg.epochs).enumerate() {
         if let Some(limit) = ckpt.stop_after {
             if ran >= limit {
@@ -469,6 +634,10 @@ pub fn train(
                 break;
             }
         }
+        if over_budget(trained) {
+            stopped_by_budget = true;
+            break;
+        }
         let t0 = Instant::now();
         net.set_seed(mix(cfg.seed, epoch as u64));
         let loader_cfg = LoaderConfig::new(cfg.batch_size)
@@ -478,7 +647,9 @@ pub fn train(
             .with_normalize(normalize.clone())
             .with_transforms(transforms.clone());
         let loader = Loader::new(train_set, loader_cfg)?;
-        let iters = loader.n_batches();
+        let iters = cfg
+            .max_batches
+            .map_or(loader.n_batches(), |m| m.min(loader.n_batches()));
         let bar = Progress::new(
             iters as u64,
             &format!("epoch {}/{}", epoch + 1, cfg.epochs),
@@ -486,13 +657,23 @@ pub fn train(
         );
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = cfg.lr;
-        for (it, batch) in loader.enumerate() {
-            lr = cfg.lr_at(epoch, it, iters);
+        let mut stop = false;
+        let mut train_secs = 0.0;
+        let mut t_batch = Instant::now();
+        for (it, batch) in loader.take(iters).enumerate() {
+            lr = cfg.lr_at_time(epoch, it, iters, prior + trained.as_secs_f64());
             opt.as_dyn().set_lr(lr);
             let x = batch_tensor(&batch);
             let labels: Vec<usize> = batch.labels.iter().map(|&l| l as usize).collect();
+            let tlogits = match (teacher.as_deref_mut(), &cfg.distill) {
+                (Some(t), Some(_)) => Some(t.forward(&x, Mode::Eval)?),
+                _ => None,
+            };
             let logits = net.forward_train(&x)?;
-            let (loss, grad) = cross_entropy(&logits, &labels, cfg.label_smoothing)?;
+            let (loss, grad) = match (&tlogits, &cfg.distill) {
+                (Some(t), Some(d)) => distillation(&logits, t, Some(&labels), d)?,
+                _ => cross_entropy(&logits, &labels, cfg.label_smoothing)?,
+            };
             if !loss.is_finite() {
                 net.discard_tape();
                 return Err(Error::invalid(format!(
@@ -503,6 +684,11 @@ pub fn train(
             }
             let mut grads = net.backward(&grad, &BackwardOptions::new())?;
             net.step(opt.as_dyn(), &mut grads)?;
+            let dt = t_batch.elapsed();
+            trained += dt;
+            train_secs += dt.as_secs_f64();
+            batches += 1;
+            batch_losses.push(loss);
             loss_sum += loss as f64 * batch.n as f64;
             seen += batch.n;
             let l = logits.data();
@@ -511,26 +697,39 @@ pub fn train(
             }
             bar.inc(1);
             bar.set_message(format!(
-                "loss {:.4} acc {:.2}%",
+                "loss {:.4} acc {:.2}% lr {lr:.4}",
                 loss_sum / seen as f64,
                 100.0 * correct as f64 / seen as f64
             ));
+            stop = over_budget(trained);
+            let last = stop || it + 1 == iters;
+            if !last && cfg.eval_every.is_some_and(|e| batches.is_multiple_of(e)) {
+                if let Some((_, a)) = validate(net)? {
+                    let secs = prior + trained.as_secs_f64();
+                    curve.push(CurvePoint {
+                        batches,
+                        seconds: secs,
+                        val_top1: a,
+                    });
+                    bar.println(&format!(
+                        "  {batches} batches, {secs:.0} s: val top-1 {a:.2}%"
+                    ));
+                }
+            }
+            if stop {
+                break;
+            }
+            t_batch = Instant::now();
         }
-        let train_secs = t0.elapsed().as_secs_f64();
         bar.finish("");
-        let (val_loss, val_acc) = match val_set {
-            Some(v) => {
-                let r = evaluate(
-                    net,
-                    v,
-                    pre,
-                    &EvalConfig {
-                        batch_size: cfg.eval_batch_size,
-                        limit: None,
-                        verbosity: Verbosity::Quiet,
-                    },
-                )?;
-                (Some(r.loss), Some(r.top1))
+        let (val_loss, val_acc) = match validate(net)? {
+            Some((l, a)) => {
+                curve.push(CurvePoint {
+                    batches,
+                    seconds: prior + trained.as_secs_f64(),
+                    val_top1: a,
+                });
+                (Some(l), Some(a))
             }
             None => (None, None),
         };
@@ -543,6 +742,7 @@ pub fn train(
             val_acc,
             seconds: t0.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_secs.max(1e-9),
+            elapsed: prior + trained.as_secs_f64(),
         };
         if verbosity != Verbosity::Quiet {
             eprintln!(
@@ -568,6 +768,11 @@ pub fn train(
             }
         }
         history.push(log);
+        if stop {
+            // A partial epoch is not checkpointed: a resume restarts it.
+            stopped_by_budget = true;
+            break;
+        }
         if let Some(dir) = &ckpt.dir {
             let meta = CkptMeta {
                 version: 1,
@@ -577,6 +782,9 @@ pub fn train(
                 adam_steps: BTreeMap::new(),
                 best_val_acc: best,
                 since_best,
+                curve: curve.clone(),
+                train_seconds: prior + trained.as_secs_f64(),
+                batches,
             };
             write_checkpoint(dir, net, &opt, &meta)?;
         }
@@ -585,6 +793,26 @@ pub fn train(
         epochs: history,
         resumed_from,
         stopped_early,
+        stopped_by_budget,
         best_val_acc: best,
+        curve,
+        batch_losses,
+        train_seconds: prior + trained.as_secs_f64(),
+        seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The part of a configuration a resumed run must share: everything but the epochs, early
+/// stopping, the time budget and the validation settings.
+fn resume_key(cfg: &TrainConfig) -> TrainConfig {
+    TrainConfig {
+        epochs: 0,
+        early_stop: None,
+        time_budget: None,
+        val_limit: None,
+        eval_every: None,
+        eval_at_start: false,
+        eval_batch_size: 0,
+        ..cfg.clone()
+    }
 }

@@ -9,8 +9,9 @@ use shears::progress::Verbosity;
 use shears::prune::{self, AllocConfig, Criterion, Reduction, ScoreContext, Strategy};
 use shears::recover::{
     bn_recalibrate, bn_recalibrate_with, casm, finetune, BnRecalConfig, CasmConfig, CasmVariant,
-    FinetuneConfig, ResidualTarget,
+    ResidualTarget,
 };
+use shears::train::{CheckpointConfig, TrainConfig};
 use shears::zoo::Preprocess;
 use shears_data::{Dataset, DatasetName, Split};
 use shears_engine::{DistillConfig, Network};
@@ -352,12 +353,12 @@ fn finetune_with_distillation_lowers_the_loss() {
     let mut teacher = Network::new(m.graph.clone(), &m.weights).unwrap();
     let mut student = Network::new(p.graph.clone(), &p.weights).unwrap();
     let before = acc(&mut student, &test, &m.preprocess, 500);
-    let cfg = FinetuneConfig {
+    let cfg = TrainConfig {
         lr: 0.01,
-        batch: 64,
+        batch_size: 64,
         max_batches: Some(30),
         distill: Some(DistillConfig::default()),
-        ..FinetuneConfig::new(1)
+        ..TrainConfig::finetune(1)
     };
     let rep = finetune(
         &mut student,
@@ -366,12 +367,14 @@ fn finetune_with_distillation_lowers_the_loss() {
         Some(&test),
         &m.preprocess,
         &cfg,
+        &CheckpointConfig::default(),
+        Verbosity::Quiet,
     )
     .unwrap();
     assert_eq!(rep.batch_losses.len(), 30);
     let head: f32 = rep.batch_losses[..5].iter().sum::<f32>() / 5.0;
     let tail: f32 = rep.batch_losses[25..].iter().sum::<f32>() / 5.0;
-    let after = rep.epochs[0].val_top1.unwrap();
+    let after = rep.epochs[0].val_acc.unwrap();
     println!(
         "finetune (KD) 30 batches: loss {head:.4} -> {tail:.4}, accuracy {before:.1}% -> {after:.1}%"
     );
@@ -508,14 +511,13 @@ fn finetune_kill_and_resume_reaches_the_same_weights() {
     let train = mnist(Split::Train).take(640);
     let val = mnist(Split::Test).take(100);
     let dir = tempfile::tempdir().unwrap();
-    let base = FinetuneConfig {
-        epochs: 3,
-        batch: 64,
+    let base = TrainConfig {
+        batch_size: 64,
         distill: Some(DistillConfig::default()),
         seed: 5,
-        ..FinetuneConfig::new(3)
+        ..TrainConfig::finetune(3)
     };
-    let run = |cfg: &FinetuneConfig| {
+    let run = |cfg: &TrainConfig, ck: &CheckpointConfig| {
         let mut teacher = Network::new(m.graph.clone(), &m.weights).unwrap();
         let mut student = Network::new(p.graph.clone(), &p.weights).unwrap();
         let rep = finetune(
@@ -525,31 +527,42 @@ fn finetune_kill_and_resume_reaches_the_same_weights() {
             Some(&val),
             &m.preprocess,
             cfg,
+            ck,
+            Verbosity::Quiet,
         )
         .unwrap();
         (student.weights(), rep)
     };
-    let (whole, whole_rep) = run(&base);
-    let ck = FinetuneConfig {
-        checkpoint_dir: Some(dir.path().to_path_buf()),
-        ..base.clone()
+    let (whole, whole_rep) = run(&base, &CheckpointConfig::default());
+    let ck = CheckpointConfig {
+        dir: Some(dir.path().to_path_buf()),
+        ..CheckpointConfig::default()
     };
     // Killed after the first epoch, then resumed twice (one epoch per invocation).
-    let (_, r1) = run(&FinetuneConfig {
-        stop_after: Some(1),
-        ..ck.clone()
-    });
+    let (_, r1) = run(
+        &base,
+        &CheckpointConfig {
+            stop_after: Some(1),
+            ..ck.clone()
+        },
+    );
     assert_eq!(r1.epochs.len(), 1);
-    let (_, r2) = run(&FinetuneConfig {
-        resume: true,
-        stop_after: Some(1),
-        ..ck.clone()
-    });
+    let (_, r2) = run(
+        &base,
+        &CheckpointConfig {
+            resume: true,
+            stop_after: Some(1),
+            ..ck.clone()
+        },
+    );
     assert_eq!(r2.resumed_from, Some(1));
-    let (resumed, r3) = run(&FinetuneConfig {
-        resume: true,
-        ..ck.clone()
-    });
+    let (resumed, r3) = run(
+        &base,
+        &CheckpointConfig {
+            resume: true,
+            ..ck.clone()
+        },
+    );
     assert_eq!(r3.resumed_from, Some(2));
     assert_eq!(r3.epochs.len(), 3);
     assert_eq!(
@@ -557,11 +570,11 @@ fn finetune_kill_and_resume_reaches_the_same_weights() {
         "resumed weights differ from the uninterrupted run"
     );
     assert_eq!(
-        r3.epochs.iter().map(|e| e.val_top1).collect::<Vec<_>>(),
+        r3.epochs.iter().map(|e| e.val_acc).collect::<Vec<_>>(),
         whole_rep
             .epochs
             .iter()
-            .map(|e| e.val_top1)
+            .map(|e| e.val_acc)
             .collect::<Vec<_>>()
     );
     // Before training, then after each epoch.
@@ -578,12 +591,10 @@ fn finetune_kill_and_resume_reaches_the_same_weights() {
         &train,
         None,
         &m.preprocess,
-        &FinetuneConfig {
-            lr: 0.05,
-            resume: true,
-            ..ck
-        },
+        &TrainConfig { lr: 0.05, ..base },
+        &CheckpointConfig { resume: true, ..ck },
+        Verbosity::Quiet,
     )
     .unwrap_err();
-    assert!(err.to_string().contains("finetune.safetensors"), "{err}");
+    assert!(err.to_string().contains("checkpoint.safetensors"), "{err}");
 }

@@ -14,7 +14,8 @@ use shears::analyze::sweep::{
 };
 use shears::model::Model;
 use shears::prune::{self, AllocConfig, Criterion, DepGraph, Reduction, ScoreContext, Strategy};
-use shears::recover::{finetune, FinetuneConfig};
+use shears::recover::finetune;
+use shears::train::{CheckpointConfig, TrainConfig};
 use shears_data::{DatasetName, Split};
 use shears_engine::Network;
 
@@ -395,12 +396,20 @@ fn multi_step_meets_the_budget_and_fine_tunes_between_steps() {
     let mut calls = Vec::new();
     let mut hook = |step: usize, g: &shears_ir::Graph, w: &mut shears_ir::Weights| {
         let mut net = Network::new(g.clone(), w)?;
-        let fc = FinetuneConfig {
+        let fc = TrainConfig {
             max_batches: Some(5),
-            verbosity: shears::progress::Verbosity::Quiet,
-            ..FinetuneConfig::new(1)
+            ..TrainConfig::finetune(1)
         };
-        finetune(&mut net, None, &train, None, &m.preprocess, &fc)?;
+        finetune(
+            &mut net,
+            None,
+            &train,
+            None,
+            &m.preprocess,
+            &fc,
+            &CheckpointConfig::default(),
+            shears::progress::Verbosity::Quiet,
+        )?;
         let tuned = net.weights();
         calls.push((step, tuned != *w));
         *w = tuned;

@@ -9,8 +9,9 @@
 //!   on MSE to reproduce the original network's next-layer output from what the
 //!   already-recovered pruned prefix produces. [`CasmVariant::LeastSquares`] instead refits the
 //!   next layer's weights in closed form.
-//! * [`finetune()`] is a plain training loop with optional knowledge distillation from the
-//!   original network.
+//! * [`finetune()`] is the trainer ([`crate::train::train_with`]) with knowledge distillation
+//!   from the original network and a time budget; [`crate::train::TrainConfig::finetune`]
+//!   gives its defaults.
 
 pub(crate) mod bn;
 mod casm;
@@ -20,7 +21,7 @@ pub use bn::{bn_recalibrate, bn_recalibrate_with, BnRecalConfig, BnRecalMethod, 
 pub use casm::{
     casm, channel_maps, CasmConfig, CasmLayer, CasmReport, CasmVariant, ResidualTarget,
 };
-pub use finetune::{finetune, CurvePoint, FinetuneConfig, FinetuneEpoch, FinetuneReport};
+pub use finetune::finetune;
 
 use shears_data::{Dataset, Loader, LoaderConfig, Transform};
 use shears_engine::Network;
