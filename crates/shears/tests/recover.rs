@@ -94,12 +94,7 @@ fn bn_recalibration_keeps_and_restores_accuracy() {
 /// LeNet-5 with about half of conv2's and linear1's channels removed by L1 norm.
 fn pruned_lenet() -> (shears::model::Model, prune::Pruned) {
     let m = common::shared_model("mnist_lenet5_clntrained");
-    let ratios: BTreeMap<String, f32> =
-        [("conv2".to_string(), 0.5), ("linear1".to_string(), 0.5)].into();
-    let l1 = Criterion::L1.build(Reduction::Mean, 0);
-    let cfg = AllocConfig::new(Strategy::PerGroup { ratios });
-    let plan = prune::plan(&ScoreContext::new(&m.graph, &m.weights), l1.as_ref(), &cfg).unwrap();
-    let p = prune::prune(&m.graph, &m.weights, &plan).unwrap();
+    let p = prune_groups(&m, &[("conv2", 0.5), ("linear1", 0.5)]);
     let (c2, l1n) = (
         p.graph.find("conv2").unwrap(),
         p.graph.find("linear1").unwrap(),
@@ -381,6 +376,32 @@ fn finetune_with_distillation_lowers_the_loss() {
     assert!(tail < head, "{head} -> {tail}");
 }
 
+/// `m` with the L1-smallest `ratio` of each named group's channels removed.
+fn prune_groups(m: &shears::model::Model, ratios: &[(&str, f32)]) -> prune::Pruned {
+    let l1 = Criterion::L1.build(Reduction::Mean, 0);
+    let ratios: BTreeMap<String, f32> = ratios.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+    let cfg = AllocConfig::new(Strategy::PerGroup { ratios });
+    let plan = prune::plan(&ScoreContext::new(&m.graph, &m.weights), l1.as_ref(), &cfg).unwrap();
+    prune::prune(&m.graph, &m.weights, &plan).unwrap()
+}
+
+/// CASM of `p` against `m` with `cfg`.
+fn casm_of(
+    m: &shears::model::Model,
+    p: &prune::Pruned,
+    train: &Dataset,
+    cfg: &CasmConfig,
+) -> (Weights, shears::recover::CasmReport) {
+    casm(
+        (&m.graph, &m.weights),
+        (&p.graph, &p.weights),
+        train,
+        &m.preprocess,
+        cfg,
+    )
+    .unwrap()
+}
+
 #[test]
 fn casm_handles_residual_blocks() {
     let m = common::shared_model("resnet20");
@@ -391,14 +412,12 @@ fn casm_handles_residual_blocks() {
     let test = shears_data::load(&dir, DatasetName::Cifar10, Split::Test)
         .unwrap()
         .take(500);
-    let l1 = Criterion::L1.build(Reduction::Mean, 0);
     // Half of every block's inner channels (methods §4.3: the residual stream stays whole).
-    let ratios: BTreeMap<String, f32> = (1..=3)
-        .flat_map(|s| (0..3).map(move |b| (format!("layer{s}.{b}.conv1"), 0.5)))
+    let names: Vec<String> = (1..=3)
+        .flat_map(|s| (0..3).map(move |b| format!("layer{s}.{b}.conv1")))
         .collect();
-    let cfg = AllocConfig::new(Strategy::PerGroup { ratios });
-    let plan = prune::plan(&ScoreContext::new(&m.graph, &m.weights), l1.as_ref(), &cfg).unwrap();
-    let p = prune::prune(&m.graph, &m.weights, &plan).unwrap();
+    let ratios: Vec<(&str, f32)> = names.iter().map(|n| (n.as_str(), 0.5)).collect();
+    let p = prune_groups(&m, &ratios);
     let mut net = Network::new(p.graph.clone(), &p.weights).unwrap();
     let pruned = acc(&mut net, &test, &m.preprocess, 500);
     let ccfg = CasmConfig {
@@ -407,14 +426,7 @@ fn casm_handles_residual_blocks() {
         batch_size: 100,
         ..CasmConfig::default()
     };
-    let (w, rep) = casm(
-        (&m.graph, &m.weights),
-        (&p.graph, &p.weights),
-        &train,
-        &m.preprocess,
-        &ccfg,
-    )
-    .unwrap();
+    let (w, rep) = casm_of(&m, &p, &train, &ccfg);
     // Every block's inner conv1 is reconstructed through conv2 and bn2 (the branch output).
     assert_eq!(rep.layers.len(), 9, "{:#?}", rep.layers);
     for l in &rep.layers {
@@ -443,14 +455,7 @@ fn casm_block_target_equals_branch_target_when_the_shortcut_is_unchanged() {
     let train = shears_data::load(&common::data_dir(), DatasetName::Cifar10, Split::Train)
         .unwrap()
         .take(1000);
-    let l1 = Criterion::L1.build(Reduction::Mean, 0);
     let run = |ratios: &[(&str, f32)], variant, target| {
-        let ratios: BTreeMap<String, f32> =
-            ratios.iter().map(|(n, r)| (n.to_string(), *r)).collect();
-        let cfg = AllocConfig::new(Strategy::PerGroup { ratios });
-        let plan =
-            prune::plan(&ScoreContext::new(&m.graph, &m.weights), l1.as_ref(), &cfg).unwrap();
-        let p = prune::prune(&m.graph, &m.weights, &plan).unwrap();
         let ccfg = CasmConfig {
             samples: 100,
             epochs_per_layer: 2,
@@ -459,15 +464,7 @@ fn casm_block_target_equals_branch_target_when_the_shortcut_is_unchanged() {
             residual_target: target,
             ..CasmConfig::default()
         };
-        let (w, rep) = casm(
-            (&m.graph, &m.weights),
-            (&p.graph, &p.weights),
-            &train,
-            &m.preprocess,
-            &ccfg,
-        )
-        .unwrap();
-        (w, rep)
+        casm_of(&m, &prune_groups(&m, ratios), &train, &ccfg)
     };
     let max_diff = |a: &Weights, b: &Weights| {
         a.iter()
