@@ -167,33 +167,21 @@ pub enum ScheduleArg {
     Cosine,
 }
 
-/// `shears train`.
-#[derive(Args, Debug)]
-pub struct TrainArgs {
-    /// Zoo architecture to train from scratch (ignored when --init is given with a graph).
-    #[arg(long, value_name = "NAME")]
-    pub arch: Option<String>,
-    /// Start from these weights instead of a fresh initialisation.
-    #[arg(long, value_name = "MODEL")]
-    pub init: Option<PathBuf>,
-    /// Dataset: mnist, fashion-mnist, cifar10, cifar100.
-    #[arg(long, value_name = "NAME")]
-    pub data: String,
-    #[command(flatten)]
-    /// Where datasets live.
-    pub data_opts: DataOpts,
-    /// Epochs to train.
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
+/// Optimizer and schedule flags, shared by `shears train` and `shears recover finetune`.
+#[derive(Args, Debug, Clone)]
+pub struct OptimOpts {
+    /// Epochs (default: 10 for train, 1 for recover finetune).
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Images per batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Optimizer.
     #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
     pub optimizer: OptimizerArg,
-    /// Learning rate (peak, after warm-up).
-    #[arg(long, default_value_t = 0.1)]
-    pub lr: f32,
+    /// Peak learning rate, after warm-up (default: 0.1 for train, 0.01 for recover finetune).
+    #[arg(long)]
+    pub lr: Option<f32>,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f32,
@@ -215,6 +203,60 @@ pub struct TrainArgs {
     /// Linear warm-up epochs.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+}
+
+impl OptimOpts {
+    /// `base` (a command's defaults) with these flags applied; epochs and learning rate only
+    /// where given.
+    pub fn apply(&self, base: shears::train::TrainConfig) -> shears::train::TrainConfig {
+        use shears::train::{OptimizerKind, Schedule, TrainConfig};
+        TrainConfig {
+            epochs: self.epochs.unwrap_or(base.epochs),
+            batch_size: self.batch_size,
+            optimizer: match self.optimizer {
+                OptimizerArg::Sgd => OptimizerKind::Sgd {
+                    momentum: self.momentum,
+                    nesterov: self.nesterov,
+                },
+                OptimizerArg::Adam => OptimizerKind::Adam {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                },
+            },
+            lr: self.lr.unwrap_or(base.lr),
+            weight_decay: self.weight_decay,
+            schedule: match self.schedule {
+                ScheduleArg::Constant => Schedule::Constant,
+                ScheduleArg::Step => Schedule::Step {
+                    step_size: self.step_size,
+                    gamma: self.gamma,
+                },
+                ScheduleArg::Cosine => Schedule::Cosine,
+            },
+            warmup_epochs: self.warmup,
+            ..base
+        }
+    }
+}
+
+/// `shears train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Zoo architecture to train from scratch (ignored when --init is given with a graph).
+    #[arg(long, value_name = "NAME")]
+    pub arch: Option<String>,
+    /// Start from these weights instead of a fresh initialisation.
+    #[arg(long, value_name = "MODEL")]
+    pub init: Option<PathBuf>,
+    /// Dataset: mnist, fashion-mnist, cifar10, cifar100.
+    #[arg(long, value_name = "NAME")]
+    pub data: String,
+    #[command(flatten)]
+    /// Where datasets live.
+    pub data_opts: DataOpts,
+    #[command(flatten)]
+    /// Optimizer and schedule.
+    pub optim: OptimOpts,
     /// Pad-crop (4 px) and horizontal-flip augmentation; default on for CIFAR, off for MNIST.
     #[arg(long)]
     pub augment: Option<bool>,

@@ -8,7 +8,7 @@ use serde_json::json;
 use shears::eval::{evaluate, EvalConfig};
 use shears::model::{load_model, save_model, Model};
 use shears::progress::Verbosity;
-use shears::train::{train, CheckpointConfig, OptimizerKind, Schedule, TrainConfig};
+use shears::train::{train, CheckpointConfig, TrainConfig};
 use shears::zoo::{self, Arch};
 use shears_data::{DatasetName, FetchOptions, FileStatus, Split};
 use shears_engine::Network;
@@ -299,35 +299,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let is_cifar = matches!(name, DatasetName::Cifar10 | DatasetName::Cifar100);
     let augment = a.augment.unwrap_or(is_cifar);
     let cfg = TrainConfig {
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        optimizer: match a.optimizer {
-            OptimizerArg::Sgd => OptimizerKind::Sgd {
-                momentum: a.momentum,
-                nesterov: a.nesterov,
-            },
-            OptimizerArg::Adam => OptimizerKind::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-            },
-        },
-        lr: a.lr,
-        weight_decay: a.weight_decay,
-        schedule: match a.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Step => Schedule::Step {
-                step_size: a.step_size,
-                gamma: a.gamma,
-            },
-            ScheduleArg::Cosine => Schedule::Cosine,
-        },
-        warmup_epochs: a.warmup,
         augment_pad: augment.then_some(4),
         augment_flip: augment && is_cifar,
-        label_smoothing: 0.0,
         early_stop: a.early_stop,
         seed: a.seed,
-        ..TrainConfig::new(a.epochs)
+        ..a.optim.apply(TrainConfig::new(10))
     };
     let mut net = network(&model, a.threads)?;
     let sparse = crate::prune_cmd::sparse_attach(&a, &mut net)?;

@@ -20,11 +20,11 @@ use shears::recover::{
     bn_recalibrate_with, casm, finetune, BnRecalConfig, BnRecalMethod, BnRecalReport, CasmConfig,
     CasmVariant, ResidualTarget,
 };
-use shears::train::{CheckpointConfig, OptimizerKind, TrainConfig};
+use shears::train::{CheckpointConfig, TrainConfig};
 use shears_data::{Dataset, DatasetName, Split};
 use shears_engine::{DistillConfig, Network};
 
-use crate::args::{DataOpts, ModelOpts};
+use crate::args::{DataOpts, ModelOpts, OptimOpts};
 use crate::commands::{bad, data_dir, network, open_model, parse_dataset};
 use crate::output::{print_json, thousands};
 
@@ -181,25 +181,13 @@ pub struct FinetuneArgs {
     /// Weight of the distillation term (the label cross-entropy gets 1 - W).
     #[arg(long, value_name = "W", default_value_t = 0.9)]
     pub kd_weight: f32,
-    /// Epochs over the training set.
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
+    #[command(flatten)]
+    /// Optimizer and schedule (`shears train`'s flags; defaults: 1 epoch, SGD lr 0.01, cosine).
+    pub optim: OptimOpts,
     /// Stop after this many seconds of training (validation excluded); the cosine schedule
     /// then anneals over the budget.
     #[arg(long, value_name = "SECS")]
     pub time_budget: Option<f64>,
-    /// Peak SGD learning rate (cosine-annealed to 0).
-    #[arg(long, default_value_t = 0.01)]
-    pub lr: f32,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f32,
-    /// Weight decay.
-    #[arg(long, default_value_t = 5e-4)]
-    pub weight_decay: f32,
-    /// Images per batch.
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
     /// Train on only N training images (class-balanced, seeded).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -557,8 +545,8 @@ pub fn run_casm(a: CasmArgs) -> Result<()> {
 
 /// Run `shears recover finetune`.
 pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
-    check_positive("--batch-size", a.batch_size)?;
-    check_positive("--epochs", a.epochs)?;
+    check_positive("--batch-size", a.optim.batch_size)?;
+    check_positive("--epochs", a.optim.epochs.unwrap_or(1))?;
     check_positive("--val-limit", a.val_limit)?;
     if a.resume && a.checkpoint_dir.is_none() {
         return Err(bad("--resume needs --checkpoint-dir DIR"));
@@ -598,13 +586,6 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
     let before = before_eval(&mut s, c)?;
     let is_cifar = matches!(s.name, DatasetName::Cifar10 | DatasetName::Cifar100);
     let cfg = TrainConfig {
-        batch_size: a.batch_size,
-        optimizer: OptimizerKind::Sgd {
-            momentum: a.momentum,
-            nesterov: false,
-        },
-        lr: a.lr,
-        weight_decay: a.weight_decay,
         distill: teacher.as_ref().map(|_| DistillConfig {
             temperature: a.kd_temperature,
             alpha: a.kd_weight,
@@ -616,7 +597,7 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         time_budget: a.time_budget,
         val_limit: Some(a.val_limit),
         eval_every: a.eval_every,
-        ..TrainConfig::finetune(a.epochs)
+        ..a.optim.apply(TrainConfig::finetune(1))
     };
     let ckpt = CheckpointConfig {
         dir: a.checkpoint_dir.clone(),
