@@ -503,6 +503,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
     out_model
         .metadata
         .insert(META_PRUNE.to_string(), record.to_string());
+    // The kept original channels, for recovery after the kept weights have changed.
+    let kept =
+        shears::recover::kept_channels(graph, &model.weights, &pruned.graph, &pruned.weights);
+    out_model.metadata.insert(
+        shears::recover::META_CHANNELS.to_string(),
+        serde_json::to_string(&kept).expect("plain data"),
+    );
     if let Some(name) = dataset {
         out_model
             .metadata

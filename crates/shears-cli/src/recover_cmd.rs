@@ -18,7 +18,7 @@ use shears::model::{save_model, Model, META_DATASET};
 use shears::progress::Verbosity;
 use shears::recover::{
     bn_recalibrate_with, casm, finetune, BnRecalConfig, BnRecalMethod, BnRecalReport, CasmConfig,
-    CasmVariant, ResidualTarget,
+    CasmVariant, ResidualTarget, META_CHANNELS,
 };
 use shears::train::{CheckpointConfig, TrainConfig};
 use shears_data::{Dataset, DatasetName, Split};
@@ -464,9 +464,19 @@ pub fn run_casm(a: CasmArgs) -> Result<()> {
             c.pruned.display()
         )));
     }
+    let kept_channels = match s.model.metadata.get(META_CHANNELS) {
+        Some(j) => serde_json::from_str(j).map_err(|e| {
+            bad(format!(
+                "{}: its {META_CHANNELS} metadata is not a channel map: {e}",
+                c.pruned.display()
+            ))
+        })?,
+        None => Default::default(),
+    };
     let train = shears_data::load(&s.dir, s.name, Split::Train)?;
     let before = before_eval(&mut s, c)?;
     let cfg = CasmConfig {
+        kept_channels,
         samples: a.samples,
         epochs_per_layer: a.epochs_per_layer,
         lr: a.lr,

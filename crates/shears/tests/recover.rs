@@ -502,6 +502,60 @@ fn casm_block_target_equals_branch_target_when_the_shortcut_is_unchanged() {
     }
 }
 
+/// A second CASM pass over a CASM result whose residual trunk was pruned: matching channels by
+/// weights fails once the first pass refit them, the channels recorded after surgery
+/// (`kept_channels`) still tell them.
+#[test]
+fn casm_runs_again_on_its_own_output_with_recorded_channels() {
+    let m = common::shared_model("resnet20");
+    let train = shears_data::load(&common::data_dir(), DatasetName::Cifar10, Split::Train)
+        .unwrap()
+        .take(500);
+    let p = prune_groups(&m, &[("conv1", 0.25), ("layer1.1.conv1", 0.5)]);
+    let kept = shears::recover::kept_channels(&m.graph, &m.weights, &p.graph, &p.weights);
+    assert_eq!(kept["conv1"].len(), 12, "{kept:?}");
+    let ls = CasmConfig {
+        samples: 100,
+        batch_size: 50,
+        variant: CasmVariant::LeastSquares,
+        ..CasmConfig::default()
+    };
+    let (w1, _) = casm_of(&m, &p, &train, &ls);
+    let again = prune::Pruned {
+        weights: w1,
+        ..p.clone()
+    };
+    let unmatched = |rep: &shears::recover::CasmReport| {
+        rep.layers
+            .iter()
+            .filter(|l| {
+                l.skipped
+                    .as_deref()
+                    .is_some_and(|w| w.contains("cannot tell"))
+            })
+            .count()
+    };
+    let gd = CasmConfig {
+        samples: 100,
+        epochs_per_layer: 1,
+        batch_size: 50,
+        ..CasmConfig::default()
+    };
+    let (_, blind) = casm_of(&m, &again, &train, &gd);
+    assert!(unmatched(&blind) > 0, "{blind:#?}");
+    let (_, told) = casm_of(
+        &m,
+        &again,
+        &train,
+        &CasmConfig {
+            kept_channels: kept,
+            ..gd
+        },
+    );
+    assert_eq!(unmatched(&told), 0, "{told:#?}");
+    assert!(told.layers.iter().any(|l| l.final_mse < l.initial_mse));
+}
+
 #[test]
 fn finetune_kill_and_resume_reaches_the_same_weights() {
     let (m, p) = pruned_lenet();

@@ -1,5 +1,6 @@
 //! CASM: layer-wise reconstruction of a pruned network (methods §4.3).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -85,6 +86,11 @@ pub struct CasmConfig {
     /// The target of a small model that ends at a residual add; default
     /// [`ResidualTarget::Block`].
     pub residual_target: ResidualTarget,
+    /// The kept original output channels of pruned conv / linear layers ([`kept_channels`],
+    /// recorded by `shears prune` under [`META_CHANNELS`]); layers not listed are matched by
+    /// their weights, which fails once a recovery has changed them. Default empty.
+    #[serde(skip)]
+    pub kept_channels: BTreeMap<String, Vec<usize>>,
     /// Progress display (a bar over the layers); default quiet.
     #[serde(skip)]
     pub verbosity: Verbosity,
@@ -105,6 +111,7 @@ impl Default for CasmConfig {
             ridge: 1e-6,
             ls_max_rows: 50_000,
             residual_target: ResidualTarget::Block,
+            kept_channels: BTreeMap::new(),
             verbosity: Verbosity::Quiet,
         }
     }
@@ -187,7 +194,7 @@ pub fn casm(
     let (pg, pw) = pruned;
     let mut cur_w = pw.clone();
     let net = Network::new(pg.clone(), &cur_w)?;
-    let maps = channel_maps(og, ow, pg, pw);
+    let maps = channel_maps_with(og, ow, pg, pw, &cfg.kept_channels);
     let batches = sample_batches(&net, ds, pre, cfg.samples, cfg.batch_size, cfg.seed)?;
     drop(net);
     let inputs: Vec<Tensor> = batches.into_iter().map(|(x, _)| x).collect();
@@ -526,6 +533,44 @@ pub fn channel_maps(
     pruned: &Graph,
     pw: &Weights,
 ) -> Vec<Option<Vec<usize>>> {
+    channel_maps_with(original, ow, pruned, pw, &BTreeMap::new())
+}
+
+/// Metadata key under which `shears prune` records [`kept_channels`] (JSON
+/// `{"layer": [original index, ...]}`), so that recovery can match channels after it changed
+/// the kept weights.
+pub const META_CHANNELS: &str = "shears.channels";
+
+/// The kept original output channels of every conv / linear layer of `pruned` that lost some,
+/// by name. Call it right after surgery, while the kept weights still equal the original's.
+pub fn kept_channels(
+    original: &Graph,
+    ow: &Weights,
+    pruned: &Graph,
+    pw: &Weights,
+) -> BTreeMap<String, Vec<usize>> {
+    let maps = channel_maps(original, ow, pruned, pw);
+    pruned
+        .ids()
+        .filter(|&id| matches!(pruned.node(id).op, Op::Conv2d(_) | Op::Linear(_)))
+        .filter_map(|id| {
+            let name = &pruned.node(id).name;
+            let o = original.find(name)?;
+            let m = maps[id.0].clone()?;
+            (m.len() < original.shape(o)[0]).then(|| (name.clone(), m))
+        })
+        .collect()
+}
+
+/// [`channel_maps`] taking the maps of the conv / linear layers listed in `known` (by name, as
+/// [`kept_channels`] gives them) instead of matching their weights.
+pub fn channel_maps_with(
+    original: &Graph,
+    ow: &Weights,
+    pruned: &Graph,
+    pw: &Weights,
+    known: &BTreeMap<String, Vec<usize>>,
+) -> Vec<Option<Vec<usize>>> {
     let mut maps: Vec<Option<Vec<usize>>> = Vec::with_capacity(pruned.len());
     for id in pruned.ids() {
         let node = pruned.node(id);
@@ -535,6 +580,13 @@ pub fn channel_maps(
             let co = *original.shape(oid).first()?;
             if cp == co {
                 return Some((0..cp).collect());
+            }
+            if matches!(node.op, Op::Conv2d(_) | Op::Linear(_)) {
+                if let Some(k) = known.get(&node.name) {
+                    if k.len() == cp && k.iter().all(|&c| c < co) {
+                        return Some(k.clone());
+                    }
+                }
             }
             let in_map = |k: usize| node.inputs.get(k).and_then(|i| maps[i.0].clone());
             match &node.op {

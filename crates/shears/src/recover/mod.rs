@@ -19,7 +19,8 @@ mod finetune;
 
 pub use bn::{bn_recalibrate, bn_recalibrate_with, BnRecalConfig, BnRecalMethod, BnRecalReport};
 pub use casm::{
-    casm, channel_maps, CasmConfig, CasmLayer, CasmReport, CasmVariant, ResidualTarget,
+    casm, channel_maps, channel_maps_with, kept_channels, CasmConfig, CasmLayer, CasmReport,
+    CasmVariant, ResidualTarget, META_CHANNELS,
 };
 pub use finetune::finetune;
 
