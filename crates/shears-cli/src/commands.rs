@@ -1,6 +1,5 @@
 //! Subcommand implementations: validate arguments, call the library, render.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -9,7 +8,7 @@ use shears::eval::{evaluate, EvalConfig};
 use shears::model::{load_model, save_model, Model};
 use shears::progress::Verbosity;
 use shears::train::{train, CheckpointConfig, TrainConfig};
-use shears::zoo::{self, Arch};
+use shears::zoo::Arch;
 use shears_data::{DatasetName, FetchOptions, FileStatus, Split};
 use shears_engine::Network;
 
@@ -119,16 +118,7 @@ pub(crate) fn open_model(opts: &ModelOpts) -> Result<Model> {
     let arch = opts.arch.as_deref().map(parse_arch).transpose()?;
     if let Some(name) = opts.model.to_str().and_then(|s| s.strip_prefix("zoo:")) {
         let arch = parse_arch(name)?;
-        let graph = zoo::build(arch, &arch.default_config())?;
-        let weights = zoo::init_weights(&graph, Some(arch), 0);
-        return Ok(Model {
-            graph,
-            weights,
-            preprocess: arch.preprocessing(),
-            arch: Some(arch),
-            metadata: BTreeMap::new(),
-            report: Default::default(),
-        });
+        return Ok(Model::fresh(arch, &arch.default_config(), 0)?);
     }
     if !opts.model.exists() {
         return Err(bad(format!("{}: no such file", opts.model.display())));
@@ -270,16 +260,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         (None, Some(arch)) => {
             let mut cfg = arch.default_config();
             cfg.num_classes = name.n_classes();
-            let graph = zoo::build(arch, &cfg)?;
-            let weights = zoo::init_weights(&graph, Some(arch), a.seed);
-            Model {
-                graph,
-                weights,
-                preprocess: arch.preprocessing(),
-                arch: Some(arch),
-                metadata: BTreeMap::new(),
-                report: Default::default(),
-            }
+            Model::fresh(arch, &cfg, a.seed)?
         }
         (None, None) => {
             return Err(bad(

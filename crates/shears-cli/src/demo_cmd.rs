@@ -24,7 +24,7 @@ use shears::prune::{self, AllocConfig, Criterion, Reduction, ScoreContext, Strat
 use shears::recover::{casm, CasmConfig, CasmReport};
 use shears::report::{compare_latency, Latency};
 use shears::train::{train, CheckpointConfig, OptimizerKind, Schedule, TrainConfig};
-use shears::zoo::{self, Arch};
+use shears::zoo::Arch;
 use shears_data::{DatasetName, FetchOptions, Split};
 
 use crate::args::{DemoArgs, ModelOpts};
@@ -131,16 +131,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             None,
         ),
         None => {
-            let graph = zoo::build(arch, &arch.default_config())?;
-            let weights = zoo::init_weights(&graph, Some(arch), a.seed);
-            let mut model = Model {
-                graph,
-                weights,
-                preprocess: arch.preprocessing(),
-                arch: Some(arch),
-                metadata: BTreeMap::new(),
-                report: Default::default(),
-            };
+            let mut model = Model::fresh(arch, &arch.default_config(), a.seed)?;
             let train_set = match a.limit {
                 Some(n) => full_train.class_balanced_subset(n, a.seed),
                 None => full_train.clone(),

@@ -39,6 +39,23 @@ pub struct Model {
     pub report: LoadReport,
 }
 
+impl Model {
+    /// A freshly initialised zoo model: `arch` built with `cfg`, weights from
+    /// [`zoo::init_weights`] with `seed`, the architecture's preprocessing, no metadata.
+    pub fn fresh(arch: Arch, cfg: &zoo::ZooConfig, seed: u64) -> Result<Model, Error> {
+        let graph = zoo::build(arch, cfg)?;
+        let weights = zoo::init_weights(&graph, Some(arch), seed);
+        Ok(Model {
+            graph,
+            weights,
+            preprocess: arch.preprocessing(),
+            arch: Some(arch),
+            metadata: BTreeMap::new(),
+            report: LoadReport::default(),
+        })
+    }
+}
+
 /// Loads a model file. `arch` is required when the file carries no graph; when both are present
 /// the file's graph wins and `arch` only fills in the preprocessing if the file has none.
 pub fn load_model(path: &Path, arch: Option<Arch>) -> Result<Model, Error> {
