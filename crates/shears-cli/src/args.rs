@@ -147,6 +147,15 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+/// VGG classifier form (`shears train --vgg-head`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VggHeadArg {
+    /// One Linear from the flattened features to the classes.
+    Cifar,
+    /// torchvision's three-Linear head (4096, 4096, classes) with ReLU and dropout.
+    Imagenet,
+}
+
 /// Optimizer choice.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimizerArg {
@@ -203,14 +212,29 @@ pub struct OptimOpts {
     /// Linear warm-up epochs.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// Stop after this many seconds of training (validation excluded); the cosine schedule
+    /// then anneals over the budget, and --epochs is only an upper bound.
+    #[arg(long, value_name = "SECS")]
+    pub time_budget: Option<f64>,
 }
 
 impl OptimOpts {
     /// `base` (a command's defaults) with these flags applied; epochs and learning rate only
     /// where given.
-    pub fn apply(&self, base: shears::train::TrainConfig) -> shears::train::TrainConfig {
+    ///
+    /// # Errors
+    /// A --time-budget that is not a positive number of seconds.
+    pub fn apply(
+        &self,
+        base: shears::train::TrainConfig,
+    ) -> Result<shears::train::TrainConfig, String> {
         use shears::train::{OptimizerKind, Schedule, TrainConfig};
-        TrainConfig {
+        if let Some(t) = self.time_budget.filter(|t| !(t.is_finite() && *t > 0.0)) {
+            return Err(format!(
+                "--time-budget {t}: it must be a positive number of seconds"
+            ));
+        }
+        Ok(TrainConfig {
             epochs: self.epochs.unwrap_or(base.epochs),
             batch_size: self.batch_size,
             optimizer: match self.optimizer {
@@ -234,8 +258,9 @@ impl OptimOpts {
                 ScheduleArg::Cosine => Schedule::Cosine,
             },
             warmup_epochs: self.warmup,
+            time_budget: self.time_budget.or(base.time_budget),
             ..base
-        }
+        })
     }
 }
 
@@ -248,6 +273,10 @@ pub struct TrainArgs {
     /// Start from these weights instead of a fresh initialisation.
     #[arg(long, value_name = "MODEL")]
     pub init: Option<PathBuf>,
+    /// VGG classifier when training a VGG from scratch: `cifar` (one Linear) or `imagenet`
+    /// (torchvision's Linear-ReLU-Dropout x2 then Linear, 4096 wide).
+    #[arg(long, value_enum, default_value_t = VggHeadArg::Cifar)]
+    pub vgg_head: VggHeadArg,
     /// Dataset: mnist, fashion-mnist, cifar10, cifar100.
     #[arg(long, value_name = "NAME")]
     pub data: String,

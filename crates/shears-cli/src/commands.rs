@@ -260,6 +260,10 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         (None, Some(arch)) => {
             let mut cfg = arch.default_config();
             cfg.num_classes = name.n_classes();
+            cfg.vgg_head = match a.vgg_head {
+                VggHeadArg::Cifar => shears::zoo::VggHead::Cifar,
+                VggHeadArg::Imagenet => shears::zoo::VggHead::ImageNet,
+            };
             Model::fresh(arch, &cfg, a.seed)?
         }
         (None, None) => {
@@ -284,7 +288,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         augment_flip: augment && is_cifar,
         early_stop: a.early_stop,
         seed: a.seed,
-        ..a.optim.apply(TrainConfig::new(10))
+        ..a.optim.apply(TrainConfig::new(10)).map_err(bad)?
     };
     let mut net = network(&model, a.threads)?;
     let sparse = crate::prune_cmd::sparse_attach(&a, &mut net)?;

@@ -184,10 +184,6 @@ pub struct FinetuneArgs {
     #[command(flatten)]
     /// Optimizer and schedule (`shears train`'s flags; defaults: 1 epoch, SGD lr 0.01, cosine).
     pub optim: OptimOpts,
-    /// Stop after this many seconds of training (validation excluded); the cosine schedule
-    /// then anneals over the budget.
-    #[arg(long, value_name = "SECS")]
-    pub time_budget: Option<f64>,
     /// Train on only N training images (class-balanced, seeded).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -561,11 +557,6 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
     if a.resume && a.checkpoint_dir.is_none() {
         return Err(bad("--resume needs --checkpoint-dir DIR"));
     }
-    if let Some(t) = a.time_budget.filter(|t| !(t.is_finite() && *t > 0.0)) {
-        return Err(bad(format!(
-            "--time-budget {t}: it must be a positive number of seconds"
-        )));
-    }
     let c = &a.common;
     let mut s = setup(c)?;
     let mut teacher = match &a.teacher {
@@ -604,10 +595,9 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         augment_pad: s.augment.then_some(4),
         augment_flip: s.augment && is_cifar,
         seed: c.seed,
-        time_budget: a.time_budget,
         val_limit: Some(a.val_limit),
         eval_every: a.eval_every,
-        ..a.optim.apply(TrainConfig::finetune(1))
+        ..a.optim.apply(TrainConfig::finetune(1)).map_err(bad)?
     };
     let ckpt = CheckpointConfig {
         dir: a.checkpoint_dir.clone(),
