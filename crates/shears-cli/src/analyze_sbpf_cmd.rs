@@ -307,7 +307,7 @@ pub fn run(a: SbpfArgs) -> Result<()> {
         };
         let hook: Option<&mut shears::analyze::sbpf::FinetuneHook<'_>> =
             (a.finetune_seconds > 0.0).then_some(&mut tune as _);
-        let (g, w, records) = multi_step(
+        let res = multi_step(
             &model.graph,
             &model.weights,
             &data,
@@ -315,15 +315,20 @@ pub fn run(a: SbpfArgs) -> Result<()> {
             &ms,
             hook,
         )?;
+        let records = res.steps;
         let mut pruned = Model {
-            graph: g,
-            weights: w,
+            graph: res.graph,
+            weights: res.weights,
             preprocess: model.preprocess.clone(),
             arch: None,
             metadata: model.metadata.clone(),
             report: Default::default(),
         };
         pruned.metadata.remove("shears.graph");
+        pruned.metadata.insert(
+            shears::recover::META_CHANNELS.to_string(),
+            serde_json::to_string(&res.kept_channels).expect("plain data"),
+        );
         save_model(o, &pruned)?;
         let steps_json: Vec<Value> = records
             .iter()

@@ -840,6 +840,12 @@ fn from_skeleton(a: &PruneArgs, model: &Model) -> Result<()> {
         META_PRUNE.to_string(),
         json!({"method": "cdp-dtc skeleton", "tau": tau, "report": r}).to_string(),
     );
+    // The kept channels, matched against the masked weights the surgery started from.
+    let kept = shears::recover::kept_channels(&model.graph, &pr.masked, &pr.graph, &pr.weights);
+    meta.insert(
+        shears::recover::META_CHANNELS.to_string(),
+        serde_json::to_string(&kept).expect("plain data"),
+    );
     let out_model = Model {
         graph: pr.graph.clone(),
         weights: pr.weights.clone(),

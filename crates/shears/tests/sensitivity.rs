@@ -415,7 +415,7 @@ fn multi_step_meets_the_budget_and_fine_tunes_between_steps() {
         *w = tuned;
         Ok(())
     };
-    let (g, _, records) = multi_step(
+    let res = multi_step(
         &m.graph,
         &m.weights,
         &d,
@@ -424,6 +424,7 @@ fn multi_step_meets_the_budget_and_fine_tunes_between_steps() {
         Some(&mut hook as &mut shears::analyze::sbpf::FinetuneHook<'_>),
     )
     .unwrap();
+    let (g, records) = (&res.graph, &res.steps);
     assert_eq!(calls, vec![(1, true), (2, true)]);
     assert_eq!(records.len(), 2);
     assert_eq!(records[1].macs, g.macs());
@@ -441,8 +442,22 @@ fn multi_step_meets_the_budget_and_fine_tunes_between_steps() {
     }
     let kept = (a1.filters_total - a1.filters_removed) as f64 / a0.filters_total as f64;
     assert!((kept - 0.5).abs() < 0.05, "kept {kept}");
-    assert!(filters(&g) < before);
+    assert!(filters(g) < before);
     assert!(records[1].accuracy_recovered > 0.9, "{records:?}");
+    // The kept channels are composed over both steps: one strictly increasing list of
+    // original indices per pruned layer, as long as the layer's final width.
+    assert!(!res.kept_channels.is_empty());
+    for (name, idx) in &res.kept_channels {
+        let now = g.shape(g.find(name).expect("a pruned layer"))[0];
+        let orig = m
+            .graph
+            .shape(m.graph.find(name).expect("an original layer"))[0];
+        assert_eq!(idx.len(), now, "{name}");
+        assert!(
+            idx.windows(2).all(|p| p[0] < p[1]) && idx[now - 1] < orig,
+            "{name}: {idx:?}"
+        );
+    }
 }
 
 #[test]

@@ -44,6 +44,7 @@ use crate::prune::{
     self, AllocConfig, Criterion, DepGraph, Group, Reduction, Role, ScoreContext, Strategy,
 };
 use crate::recover::bn::{bn_recalibrate_with, BnRecalConfig};
+use crate::recover::kept_channels;
 use crate::zoo::Preprocess;
 use crate::Error;
 
@@ -718,7 +719,23 @@ pub struct StepRecord {
 /// it may change the weights (fine-tuning).
 pub type FinetuneHook<'h> = dyn FnMut(usize, &Graph, &mut Weights) -> Result<(), Error> + 'h;
 
-/// Multi-step SBPF (module docs): returns the final graph and weights and one record per step.
+/// What [`multi_step`] returns.
+#[derive(Clone, Debug)]
+pub struct MultiStepResult {
+    /// The pruned graph after the last step.
+    pub graph: Graph,
+    /// Its weights (recalibrated and fine-tuned, if asked).
+    pub weights: Weights,
+    /// One record per step.
+    pub steps: Vec<StepRecord>,
+    /// The original output channels each pruned conv / linear layer kept, composed over the
+    /// steps ([`crate::recover::kept_channels`]'s format; fine-tuning between steps changes
+    /// the weights, so they cannot be matched afterwards).
+    pub kept_channels: BTreeMap<String, Vec<usize>>,
+}
+
+/// Multi-step SBPF (module docs): returns the final graph and weights, one record per step
+/// and the kept channels.
 pub fn multi_step(
     graph: &Graph,
     weights: &Weights,
@@ -726,7 +743,7 @@ pub fn multi_step(
     recal: Option<(&Dataset, &Preprocess)>,
     cfg: &MultiStepConfig,
     mut finetune: Option<&mut FinetuneHook<'_>>,
-) -> Result<(Graph, Weights, Vec<StepRecord>), Error> {
+) -> Result<MultiStepResult, Error> {
     if cfg.steps == 0 {
         return Err(Error::invalid("multi-step SBPF needs at least one step"));
     }
@@ -741,6 +758,7 @@ pub fn multi_step(
     };
     let (mut g, mut w) = (graph.clone(), weights.clone());
     let mut records = Vec::with_capacity(cfg.steps);
+    let mut kept: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for step in 1..=cfg.steps {
         let analysis = analyze(&g, &w, data, &cfg.sbpf)?;
         let alloc = allocate_inverse(&g, &w, &analysis.groups, step_budget, cfg.r_max)?;
@@ -750,6 +768,15 @@ pub fn multi_step(
         });
         let plan = prune::plan(&ScoreContext::new(&g, &w), crit.as_ref(), &ac)?;
         let pruned = prune::prune(&g, &w, &plan)?;
+        // This step's kept channels index the previous step's: compose.
+        let step_kept = kept_channels(&g, &w, &pruned.graph, &pruned.weights);
+        for (name, idx) in step_kept {
+            let composed = match kept.get(&name) {
+                Some(prev) => idx.iter().map(|&i| prev[i]).collect(),
+                None => idx,
+            };
+            kept.insert(name, composed);
+        }
         g = pruned.graph;
         w = pruned.weights;
         let mut pr = Prober::new(&g, &w, data, cfg.sbpf.batch, false)?;
@@ -775,7 +802,12 @@ pub fn multi_step(
             accuracy_recovered,
         });
     }
-    Ok((g, w, records))
+    Ok(MultiStepResult {
+        graph: g,
+        weights: w,
+        steps: records,
+        kept_channels: kept,
+    })
 }
 
 fn has_bn(g: &Graph) -> bool {
