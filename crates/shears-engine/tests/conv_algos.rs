@@ -72,7 +72,12 @@ fn check(conv: Conv2d, h: usize, w: usize, n: usize) {
     let dx_acc: Vec<f64> = dx.iter().zip(&prior).map(|(a, b)| a + *b as f64).collect();
     let be = CpuBackend;
     let mut ran = 0;
-    for algo in [ConvAlgo::Shifted, ConvAlgo::Im2col, ConvAlgo::Direct] {
+    for algo in [
+        ConvAlgo::Shifted,
+        ConvAlgo::ShiftedT,
+        ConvAlgo::Im2col,
+        ConvAlgo::Direct,
+    ] {
         let Some(g) = base.clone().with_algo(algo) else {
             continue;
         };

@@ -20,9 +20,10 @@
 use rayon::prelude::*;
 use shears_ir::Conv2d;
 
-use super::gemm::{fast_segs, sgemm, sgemm_segs, MatRef};
+use super::gemm::{fast_segs, sgemm, sgemm_segs, sgemm_segs_rhs, MatRef};
 use super::par::{chunk_len, reduce_partials};
 use super::scratch::with_scratch;
+use super::transpose::{planes_to_rows, rows_to_planes};
 
 /// Geometry of one 2-D convolution, per image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +62,11 @@ pub struct ConvGeom {
 pub enum ConvAlgo {
     /// `kh * kw` shifted GEMMs over a padded buffer (stride 1).
     Shifted,
+    /// The same shifted GEMMs transposed (one group, stride 1): output channels as rows and
+    /// pixels as the vectorised columns, over a channel-major copy of the padded input. Used
+    /// for the forward pass when the channel count would leave vector lanes idle (pruned
+    /// layers: 11 of 16 channels); backward passes run as [`ConvAlgo::Shifted`].
+    ShiftedT,
     /// im2col in blocks of output pixels, one GEMM per block and group.
     Im2col,
     /// Plain loops (grouped convs with tiny groups, e.g. depthwise).
@@ -78,6 +84,13 @@ pub struct PackedConv {
     /// `[groups][c_out / groups][kh * kw][c_in / groups]`: the transpose of `w` per group (for
     /// im2col backward data, so that its product reads contiguous rows).
     pub(crate) wc: Vec<f32>,
+}
+
+impl ConvAlgo {
+    /// Shifted products, plain or transposed.
+    pub fn is_shifted(self) -> bool {
+        matches!(self, ConvAlgo::Shifted | ConvAlgo::ShiftedT)
+    }
 }
 
 impl ConvGeom {
@@ -107,7 +120,10 @@ impl ConvGeom {
 
     /// Runs with `algo` instead, if it supports this geometry (shifted GEMMs need stride 1).
     pub fn with_algo(mut self, algo: ConvAlgo) -> Option<Self> {
-        if algo == ConvAlgo::Shifted && self.stride != [1, 1] {
+        if algo.is_shifted() && self.stride != [1, 1] {
+            return None;
+        }
+        if algo == ConvAlgo::ShiftedT && self.groups != 1 {
             return None;
         }
         self.algo = algo;
@@ -153,10 +169,31 @@ impl ConvGeom {
         {
             // Small maps (8x8 and below) run better as im2col: the shifted products' padded
             // width and short reductions cost more than the copy there.
-            ConvAlgo::Shifted
+            if self.groups == 1 && fast_segs() && self.prefer_transposed() {
+                ConvAlgo::ShiftedT
+            } else {
+                ConvAlgo::Shifted
+            }
         } else {
             ConvAlgo::Im2col
         }
+    }
+
+    /// Whether the transposed shifted products ([`ConvAlgo::ShiftedT`]) use the vector lanes
+    /// better than the plain ones: those vectorise over output channels in 16-lane vectors
+    /// (a ragged count leaves lanes idle), the transposed ones over the padded output width
+    /// (the padding columns are computed and dropped) and pay two layout copies, which only
+    /// pay off with at least 8 input channels.
+    fn prefer_transposed(&self) -> bool {
+        // With few input channels (a stem conv) the layout copies cost more than the lanes save.
+        if self.c_in < 8 {
+            return false;
+        }
+        let lanes = self.c_out.div_ceil(16) * 16;
+        let plain = self.c_out as f64 / lanes as f64;
+        let wp = self.ow + (self.kw - 1) * self.dil[1];
+        let transposed = self.ow as f64 / wp as f64;
+        transposed * 0.95 > plain
     }
 
     /// Index of weight element `(o, i, y, x)` in PyTorch's OIHW layout.
@@ -309,6 +346,44 @@ impl ShiftPlan {
             z = d + row;
         }
         p[z..].fill(0.0);
+    }
+
+    /// Copies `src` (`hs x ws x c`, channels last) into `p` as `c` zero-padded planes of
+    /// `plen` pixels each (channel-major), for the transposed products.
+    fn fill_channel_major(&self, src: &[f32], c: usize, p: &mut [f32]) {
+        let p = &mut p[..self.plen * c];
+        // Each source row is written with its margins; zero the rows above and the slack below.
+        let (top, bottom) = (self.pt * self.wp, (self.pt + self.hs) * self.wp);
+        for plane in p.chunks_exact_mut(self.plen) {
+            plane[..top].fill(0.0);
+            plane[bottom..].fill(0.0);
+        }
+        let trail = self.wp - self.pl - self.ws;
+        for y in 0..self.hs {
+            let row = &src[y * self.ws * c..(y + 1) * self.ws * c];
+            let off = (y + self.pt) * self.wp;
+            rows_to_planes(row, c, self.ws, self.pl, trail, p, off, self.plen);
+        }
+    }
+
+    /// Stores the valid columns of the channel-major result `d` (`c` rows of [`Self::m`]
+    /// pixels over the padded width) into `dst` (`hd x wd x c`, channels last), adding `bias`
+    /// and applying ReLU.
+    fn store_channel_major(&self, d: &[f32], c: usize, dst: &mut [f32], ep: Epilogue<'_>) {
+        assert!(!ep.accumulate, "channel-major store overwrites");
+        let row = self.wd * c;
+        for y in 0..self.hd {
+            planes_to_rows(
+                d,
+                y * self.wp,
+                self.m(),
+                c,
+                self.wd,
+                &mut dst[y * row..(y + 1) * row],
+                ep.bias,
+                ep.relu,
+            );
+        }
     }
 
     /// Spreads `src` (`hd x wd x c`) over the padded width with zero extra columns.
@@ -483,6 +558,20 @@ pub fn forward(
                     });
                 });
         }
+        ConvAlgo::ShiftedT => {
+            let plan = ShiftPlan::forward(g);
+            let m = plan.m();
+            y.par_chunks_mut(g.out_len())
+                .enumerate()
+                .for_each(|(i, yi)| {
+                    let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                    with_scratch([plan.plen * g.c_in, m * g.c_out, 0], |p, d, _| {
+                        plan.fill_channel_major(xi, g.c_in, p);
+                        transposed_products(g, &plan, p, &w.w, d);
+                        plan.store_channel_major(d, g.c_out, yi, ep);
+                    });
+                });
+        }
         ConvAlgo::Im2col => {
             let (nb, kkc) = im2col_block(g);
             y.par_chunks_mut(g.out_len())
@@ -543,7 +632,7 @@ pub fn backward_data(
         ..Epilogue::PLAIN
     };
     match g.algo {
-        ConvAlgo::Shifted => {
+        ConvAlgo::Shifted | ConvAlgo::ShiftedT => {
             let plan = ShiftPlan::backward_data(g);
             let p_len = if plan.direct_src {
                 0
@@ -644,7 +733,7 @@ pub fn backward_weight(
     let n_chunks = n.div_ceil(per);
     let mut partials = vec![0.0f32; n_chunks * part];
     let algo = g.algo;
-    let plan = (algo == ConvAlgo::Shifted).then(|| ShiftPlan::forward(g));
+    let plan = algo.is_shifted().then(|| ShiftPlan::forward(g));
     partials
         .par_chunks_mut(part)
         .enumerate()
@@ -672,7 +761,7 @@ pub fn backward_weight(
                 let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
                 let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
                 match algo {
-                    ConvAlgo::Shifted => {}
+                    ConvAlgo::Shifted | ConvAlgo::ShiftedT => {}
                     ConvAlgo::Im2col => im2col_weight_grad(g, xi, dyi, pw),
                     ConvAlgo::Direct => direct_weight_grad(g, xi, dyi, pw),
                 }
@@ -788,6 +877,24 @@ fn shifted_products(
             }
         }
     }
+}
+
+/// The shifted products of one image transposed: `d[co][pixel]` over the padded width
+/// (`c_out` rows of [`ShiftPlan::m`] pixels) from the channel-major padded input `p`. Each kernel
+/// offset is one segment of the reduction, reading all input planes shifted by that offset.
+fn transposed_products(g: &ConvGeom, plan: &ShiftPlan, p: &[f32], w: &[f32], d: &mut [f32]) {
+    let segs: Vec<(usize, usize)> = plan.offs.iter().map(|&o| (o, g.c_in)).collect();
+    sgemm_segs_rhs(
+        g.c_out,
+        plan.m(),
+        d,
+        0,
+        plan.m(),
+        false,
+        MatRef::cols(w, 0, g.c_out),
+        &segs,
+        MatRef::rows(p, 0, plan.plen),
+    );
 }
 
 /// The merged-row shifted products of one image computed one destination row at a time

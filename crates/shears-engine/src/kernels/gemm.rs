@@ -177,7 +177,7 @@ pub(crate) fn sgemm_segs(
         // SAFETY: every segment of `lhs` and `rhs` and the `dst` block were bounds-checked
         // above; `dst` is a unique borrow; AVX-512F was detected.
         unsafe {
-            avx512::gemm_segs(
+            avx512::gemm_segs::<false>(
                 m,
                 n,
                 dst.as_mut_ptr().add(dst_off),
@@ -234,6 +234,92 @@ fn sgemm_segs_generic(
     }
 }
 
+/// `dst[m x n] (+)= sum_s lhs_s[m x k_s] * rhs_s[k_s x n]` with the shifts on the right:
+/// segment `s = (off, k_s)` is `rhs` moved by `off` elements, and the `lhs_s` are consecutive
+/// column blocks of `lhs`. This is the transposed form of a shifted convolution (output
+/// channels as rows, pixels as columns): the vectors run over pixels, so a channel count that
+/// is not a multiple of the vector width wastes no lanes.
+pub(crate) fn sgemm_segs_rhs(
+    m: usize,
+    n: usize,
+    dst: &mut [f32],
+    dst_off: usize,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: MatRef<'_>,
+    segs: &[(usize, usize)],
+    rhs: MatRef<'_>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = dst_off + (m - 1) * dst_rs + (n - 1);
+    assert!(
+        last < dst.len(),
+        "gemm dst out of bounds: last index {last} >= {} (kernel geometry bug)",
+        dst.len()
+    );
+    let mut col = 0;
+    for &(off, k) in segs {
+        MatRef {
+            off: lhs.off + col * lhs.cs,
+            ..lhs
+        }
+        .check(m, k, "lhs segment");
+        MatRef {
+            off: rhs.off + off,
+            ..rhs
+        }
+        .check(k, n, "rhs segment");
+        col += k;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if rhs.cs == 1 && avx512::available() && !segs.is_empty() {
+        // SAFETY: every segment of `lhs` and `rhs` and the `dst` block were bounds-checked
+        // above; `dst` is a unique borrow; AVX-512F was detected.
+        unsafe {
+            avx512::gemm_segs::<true>(
+                m,
+                n,
+                dst.as_mut_ptr().add(dst_off),
+                dst_rs,
+                accumulate,
+                lhs.data.as_ptr().add(lhs.off),
+                lhs.rs,
+                lhs.cs,
+                segs,
+                rhs.data.as_ptr().add(rhs.off),
+                rhs.rs,
+            );
+        }
+        return;
+    }
+    if segs.is_empty() {
+        sgemm(m, n, 0, dst, dst_off, dst_rs, accumulate, lhs, rhs);
+    }
+    let mut col = 0;
+    for (s, &(off, k)) in segs.iter().enumerate() {
+        sgemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_off,
+            dst_rs,
+            accumulate || s > 0,
+            MatRef {
+                off: lhs.off + col * lhs.cs,
+                ..lhs
+            },
+            MatRef {
+                off: rhs.off + off,
+                ..rhs
+            },
+        );
+        col += k;
+    }
+}
+
 /// A register-blocked AVX-512 product for the engine's shapes (narrow `n` = output channels,
 /// any `m`, rows of `rhs` contiguous). The `gemm` crate only ships its AVX-512 kernels behind a
 /// nightly-only feature; on stable it runs AVX2, half the width this machine class offers.
@@ -271,8 +357,10 @@ mod avx512 {
     }
 
     /// `MR` rows by `NV` vectors of 16 columns; the last vector's columns are `t.mask`.
+    /// Segments shift `a` (and `b`'s rows run on across them), or with `SHIFT_B` they shift
+    /// `b` (and `a`'s columns run on).
     #[target_feature(enable = "avx512f")]
-    unsafe fn micro<const MR: usize, const NV: usize>(t: Tile) {
+    unsafe fn micro<const MR: usize, const NV: usize, const SHIFT_B: bool>(t: Tile) {
         // SAFETY: the caller guarantees every address below is inside the checked views;
         // masked loads and stores never touch the masked-off columns.
         unsafe {
@@ -290,9 +378,14 @@ mod avx512 {
                 }
             }
             let mut bp = t.b;
+            let mut ap = t.a;
             for s in 0..t.n_segs {
                 let (off, k) = *t.segs.add(s);
-                let mut ap = t.a.add(off);
+                if SHIFT_B {
+                    bp = t.b.add(off);
+                } else {
+                    ap = t.a.add(off);
+                }
                 for _ in 0..k {
                     let mut bv = [_mm512_setzero_ps(); NV];
                     for (v, b) in bv.iter_mut().enumerate() {
@@ -336,9 +429,9 @@ mod avx512 {
     }
 
     macro_rules! run_tile {
-        ($rows:expr, $nv:literal, $t:expr, [$($r:literal),*]) => {
+        ($rows:expr, $nv:literal, $sb:expr, $t:expr, [$($r:literal),*]) => {
             match $rows {
-                $($r => micro::<$r, $nv>($t),)*
+                $($r => micro::<$r, $nv, $sb>($t),)*
                 _ => unreachable!("tile rows are at most tile_rows(nv)"),
             }
         };
@@ -368,7 +461,7 @@ mod avx512 {
             let seg = [(k0 * a_cs, KC.min(k - k0))];
             // SAFETY: forwarded contract; this segment is part of the checked `a`.
             unsafe {
-                gemm_segs(
+                gemm_segs::<false>(
                     m,
                     n,
                     d,
@@ -389,10 +482,13 @@ mod avx512 {
     /// `a_s(r, c) = a[off + r * a_rs + c * a_cs]` and the `b_s` are consecutive row blocks of
     /// `b(r, c) = b[r * b_rs + c]`. The sum stays in registers across segments.
     ///
+    /// With `SHIFT_B` the roles swap: segment `s` reads `b_s(r, c) = b[off + r * b_rs + c]`
+    /// and the `a_s` are consecutive column blocks of `a(r, c) = a[r * a_rs + c * a_cs]`.
+    ///
     /// # Safety
     /// As [`gemm`].
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemm_segs(
+    pub(super) unsafe fn gemm_segs<const SHIFT_B: bool>(
         m: usize,
         n: usize,
         d: *mut f32,
@@ -445,10 +541,18 @@ mod avx512 {
                 // bounds.
                 unsafe {
                     match nv {
-                        1 => run_tile!(rows, 1, t, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]),
-                        2 => run_tile!(rows, 2, t, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
-                        3 => run_tile!(rows, 3, t, [1, 2, 3, 4, 5, 6, 7, 8]),
-                        _ => run_tile!(rows, 4, t, [1, 2, 3, 4, 5, 6]),
+                        1 => run_tile!(
+                            rows,
+                            1,
+                            SHIFT_B,
+                            t,
+                            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+                        ),
+                        2 => {
+                            run_tile!(rows, 2, SHIFT_B, t, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+                        }
+                        3 => run_tile!(rows, 3, SHIFT_B, t, [1, 2, 3, 4, 5, 6, 7, 8]),
+                        _ => run_tile!(rows, 4, SHIFT_B, t, [1, 2, 3, 4, 5, 6]),
                     }
                 }
                 i0 += rows;
@@ -555,6 +659,54 @@ mod tests {
                     (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
                     "generic {g} vs {w}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn right_shifted_products_match_naive() {
+        // Output channels as rows (ragged counts), pixels as columns, three shifted views of a
+        // channel-major buffer as the reduction's segments.
+        for &(m, n, kin) in &[(11, 70, 5), (1, 16, 3), (27, 33, 12), (6, 129, 1)] {
+            let ld = n + 90;
+            let segs = [(0, kin), (40, kin), (87, kin)];
+            let k: usize = segs.iter().map(|s| s.1).sum();
+            let a = data(k * m + 2, 7);
+            let b = data(kin * ld + 90, 8);
+            let lhs = MatRef::cols(&a, 2, m);
+            let rhs = MatRef::rows(&b, 0, ld);
+            for accumulate in [false, true] {
+                let mut got = data(m * (n + 3), 9);
+                let mut want: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+                sgemm_segs_rhs(m, n, &mut got, 0, n + 3, accumulate, lhs, &segs, rhs);
+                for r in 0..m {
+                    for c in 0..n {
+                        let mut acc = if accumulate {
+                            want[r * (n + 3) + c]
+                        } else {
+                            0.0
+                        };
+                        let mut col = 0;
+                        for &(off, ks) in &segs {
+                            for t in 0..ks {
+                                let x = a[2 + r + (col + t) * m] as f64;
+                                let y = b[off + t * ld + c] as f64;
+                                acc += x * y;
+                            }
+                            col += ks;
+                        }
+                        want[r * (n + 3) + c] = acc;
+                    }
+                }
+                for r in 0..m {
+                    for c in 0..n {
+                        let (g, w) = (got[r * (n + 3) + c], want[r * (n + 3) + c]);
+                        assert!(
+                            (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{m}x{n}: ({r}, {c}) {g} vs {w}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -13,3 +13,4 @@ pub mod linear;
 pub(crate) mod par;
 pub mod pool;
 pub(crate) mod scratch;
+pub(crate) mod transpose;
