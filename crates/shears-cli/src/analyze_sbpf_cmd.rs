@@ -23,7 +23,7 @@ use shears_engine::Network;
 use shears_ir::{Graph, Weights};
 
 use crate::analyze_sweep_cmd::{eval_set, uptime, SubsetOpts};
-use crate::args::ModelOpts;
+use crate::args::{MacsBudgetOpts, ModelOpts};
 use crate::commands::{bad, data_dir, open_model, parse_arch, parse_dataset};
 use crate::output::{print_json, Table};
 
@@ -64,12 +64,9 @@ pub struct SbpfArgs {
     /// Budget: remove this fraction of the analysed groups' filters.
     #[arg(long, value_name = "R", conflicts_with_all = ["target_macs", "speedup"])]
     pub filters: Option<f64>,
-    /// Budget: keep this fraction of the MACs (0.5 = 2x fewer).
-    #[arg(long, value_name = "F", conflicts_with = "speedup")]
-    pub target_macs: Option<f64>,
-    /// Budget: --target-macs 1/X.
-    #[arg(long, value_name = "X")]
-    pub speedup: Option<f64>,
+    #[command(flatten)]
+    /// Budget: --target-macs F or --speedup X.
+    pub macs: MacsBudgetOpts,
     /// Largest ratio of any group.
     #[arg(long, default_value_t = 0.9)]
     pub r_max: f64,
@@ -122,22 +119,11 @@ fn budget_of(a: &SbpfArgs) -> Result<Option<Budget>> {
             )));
         }
         Some(Budget::Filters { ratio: r })
-    } else if let Some(f) = a.target_macs {
-        if !(f > 0.0 && f <= 1.0) {
-            return Err(bad(format!(
-                "--target-macs {f} is outside (0, 1]: it is the fraction of MACs KEPT"
-            )));
-        }
-        Some(Budget::Macs { keep_fraction: f })
-    } else if let Some(x) = a.speedup {
-        if !(x.is_finite() && x >= 1.0) {
-            return Err(bad(format!("--speedup {x} must be a number >= 1")));
-        }
-        Some(Budget::Macs {
-            keep_fraction: 1.0 / x,
-        })
     } else {
-        None
+        a.macs
+            .keep_fraction()
+            .map_err(bad)?
+            .map(|f| Budget::Macs { keep_fraction: f })
     })
 }
 

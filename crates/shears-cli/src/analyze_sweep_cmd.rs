@@ -14,7 +14,7 @@ use shears::progress::Verbosity;
 use shears::prune::{Criterion, FoldMode, Reduction};
 use shears_data::Split;
 
-use crate::args::{DataOpts, ModelOpts};
+use crate::args::{DataOpts, MacsBudgetOpts, ModelOpts};
 use crate::commands::{bad, data_dir, open_model, parse_dataset};
 use crate::output::{print_json, Table};
 
@@ -65,13 +65,10 @@ pub struct SweepArgs {
     /// stays at or below this.
     #[arg(long, value_name = "X")]
     pub max_loss_increase: Option<f64>,
-    /// Write ratios_macs.json: the loss threshold bisected so that the ratios keep this
-    /// fraction of the MACs (0.5 = 2x fewer).
-    #[arg(long, value_name = "F", conflicts_with = "speedup")]
-    pub target_macs: Option<f64>,
-    /// --target-macs 1/X.
-    #[arg(long, value_name = "X")]
-    pub speedup: Option<f64>,
+    #[command(flatten)]
+    /// Write ratios_macs.json: the loss threshold bisected so that the ratios meet
+    /// --target-macs F or --speedup X.
+    pub macs: MacsBudgetOpts,
     /// Images per forward batch.
     #[arg(long, default_value_t = 250)]
     pub batch: usize,
@@ -143,23 +140,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
     if a.batch == 0 {
         return Err(bad("--batch 0: use at least 1"));
     }
-    let keep = match (a.target_macs, a.speedup) {
-        (Some(f), _) => {
-            if !(f > 0.0 && f <= 1.0) {
-                return Err(bad(format!(
-                    "--target-macs {f} is outside (0, 1]: it is the fraction of MACs KEPT"
-                )));
-            }
-            Some(f)
-        }
-        (None, Some(x)) => {
-            if !(x.is_finite() && x >= 1.0) {
-                return Err(bad(format!("--speedup {x} must be a number >= 1")));
-            }
-            Some(1.0 / x)
-        }
-        _ => None,
-    };
+    let keep = a.macs.keep_fraction().map_err(bad)?;
     if let Some(x) = a.max_loss_increase {
         if !(x.is_finite() && x >= 0.0) {
             return Err(bad(format!(

@@ -147,6 +147,38 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+/// A MACs budget as `--target-macs F` (the fraction KEPT) or `--speedup X` (= 1/X), shared by
+/// `analyze sbpf` and `analyze sweep`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MacsBudgetOpts {
+    /// Budget: keep this fraction of the MACs (0.5 = 2x fewer).
+    #[arg(long, value_name = "F", conflicts_with = "speedup")]
+    pub target_macs: Option<f64>,
+    /// Budget: --target-macs 1/X (the factor by which MACs shrink).
+    #[arg(long, value_name = "X")]
+    pub speedup: Option<f64>,
+}
+
+impl MacsBudgetOpts {
+    /// The fraction of MACs to keep, if a budget was given.
+    ///
+    /// # Errors
+    /// A fraction outside (0, 1] or a speed-up below 1.
+    pub fn keep_fraction(&self) -> Result<Option<f64>, String> {
+        match (self.target_macs, self.speedup) {
+            (Some(f), _) if !(f > 0.0 && f <= 1.0) => Err(format!(
+                "--target-macs {f} is outside (0, 1]: it is the fraction of MACs KEPT"
+            )),
+            (Some(f), _) => Ok(Some(f)),
+            (None, Some(x)) if !(x.is_finite() && x >= 1.0) => {
+                Err(format!("--speedup {x} must be a number >= 1"))
+            }
+            (None, Some(x)) => Ok(Some(1.0 / x)),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// VGG classifier form (`shears train --vgg-head`).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VggHeadArg {

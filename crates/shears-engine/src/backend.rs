@@ -31,6 +31,22 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         relu: bool,
         y: &mut [f32],
     );
+    /// Two chained convolutions (see [`conv::forward_chain`]): `y = conv2(relu(conv1(x) + b1))
+    /// (+ b2) (then ReLU)`; only for [`conv::chainable`] geometries.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_chain_forward(
+        &self,
+        g1: &ConvGeom,
+        g2: &ConvGeom,
+        n: usize,
+        x: &[f32],
+        w1: &PackedConv,
+        b1: &[f32],
+        w2: &PackedConv,
+        b2: Option<&[f32]>,
+        relu2: bool,
+        y: &mut [f32],
+    );
     /// Convolution backward data.
     fn conv2d_backward_data(
         &self,
@@ -230,6 +246,21 @@ impl Backend for CpuBackend {
         y: &mut [f32],
     ) {
         conv::forward(g, n, x, w, bias, relu, y)
+    }
+    fn conv2d_chain_forward(
+        &self,
+        g1: &ConvGeom,
+        g2: &ConvGeom,
+        n: usize,
+        x: &[f32],
+        w1: &PackedConv,
+        b1: &[f32],
+        w2: &PackedConv,
+        b2: Option<&[f32]>,
+        relu2: bool,
+        y: &mut [f32],
+    ) {
+        conv::forward_chain(g1, g2, n, x, w1, b1, w2, b2, relu2, y)
     }
     fn conv2d_backward_data(
         &self,

@@ -223,6 +223,17 @@ enum Step {
         bn: NodeId,
         relu: Option<NodeId>,
     },
+    /// Inference only: conv + BN + ReLU whose only consumer is a conv + BN (+ ReLU), both
+    /// transposed (`conv::chainable`): the middle map never leaves the kernels' channel-major
+    /// layout.
+    ConvChain {
+        conv: NodeId,
+        bn: NodeId,
+        relu: NodeId,
+        conv2: NodeId,
+        bn2: NodeId,
+        relu2: Option<NodeId>,
+    },
 }
 
 impl Step {
@@ -232,7 +243,7 @@ impl Step {
             Step::Op(id) => id,
             Step::BnRelu { bn, .. } | Step::BnAddRelu { bn, .. } => bn,
             Step::AddRelu { add, .. } => add,
-            Step::ConvBn { conv, .. } => conv,
+            Step::ConvBn { conv, .. } | Step::ConvChain { conv, .. } => conv,
         }
     }
 
@@ -248,6 +259,20 @@ impl Step {
                 } else {
                     vec![conv]
                 }
+            }
+            Step::ConvChain {
+                conv,
+                bn,
+                relu,
+                conv2,
+                bn2,
+                relu2,
+            } => {
+                let mut v = vec![conv, bn, relu, conv2];
+                if relu2.is_some() {
+                    v.push(bn2);
+                }
+                v
             }
             Step::Op(_) => Vec::new(),
         }
@@ -269,6 +294,7 @@ impl Step {
             | Step::AddRelu { relu, .. }
             | Step::BnAddRelu { relu, .. } => relu,
             Step::ConvBn { bn, relu, .. } => relu.unwrap_or(bn),
+            Step::ConvChain { bn2, relu2, .. } => relu2.unwrap_or(bn2),
         }
     }
 }
@@ -327,6 +353,8 @@ pub struct Network {
     next_hook: u64,
     tape: Option<Tape>,
     profile: Option<Profile>,
+    /// Run chainable transposed conv pairs as one step (inference; on by default).
+    chain_convs: bool,
 }
 
 /// Time spent per op type and direction, collected when profiling is on.
@@ -356,6 +384,8 @@ fn step_label(g: &Graph, s: Step) -> &'static str {
         Step::BnAddRelu { .. } => "batch_norm2d+add+relu",
         Step::ConvBn { relu: Some(_), .. } => "conv2d+bn+relu",
         Step::ConvBn { relu: None, .. } => "conv2d+bn",
+        Step::ConvChain { relu2: Some(_), .. } => "conv2d+bn+relu+conv2d+bn+relu",
+        Step::ConvChain { relu2: None, .. } => "conv2d+bn+relu+conv2d+bn",
     }
 }
 
@@ -441,6 +471,7 @@ impl Network {
             backend,
             pool: BufferPool::default(),
             threads: None,
+            chain_convs: true,
             rng: RngState {
                 seed: 0,
                 counter: 0,
@@ -614,6 +645,12 @@ impl Network {
         self.threads
             .as_ref()
             .map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    }
+
+    /// Turns the chaining of transposed conv pairs in inference on (the default) or off. Both
+    /// give the same sums; off is for measuring what chaining saves and testing it.
+    pub fn set_conv_chains(&mut self, on: bool) {
+        self.chain_convs = on;
     }
 
     /// Turns per-op timing on (resetting it) or off.
@@ -963,6 +1000,7 @@ impl Network {
                 }
             };
         let is_bn = |op: &Op| matches!(op, Op::BatchNorm2d(_));
+        let is_conv = |op: &Op| matches!(op, Op::Conv2d(_));
         let is_relu = |op: &Op| matches!(op, Op::Relu);
         let is_add = |op: &Op| matches!(op, Op::Add);
         for i in 0..nn {
@@ -979,7 +1017,36 @@ impl Network {
                             if let Some(r) = relu {
                                 absorbed[r.0] = true;
                             }
-                            Step::ConvBn { conv: id, bn, relu }
+                            // A transposed conv feeding only another one: chain them.
+                            let chain = relu.and_then(|r| {
+                                let c2 = only_consumer(r, &absorbed, &is_conv)?;
+                                let b2 = only_consumer(c2, &absorbed, &is_bn)?;
+                                match (&self.geo[id.0], &self.geo[c2.0]) {
+                                    (Geo::Conv(g1), Geo::Conv(g2))
+                                        if crate::kernels::conv::chainable(g1, g2) =>
+                                    {
+                                        Some((r, c2, b2))
+                                    }
+                                    _ => None,
+                                }
+                            });
+                            match chain {
+                                Some((r, c2, b2)) if self.chain_convs => {
+                                    let relu2 = only_consumer(b2, &absorbed, &is_relu);
+                                    for a in [c2, b2].into_iter().chain(relu2) {
+                                        absorbed[a.0] = true;
+                                    }
+                                    Step::ConvChain {
+                                        conv: id,
+                                        bn,
+                                        relu: r,
+                                        conv2: c2,
+                                        bn2: b2,
+                                        relu2,
+                                    }
+                                }
+                                _ => Step::ConvBn { conv: id, bn, relu },
+                            }
                         }
                         None => Step::Op(id),
                     }
@@ -1121,6 +1188,16 @@ impl Network {
                     self.ensure_pack(id)
                 }
                 Step::ConvBn { conv, bn, .. } => self.ensure_fused(conv, bn),
+                Step::ConvChain {
+                    conv,
+                    bn,
+                    conv2,
+                    bn2,
+                    ..
+                } => {
+                    self.ensure_fused(conv, bn);
+                    self.ensure_fused(conv2, bn2);
+                }
                 _ => {}
             }
         }
@@ -1329,6 +1406,27 @@ impl Network {
         let len = self.numel(n, step.out());
         let mut y = self.pool.take(len);
         match step {
+            Step::ConvChain {
+                conv, conv2, relu2, ..
+            } => {
+                let (Geo::Conv(g1), Geo::Conv(g2)) = (&self.geo[conv.0], &self.geo[conv2.0]) else {
+                    unreachable!("conv geometry")
+                };
+                let f1 = self.fused[conv.0].as_ref().expect("fused cache prepared");
+                let f2 = self.fused[conv2.0].as_ref().expect("fused cache prepared");
+                be.conv2d_chain_forward(
+                    g1,
+                    g2,
+                    n,
+                    val(0),
+                    &f1.packed,
+                    &f1.bias,
+                    &f2.packed,
+                    Some(&f2.bias),
+                    relu2.is_some(),
+                    &mut y,
+                );
+            }
             Step::ConvBn { conv, relu, .. } => {
                 let Geo::Conv(g) = &self.geo[conv.0] else {
                     unreachable!("conv geometry")
@@ -1812,7 +1910,9 @@ impl Network {
         let in0 = inputs[0];
         let need0 = b.needg[in0.0];
         match step {
-            Step::ConvBn { .. } => unreachable!("fused inference steps are never recorded"),
+            Step::ConvBn { .. } | Step::ConvChain { .. } => {
+                unreachable!("fused inference steps are never recorded")
+            }
             Step::BnRelu { bn, .. } => {
                 return self.bn_backward(bn, b, dy, true, false, in0, grads, out)
             }

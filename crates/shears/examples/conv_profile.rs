@@ -9,7 +9,8 @@ use std::time::Instant;
 use shears::model::load_model;
 use shears_engine::kernels::conv::ConvGeom;
 use shears_engine::{Backend, CpuBackend};
-use shears_ir::Op;
+use shears_engine::{Mode, Network};
+use shears_ir::{Op, Tensor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -90,5 +91,68 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ma as f64 / mb as f64,
         (ta / tb) / (ma as f64 / mb as f64)
     );
+    // Whole networks, two threads: original, pruned, pruned without conv chaining.
+    let mut nets = [
+        Network::new(a.graph.clone(), &a.weights)?,
+        Network::new(b.graph.clone(), &b.weights)?,
+        Network::new(b.graph.clone(), &b.weights)?,
+    ];
+    nets[2].set_conv_chains(false);
+    for batch in [1usize, 64] {
+        let mut shape = vec![batch];
+        shape.extend_from_slice(a.graph.shape(a.graph.inputs()[0]));
+        let numel: usize = shape.iter().product();
+        let x = Tensor::new(
+            shape,
+            (0..numel).map(|i| (i % 255) as f32 / 255.0).collect(),
+        )?;
+        let mut times = vec![Vec::new(); nets.len()];
+        let pool2 = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+        for it in 0..(if batch == 1 { 200 } else { 20 }) {
+            for (k, net) in nets.iter_mut().enumerate() {
+                let t0 = Instant::now();
+                pool2.install(|| net.forward(&x, Mode::Eval))?;
+                if it >= 3 {
+                    times[k].push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        let med: Vec<f64> = times
+            .iter_mut()
+            .map(|t| {
+                t.sort_by(f64::total_cmp);
+                t[t.len() / 2]
+            })
+            .collect();
+        println!(
+            "batch {batch}: original {:.3} ms, pruned {:.3} ms ({:.2}x), pruned without chaining {:.3} ms ({:.2}x)",
+            med[0],
+            med[1],
+            med[0] / med[1],
+            med[2],
+            med[0] / med[2]
+        );
+    }
+    // Time per step type at batch 64 (profiling on; one thread pool of 2).
+    for (name, k) in [("original", 0usize), ("pruned", 1)] {
+        let mut shape = vec![64usize];
+        shape.extend_from_slice(a.graph.shape(a.graph.inputs()[0]));
+        let numel: usize = shape.iter().product();
+        let x = Tensor::new(shape, vec![0.5; numel])?;
+        let pool2 = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+        nets[k].set_profiling(true);
+        for _ in 0..10 {
+            pool2.install(|| nets[k].forward(&x, Mode::Eval))?;
+        }
+        let p = nets[k].profile().cloned().unwrap_or_default();
+        let total: f64 = p.entries.iter().map(|e| e.1).sum();
+        println!("{name}, batch 64, 10 runs: {:.1} ms per run", total * 100.0);
+        for (label, secs, calls) in &p.entries {
+            println!(
+                "  {label:<40} {:>8.2} ms per run  ({calls} calls)",
+                secs * 100.0
+            );
+        }
+    }
     Ok(())
 }

@@ -166,3 +166,58 @@ fn engine_exact_fold_mode_verifies_every_plan_with_nonzero_constants() {
         assert!(zeroed > 0, "{arch}: the plans force some channels to zero");
     }
 }
+
+/// A pruned ResNet's ragged convs run transposed, and each block's first conv hands its map to
+/// the second without leaving the channel-major layout (`ConvChain`): same outputs, bit for
+/// bit, as running the two convs apart.
+#[test]
+fn chained_transposed_convs_equal_separate_ones() {
+    use shears_engine::{Mode, Network};
+    let g = zoo(Arch::ResNet20, 32);
+    let w = init_weights(&g, Some(Arch::ResNet20), 7);
+    let dg = DepGraph::build(&g).unwrap();
+    let x = input(&g, 3, 8);
+    // Every group loses 5 channels (16 -> 11, 32 -> 27: all transposed), then random plans.
+    let mut every = Plan::empty(&g);
+    for grp in dg.prunable() {
+        every.groups.push(PlanGroup {
+            group_id: grp.id,
+            root: g.node(grp.root).name.clone(),
+            removed: (0..5).collect(),
+        });
+    }
+    let plans = [every]
+        .into_iter()
+        .chain((0..3).map(|s| random_plan(&g, &dg, 10 + s, |_| true)));
+    for (seed, plan) in plans.enumerate() {
+        let p = prune::prune(&g, &w, &plan).unwrap();
+        let mut net = Network::new(p.graph.clone(), &p.weights).unwrap();
+        net.set_profiling(true);
+        let chained = net.forward(&x, Mode::Eval).unwrap();
+        let labels: Vec<String> = net
+            .profile()
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.0.clone())
+            .collect();
+        net.set_conv_chains(false);
+        let apart = net.forward(&x, Mode::Eval).unwrap();
+        assert_eq!(chained.data(), apart.data(), "plan {seed}");
+        if seed == 0
+            && shears_engine::kernels::conv::ConvAlgo::ShiftedT
+                == shears_engine::kernels::conv::ConvGeom::new(
+                    &shears_ir::Conv2d::new(16, 11, 3).with_padding(1),
+                    32,
+                    32,
+                )
+                .unwrap()
+                .algo
+        {
+            assert!(
+                labels.iter().any(|l| l.contains("conv2d+bn+relu+conv2d")),
+                "some block ran chained: {labels:?}"
+            );
+        }
+    }
+}

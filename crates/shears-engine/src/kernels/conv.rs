@@ -192,7 +192,10 @@ impl ConvGeom {
         let lanes = self.c_out.div_ceil(16) * 16;
         let plain = self.c_out as f64 / lanes as f64;
         let wp = self.ow + (self.kw - 1) * self.dil[1];
-        let transposed = self.ow as f64 / wp as f64;
+        // Measured (examples/conv_algos): the transposed products lose about the padding
+        // share twice over (computed columns, and layout copies that grow as the map shrinks):
+        // break-even near 14 of 16 channels on 32x32 maps and 23 of 32 on 16x16.
+        let transposed = (self.ow as f64 / wp as f64).powi(2);
         transposed * 0.95 > plain
     }
 
@@ -363,6 +366,34 @@ impl ShiftPlan {
             let row = &src[y * self.ws * c..(y + 1) * self.ws * c];
             let off = (y + self.pt) * self.wp;
             rows_to_planes(row, c, self.ws, self.pl, trail, p, off, self.plen);
+        }
+    }
+
+    /// Fills this plan's channel-major padded planes `p` from another plan's channel-major
+    /// result `d` (its [`Self::m`] pixels per channel over its padded width), adding `bias`
+    /// and applying ReLU on the way: the hand-over between two chained transposed convs.
+    fn fill_from_planes(&self, d: &[f32], from: &ShiftPlan, bias: &[f32], p: &mut [f32]) {
+        let c = bias.len();
+        let m = from.m();
+        assert_eq!((from.hd, from.wd), (self.hs, self.ws), "chained maps agree");
+        let p = &mut p[..self.plen * c];
+        let trail = self.wp - self.pl - self.ws;
+        for ((plane, src), &b) in p
+            .chunks_exact_mut(self.plen)
+            .zip(d.chunks_exact(m))
+            .zip(bias)
+        {
+            plane[..self.pt * self.wp].fill(0.0);
+            plane[(self.pt + self.hs) * self.wp..].fill(0.0);
+            for y in 0..self.hs {
+                let row = &mut plane[(y + self.pt) * self.wp..(y + self.pt + 1) * self.wp];
+                row[..self.pl].fill(0.0);
+                row[self.pl + self.ws..self.pl + self.ws + trail].fill(0.0);
+                let s = &src[y * from.wp..y * from.wp + self.ws];
+                for (o, v) in row[self.pl..self.pl + self.ws].iter_mut().zip(s) {
+                    *o = (v + b).max(0.0);
+                }
+            }
         }
     }
 
@@ -611,6 +642,69 @@ pub fn forward(
                 });
         }
     }
+}
+
+/// Whether `g1`'s output can feed `g2` channel-major in [`forward_chain`]: both run as
+/// [`ConvAlgo::ShiftedT`] and `g2` reads exactly the map `g1` writes.
+pub fn chainable(g1: &ConvGeom, g2: &ConvGeom) -> bool {
+    g1.algo == ConvAlgo::ShiftedT
+        && g2.algo == ConvAlgo::ShiftedT
+        && g2.c_in == g1.c_out
+        && (g2.h, g2.w) == (g1.oh, g1.ow)
+}
+
+/// Two convolutions in a row, `y = conv2(relu(conv1(x) + b1)) (+ b2) (then ReLU)`, where the
+/// middle map feeds nothing else: it stays channel-major between the two transposed products
+/// (written straight into the second conv's padded planes, with the bias and ReLU), so the
+/// two layout copies around it are skipped. Same sums as two [`forward`] calls. Needs
+/// [`chainable`] geometries.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_chain(
+    g1: &ConvGeom,
+    g2: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w1: &PackedConv,
+    b1: &[f32],
+    w2: &PackedConv,
+    b2: Option<&[f32]>,
+    relu2: bool,
+    y: &mut [f32],
+) {
+    assert!(
+        chainable(g1, g2),
+        "forward_chain needs chainable geometries"
+    );
+    assert_eq!(x.len(), n * g1.in_len(), "conv input length");
+    assert_eq!(y.len(), n * g2.out_len(), "conv output length");
+    assert_eq!(b1.len(), g1.c_out, "first bias length");
+    assert_eq!(w1.w.len(), g1.weight_len(), "packed conv weight length");
+    assert_eq!(w2.w.len(), g2.weight_len(), "packed conv weight length");
+    if n == 0 {
+        return;
+    }
+    let (plan1, plan2) = (ShiftPlan::forward(g1), ShiftPlan::forward(g2));
+    // Buffer A holds the first conv's planes, then the second's; B the first product, then
+    // the second.
+    let a_len = (plan1.plen * g1.c_in).max(plan2.plen * g2.c_in);
+    let b_len = (plan1.m() * g1.c_out).max(plan2.m() * g2.c_out);
+    let ep = Epilogue {
+        bias: b2,
+        relu: relu2,
+        accumulate: false,
+    };
+    y.par_chunks_mut(g2.out_len())
+        .enumerate()
+        .for_each(|(i, yi)| {
+            let xi = &x[i * g1.in_len()..(i + 1) * g1.in_len()];
+            with_scratch([a_len, b_len, 0], |a, b, _| {
+                plan1.fill_channel_major(xi, g1.c_in, a);
+                transposed_products(g1, &plan1, a, &w1.w, b);
+                plan2.fill_from_planes(&b[..plan1.m() * g1.c_out], &plan1, b1, a);
+                transposed_products(g2, &plan2, a, &w2.w, b);
+                plan2.store_channel_major(b, g2.c_out, yi, ep);
+            });
+        });
 }
 
 /// Backward data of `n` images: `dx (+)= conv^T(dy, w)`.
