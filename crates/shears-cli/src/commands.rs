@@ -251,6 +251,15 @@ fn eval(a: EvalArgs) -> Result<()> {
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
     let name = parse_dataset(&a.data)?;
+    let is_cifar = matches!(name, DatasetName::Cifar10 | DatasetName::Cifar100);
+    let augment = a.augment.unwrap_or(is_cifar);
+    let cfg = TrainConfig {
+        augment_pad: augment.then_some(4),
+        augment_flip: augment && is_cifar,
+        early_stop: a.early_stop,
+        seed: a.seed,
+        ..a.optim.apply(TrainConfig::new(10)).map_err(bad)?
+    };
     let arch = a.arch.as_deref().map(parse_arch).transpose()?;
     let mut model = match (&a.init, arch) {
         (Some(p), arch) => open_model(&ModelOpts {
@@ -281,15 +290,6 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     if let Some(n) = a.val_limit {
         val = val.class_balanced_subset(n, a.seed);
     }
-    let is_cifar = matches!(name, DatasetName::Cifar10 | DatasetName::Cifar100);
-    let augment = a.augment.unwrap_or(is_cifar);
-    let cfg = TrainConfig {
-        augment_pad: augment.then_some(4),
-        augment_flip: augment && is_cifar,
-        early_stop: a.early_stop,
-        seed: a.seed,
-        ..a.optim.apply(TrainConfig::new(10)).map_err(bad)?
-    };
     let mut net = network(&model, a.threads)?;
     let sparse = crate::prune_cmd::sparse_attach(&a, &mut net)?;
     let ckpt = CheckpointConfig {

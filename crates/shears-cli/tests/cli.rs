@@ -198,6 +198,55 @@ fn train_checkpoints_resumes_and_saves_a_self_describing_model() {
     assert_eq!(i["summary"]["params"], 648_226);
 }
 
+/// `--vgg-head imagenet` builds torchvision's three-layer head; `--time-budget` stops training
+/// at a wall-clock limit (and must be positive).
+#[test]
+fn train_a_vgg_with_the_imagenet_head_under_a_time_budget() {
+    let data = shared().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("vgg.safetensors");
+    let args = |budget: &'static str| -> Vec<String> {
+        [
+            "train",
+            "--arch",
+            "vgg11",
+            "--vgg-head",
+            "imagenet",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--limit",
+            "256",
+            "--val-limit",
+            "20",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "50",
+            "--time-budget",
+            budget,
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let bad: Vec<String> = args("0");
+    fails_with_2(
+        &shears(&bad.iter().map(String::as_str).collect::<Vec<_>>()),
+        "--time-budget 0",
+    );
+    let ok: Vec<String> = args("1.5");
+    let v = json_of(&shears(&ok.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_eq!(v["report"]["stopped_by_budget"], true, "{v}");
+    assert!(v["report"]["epochs"].as_array().unwrap().len() < 50);
+    let i = json_of(&shears(&["info", out.to_str().unwrap(), "--json"]));
+    assert_eq!(i["summary"]["params"], 28_149_514, "{i}");
+}
+
 #[test]
 fn data_verify_checks_the_shared_mnist() {
     let data = shared().join("data");
