@@ -244,7 +244,9 @@ NOTES = """How to read it:
   tails and cost as much as the full count. Where that wastes enough lanes, the forward pass
   runs transposed (pixels in the lanes, `ConvAlgo::ShiftedT`), and a block's two transposed
   convs hand the middle map over without leaving that layout (`ConvChain`): that took this
-  benchmark's ratios from 0.63-0.75 (before, 2026-11-30 09:25) to the columns above. What is
+  benchmark's ratios from 0.63-0.75 (2026-11-30 09:25, before) to 0.75-0.95 (14:55) and the
+  columns above. On this shared VM the same ratios move by about 0.1 from run to run (the raw
+  JSON of earlier runs is kept in `docs/results/prune_runs/`). What is
   left: the transposed path computes the padded columns of each row and pays layout copies,
   which costs most on small maps; one run of `crates/shears/examples/conv_profile.rs` (every
   conv of the L1-global model alone, one thread, batch 16, unchained) gave speed-up / MACs
