@@ -360,7 +360,7 @@ impl ShiftPlan {
         for y in 0..self.hs {
             let row = &src[y * self.ws * c..(y + 1) * self.ws * c];
             let off = (y + self.pt) * self.wp + self.pl;
-            rows_to_planes(row, c, self.ws, 0, 0, p, off, self.plen);
+            rows_to_planes(row, c, self.ws, p, off, self.plen);
         }
     }
 

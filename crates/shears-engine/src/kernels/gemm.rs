@@ -152,86 +152,7 @@ pub(crate) fn sgemm_segs(
     segs: &[(usize, usize)],
     rhs: MatRef<'_>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if rhs.cs == 1 && avx512::available() && m > 0 && n > 0 && !segs.is_empty() {
-        let last = dst_off + (m - 1) * dst_rs + (n - 1);
-        assert!(
-            last < dst.len(),
-            "gemm dst out of bounds: last index {last} >= {} (kernel geometry bug)",
-            dst.len()
-        );
-        let mut row = 0;
-        for &(off, k) in segs {
-            MatRef {
-                off: lhs.off + off,
-                ..lhs
-            }
-            .check(m, k, "lhs segment");
-            MatRef {
-                off: rhs.off + row * rhs.rs,
-                ..rhs
-            }
-            .check(k, n, "rhs segment");
-            row += k;
-        }
-        // SAFETY: every segment of `lhs` and `rhs` and the `dst` block were bounds-checked
-        // above; `dst` is a unique borrow; AVX-512F was detected.
-        unsafe {
-            avx512::gemm_segs::<false>(
-                m,
-                n,
-                dst.as_mut_ptr().add(dst_off),
-                dst_rs,
-                accumulate,
-                lhs.data.as_ptr().add(lhs.off),
-                lhs.rs,
-                lhs.cs,
-                segs,
-                rhs.data.as_ptr().add(rhs.off),
-                rhs.rs,
-            );
-        }
-        return;
-    }
-    sgemm_segs_generic(m, n, dst, dst_off, dst_rs, accumulate, lhs, segs, rhs);
-}
-
-/// [`sgemm_segs`] as one [`sgemm`] per segment.
-fn sgemm_segs_generic(
-    m: usize,
-    n: usize,
-    dst: &mut [f32],
-    dst_off: usize,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: MatRef<'_>,
-    segs: &[(usize, usize)],
-    rhs: MatRef<'_>,
-) {
-    if segs.is_empty() {
-        sgemm(m, n, 0, dst, dst_off, dst_rs, accumulate, lhs, rhs);
-    }
-    let mut row = 0;
-    for (s, &(off, k)) in segs.iter().enumerate() {
-        sgemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_off,
-            dst_rs,
-            accumulate || s > 0,
-            MatRef {
-                off: lhs.off + off,
-                ..lhs
-            },
-            MatRef {
-                off: rhs.off + row * rhs.rs,
-                ..rhs
-            },
-        );
-        row += k;
-    }
+    segs_product::<false>(m, n, dst, dst_off, dst_rs, accumulate, lhs, segs, rhs);
 }
 
 /// `dst[m x n] (+)= sum_s lhs_s[m x k_s] * rhs_s[k_s x n]` with the shifts on the right:
@@ -250,35 +171,73 @@ pub(crate) fn sgemm_segs_rhs(
     segs: &[(usize, usize)],
     rhs: MatRef<'_>,
 ) {
-    if m == 0 || n == 0 {
-        return;
+    segs_product::<true>(m, n, dst, dst_off, dst_rs, accumulate, lhs, segs, rhs);
+}
+
+/// The operands of segment `(off, k)` that starts `at` steps into the reduction: the shifted
+/// side moves by `off`, the other runs on by `at` steps.
+fn seg_views<'a, const SHIFT_RHS: bool>(
+    lhs: MatRef<'a>,
+    rhs: MatRef<'a>,
+    at: usize,
+    off: usize,
+) -> (MatRef<'a>, MatRef<'a>) {
+    if SHIFT_RHS {
+        (
+            MatRef {
+                off: lhs.off + at * lhs.cs,
+                ..lhs
+            },
+            MatRef {
+                off: rhs.off + off,
+                ..rhs
+            },
+        )
+    } else {
+        (
+            MatRef {
+                off: lhs.off + off,
+                ..lhs
+            },
+            MatRef {
+                off: rhs.off + at * rhs.rs,
+                ..rhs
+            },
+        )
     }
-    let last = dst_off + (m - 1) * dst_rs + (n - 1);
-    assert!(
-        last < dst.len(),
-        "gemm dst out of bounds: last index {last} >= {} (kernel geometry bug)",
-        dst.len()
-    );
-    let mut col = 0;
-    for &(off, k) in segs {
-        MatRef {
-            off: lhs.off + col * lhs.cs,
-            ..lhs
-        }
-        .check(m, k, "lhs segment");
-        MatRef {
-            off: rhs.off + off,
-            ..rhs
-        }
-        .check(k, n, "rhs segment");
-        col += k;
-    }
+}
+
+/// [`sgemm_segs`] (shifts on the left) or [`sgemm_segs_rhs`] (shifts on the right).
+fn segs_product<const SHIFT_RHS: bool>(
+    m: usize,
+    n: usize,
+    dst: &mut [f32],
+    dst_off: usize,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: MatRef<'_>,
+    segs: &[(usize, usize)],
+    rhs: MatRef<'_>,
+) {
     #[cfg(target_arch = "x86_64")]
-    if rhs.cs == 1 && avx512::available() && !segs.is_empty() {
+    if rhs.cs == 1 && avx512::available() && m > 0 && n > 0 && !segs.is_empty() {
+        let last = dst_off + (m - 1) * dst_rs + (n - 1);
+        assert!(
+            last < dst.len(),
+            "gemm dst out of bounds: last index {last} >= {} (kernel geometry bug)",
+            dst.len()
+        );
+        let mut at = 0;
+        for &(off, k) in segs {
+            let (l, r) = seg_views::<SHIFT_RHS>(lhs, rhs, at, off);
+            l.check(m, k, "lhs segment");
+            r.check(k, n, "rhs segment");
+            at += k;
+        }
         // SAFETY: every segment of `lhs` and `rhs` and the `dst` block were bounds-checked
         // above; `dst` is a unique borrow; AVX-512F was detected.
         unsafe {
-            avx512::gemm_segs::<true>(
+            avx512::gemm_segs::<SHIFT_RHS>(
                 m,
                 n,
                 dst.as_mut_ptr().add(dst_off),
@@ -294,29 +253,29 @@ pub(crate) fn sgemm_segs_rhs(
         }
         return;
     }
+    segs_generic::<SHIFT_RHS>(m, n, dst, dst_off, dst_rs, accumulate, lhs, segs, rhs);
+}
+
+/// [`segs_product`] as one [`sgemm`] per segment (bounds-checked there).
+fn segs_generic<const SHIFT_RHS: bool>(
+    m: usize,
+    n: usize,
+    dst: &mut [f32],
+    dst_off: usize,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: MatRef<'_>,
+    segs: &[(usize, usize)],
+    rhs: MatRef<'_>,
+) {
     if segs.is_empty() {
         sgemm(m, n, 0, dst, dst_off, dst_rs, accumulate, lhs, rhs);
     }
-    let mut col = 0;
+    let mut at = 0;
     for (s, &(off, k)) in segs.iter().enumerate() {
-        sgemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_off,
-            dst_rs,
-            accumulate || s > 0,
-            MatRef {
-                off: lhs.off + col * lhs.cs,
-                ..lhs
-            },
-            MatRef {
-                off: rhs.off + off,
-                ..rhs
-            },
-        );
-        col += k;
+        let (l, r) = seg_views::<SHIFT_RHS>(lhs, rhs, at, off);
+        sgemm(m, n, k, dst, dst_off, dst_rs, accumulate || s > 0, l, r);
+        at += k;
     }
 }
 
@@ -651,7 +610,7 @@ mod tests {
             let mut generic = fast.clone();
             let mut want = fast.clone();
             sgemm_segs(m, n, &mut fast, 0, n, accumulate, lhs, &segs, rhs);
-            sgemm_segs_generic(m, n, &mut generic, 0, n, accumulate, lhs, &segs, rhs);
+            segs_generic::<false>(m, n, &mut generic, 0, n, accumulate, lhs, &segs, rhs);
             naive(m, n, &mut want, n, accumulate, lhs, &segs, rhs);
             for ((f, g), w) in fast.iter().zip(&generic).zip(&want) {
                 assert!((f - w).abs() <= 1e-4 * (1.0 + w.abs()), "fast {f} vs {w}");

@@ -1,45 +1,32 @@
 //! Layout changes between channels-last rows and channel-major planes, for the transposed
 //! convolution products: with AVX-512 in 16x16 register tiles, otherwise plain loops.
 
-/// Scatters `npix` channels-last pixels (`src[p * c + ci]`) into `c` planes between `lead`
-/// and `trail` zero pixels: `dst[ci * plane + off + lead + p] = src[p * c + ci]`, and the
-/// `lead` pixels before and `trail` after them are zeroed.
-#[allow(clippy::too_many_arguments)]
+/// Scatters `npix` channels-last pixels (`src[p * c + ci]`) into `c` planes:
+/// `dst[ci * plane + off + p] = src[p * c + ci]`.
 pub(crate) fn rows_to_planes(
     src: &[f32],
     c: usize,
     npix: usize,
-    lead: usize,
-    trail: usize,
     dst: &mut [f32],
     off: usize,
     plane: usize,
 ) {
-    let total = lead + npix + trail;
-    if c == 0 || total == 0 {
+    if c == 0 || npix == 0 {
         return;
     }
     assert!(src.len() >= npix * c, "transpose source too short");
     assert!(
-        (c - 1) * plane + off + total <= dst.len(),
+        (c - 1) * plane + off + npix <= dst.len(),
         "transpose destination too short"
     );
-    // The margins, then the pixels.
-    for ci in 0..c {
-        let d = &mut dst[ci * plane + off..ci * plane + off + total];
-        d[..lead].fill(0.0);
-        d[lead + npix..].fill(0.0);
-    }
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
         // SAFETY: the bounds were checked above; AVX-512F was detected.
-        unsafe {
-            avx512::rows_to_planes(src.as_ptr(), c, npix, dst.as_mut_ptr(), off + lead, plane)
-        };
+        unsafe { avx512::rows_to_planes(src.as_ptr(), c, npix, dst.as_mut_ptr(), off, plane) };
         return;
     }
     for ci in 0..c {
-        let d = &mut dst[ci * plane + off + lead..ci * plane + off + lead + npix];
+        let d = &mut dst[ci * plane + off..ci * plane + off + npix];
         for (p, v) in d.iter_mut().enumerate() {
             *v = src[p * c + ci];
         }
@@ -263,20 +250,10 @@ mod tests {
             let src: Vec<f32> = (0..npix * c).map(|i| i as f32 - 50.0).collect();
             let (off, plane) = (5, npix + 9);
             let mut planes = vec![f32::NAN; (c - 1) * plane + off + npix];
-            rows_to_planes(&src, c, npix, 0, 0, &mut planes, off, plane);
+            rows_to_planes(&src, c, npix, &mut planes, off, plane);
             for p in 0..npix {
                 for ci in 0..c {
                     assert_eq!(planes[ci * plane + off + p], src[p * c + ci], "{c}x{npix}");
-                }
-            }
-            // With zero margins: 2 before, 3 after.
-            let mut padded = vec![f32::NAN; (c - 1) * plane + off + npix + 5];
-            rows_to_planes(&src, c, npix, 2, 3, &mut padded, off, plane);
-            for ci in 0..c {
-                let d = &padded[ci * plane + off..ci * plane + off + npix + 5];
-                assert!(d[..2].iter().chain(&d[npix + 2..]).all(|v| *v == 0.0));
-                for p in 0..npix {
-                    assert_eq!(d[2 + p], src[p * c + ci], "{c}x{npix} padded");
                 }
             }
             let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.5 - 3.0).collect();
