@@ -305,10 +305,11 @@ pub struct TrainArgs {
     /// Start from these weights instead of a fresh initialisation.
     #[arg(long, value_name = "MODEL")]
     pub init: Option<PathBuf>,
-    /// VGG classifier when training a VGG from scratch: `cifar` (one Linear) or `imagenet`
-    /// (torchvision's Linear-ReLU-Dropout x2 then Linear, 4096 wide).
-    #[arg(long, value_enum, default_value_t = VggHeadArg::Cifar)]
-    pub vgg_head: VggHeadArg,
+    /// VGG classifier when training a VGG from scratch (--arch vgg11/13/16/19, no --init):
+    /// `cifar` (one Linear, the default) or `imagenet` (torchvision's Linear-ReLU-Dropout x2
+    /// then Linear, 4096 wide).
+    #[arg(long, value_enum)]
+    pub vgg_head: Option<VggHeadArg>,
     /// Dataset: mnist, fashion-mnist, cifar10, cifar100.
     #[arg(long, value_name = "NAME")]
     pub data: String,

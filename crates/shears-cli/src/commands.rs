@@ -261,6 +261,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         ..a.optim.apply(TrainConfig::new(10)).map_err(bad)?
     };
     let arch = a.arch.as_deref().map(parse_arch).transpose()?;
+    if a.vgg_head.is_some() && a.init.is_some() {
+        return Err(bad(
+            "--vgg-head builds a fresh VGG; with --init the model's own classifier is kept",
+        ));
+    }
     let mut model = match (&a.init, arch) {
         (Some(p), arch) => open_model(&ModelOpts {
             model: p.clone(),
@@ -269,10 +274,17 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         (None, Some(arch)) => {
             let mut cfg = arch.default_config();
             cfg.num_classes = name.n_classes();
-            cfg.vgg_head = match a.vgg_head {
-                VggHeadArg::Cifar => shears::zoo::VggHead::Cifar,
-                VggHeadArg::Imagenet => shears::zoo::VggHead::ImageNet,
-            };
+            match a.vgg_head {
+                Some(_)
+                    if !matches!(arch, Arch::Vgg11 | Arch::Vgg13 | Arch::Vgg16 | Arch::Vgg19) =>
+                {
+                    return Err(bad(format!(
+                        "--vgg-head applies to VGGs only; --arch {arch} has its own classifier"
+                    )))
+                }
+                Some(VggHeadArg::Imagenet) => cfg.vgg_head = shears::zoo::VggHead::ImageNet,
+                Some(VggHeadArg::Cifar) | None => cfg.vgg_head = shears::zoo::VggHead::Cifar,
+            }
             Model::fresh(arch, &cfg, a.seed)?
         }
         (None, None) => {

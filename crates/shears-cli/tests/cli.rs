@@ -239,6 +239,13 @@ fn train_a_vgg_with_the_imagenet_head_under_a_time_budget() {
         &shears(&bad.iter().map(String::as_str).collect::<Vec<_>>()),
         "--time-budget 0",
     );
+    // --vgg-head on a model that is not a VGG is an error, not silently ignored.
+    let mut not_vgg = args("1.5");
+    not_vgg[2] = "lenet5".into();
+    fails_with_2(
+        &shears(&not_vgg.iter().map(String::as_str).collect::<Vec<_>>()),
+        "--vgg-head",
+    );
     let ok: Vec<String> = args("1.5");
     let v = json_of(&shears(&ok.iter().map(String::as_str).collect::<Vec<_>>()));
     assert_eq!(v["report"]["stopped_by_budget"], true, "{v}");

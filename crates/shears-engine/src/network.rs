@@ -1018,7 +1018,7 @@ impl Network {
                                 absorbed[r.0] = true;
                             }
                             // A transposed conv feeding only another one: chain them.
-                            let chain = relu.and_then(|r| {
+                            let chain = relu.filter(|_| self.chain_convs).and_then(|r| {
                                 let c2 = only_consumer(r, &absorbed, &is_conv)?;
                                 let b2 = only_consumer(c2, &absorbed, &is_bn)?;
                                 match (&self.geo[id.0], &self.geo[c2.0]) {
@@ -1031,7 +1031,7 @@ impl Network {
                                 }
                             });
                             match chain {
-                                Some((r, c2, b2)) if self.chain_convs => {
+                                Some((r, c2, b2)) => {
                                     let relu2 = only_consumer(b2, &absorbed, &is_relu);
                                     for a in [c2, b2].into_iter().chain(relu2) {
                                         absorbed[a.0] = true;
@@ -1045,7 +1045,7 @@ impl Network {
                                         relu2,
                                     }
                                 }
-                                _ => Step::ConvBn { conv: id, bn, relu },
+                                None => Step::ConvBn { conv: id, bn, relu },
                             }
                         }
                         None => Step::Op(id),

@@ -583,6 +583,7 @@ pub fn forward(
         }
         ConvAlgo::ShiftedT => {
             let plan = ShiftPlan::forward(g);
+            let segs = transposed_segs(g, &plan);
             let m = plan.m();
             y.par_chunks_mut(g.out_len())
                 .enumerate()
@@ -590,7 +591,7 @@ pub fn forward(
                     let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
                     with_scratch([plan.plen * g.c_in, m * g.c_out, 0], |p, d, _| {
                         plan.fill_channel_major(xi, g.c_in, p);
-                        transposed_products(g, &plan, p, &w.w, d);
+                        transposed_products(g, &plan, &segs, p, &w.w, d);
                         plan.store_channel_major(d, g.c_out, yi, ep);
                     });
                 });
@@ -676,6 +677,7 @@ pub fn forward_chain(
         return;
     }
     let (plan1, plan2) = (ShiftPlan::forward(g1), ShiftPlan::forward(g2));
+    let (segs1, segs2) = (transposed_segs(g1, &plan1), transposed_segs(g2, &plan2));
     // Buffer A holds the first conv's planes, then the second's; B the first product, then
     // the second.
     let a_len = (plan1.plen * g1.c_in).max(plan2.plen * g2.c_in);
@@ -691,9 +693,9 @@ pub fn forward_chain(
             let xi = &x[i * g1.in_len()..(i + 1) * g1.in_len()];
             with_scratch([a_len, b_len, 0], |a, b, _| {
                 plan1.fill_channel_major(xi, g1.c_in, a);
-                transposed_products(g1, &plan1, a, &w1.w, b);
+                transposed_products(g1, &plan1, &segs1, a, &w1.w, b);
                 plan2.fill_from_planes(&b[..plan1.m() * g1.c_out], &plan1, b1, a);
-                transposed_products(g2, &plan2, a, &w2.w, b);
+                transposed_products(g2, &plan2, &segs2, a, &w2.w, b);
                 plan2.store_channel_major(b, g2.c_out, yi, ep);
             });
         });
@@ -968,8 +970,15 @@ fn shifted_products(
 /// The shifted products of one image transposed: `d[co][pixel]` over the padded width
 /// (`c_out` rows of [`ShiftPlan::m`] pixels) from the channel-major padded input `p`. Each kernel
 /// offset is one segment of the reduction, reading all input planes shifted by that offset.
-fn transposed_products(g: &ConvGeom, plan: &ShiftPlan, p: &[f32], w: &[f32], d: &mut [f32]) {
-    let segs: Vec<(usize, usize)> = plan.offs.iter().map(|&o| (o, g.c_in)).collect();
+/// `segs` is [`transposed_segs`] of the same geometry.
+fn transposed_products(
+    g: &ConvGeom,
+    plan: &ShiftPlan,
+    segs: &[(usize, usize)],
+    p: &[f32],
+    w: &[f32],
+    d: &mut [f32],
+) {
     sgemm_segs_rhs(
         g.c_out,
         plan.m(),
@@ -978,9 +987,14 @@ fn transposed_products(g: &ConvGeom, plan: &ShiftPlan, p: &[f32], w: &[f32], d: 
         plan.m(),
         false,
         MatRef::cols(w, 0, g.c_out),
-        &segs,
+        segs,
         MatRef::rows(p, 0, plan.plen),
     );
+}
+
+/// The reduction segments of [`transposed_products`]: one per kernel offset, all input planes.
+fn transposed_segs(g: &ConvGeom, plan: &ShiftPlan) -> Vec<(usize, usize)> {
+    plan.offs.iter().map(|&o| (o, g.c_in)).collect()
 }
 
 /// The merged-row shifted products of one image computed one destination row at a time
