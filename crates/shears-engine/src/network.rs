@@ -27,12 +27,47 @@ pub enum Mode {
     Train,
 }
 
+/// A value during a forward pass: a buffer of the pass, or a caller's channels-last feed read
+/// where it lies.
+enum Val<'a> {
+    Own(Vec<f32>),
+    Ref(&'a [f32]),
+}
+
+impl Val<'_> {
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            Val::Own(b) => b,
+            Val::Ref(r) => r,
+        }
+    }
+}
+
+/// The memory layout of the tensors a forward pass is given and returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// PyTorch's layout: `[N, C, ...]` (channels first). The default.
+    #[default]
+    ChannelsFirst,
+    /// The engine's own layout: `[N, ..., C]` (for a `[C, H, W]` node, `[N, H, W, C]`; vectors
+    /// are the same in both). Feeding and returning it skips two layout conversions per
+    /// tensor, for callers that cache activations and feed them back (see
+    /// [`Network::per_sample_shape`]).
+    ChannelsLast,
+}
+
 /// What a forward pass is given and asked for. Build with [`ForwardRequest::new`] and the
 /// `with_*` methods.
 #[derive(Clone, Debug)]
 pub struct ForwardRequest<'a> {
     /// Inference or training mode.
     pub mode: Mode,
+    /// Layout of the fed, captured and output tensors. Default channels first.
+    pub layout: Layout,
+    /// Whether the graph outputs are computed and returned (default true). Without them the
+    /// pass computes only the captured nodes and what they need, and
+    /// [`ForwardOutput::outputs`] is empty: a prefix of the network, without building another.
+    pub outputs: bool,
     /// Values given to nodes, as NCHW batches (`[N, ...per-sample shape]`). Every graph input
     /// that the requested outputs depend on must be fed; feeding any other node makes the pass
     /// start there (its ancestors are not computed), e.g. to train a head on cached features.
@@ -48,6 +83,8 @@ impl<'a> ForwardRequest<'a> {
     pub fn new(mode: Mode) -> Self {
         ForwardRequest {
             mode,
+            layout: Layout::ChannelsFirst,
+            outputs: true,
             feeds: Vec::new(),
             capture: Vec::new(),
             record: false,
@@ -57,6 +94,18 @@ impl<'a> ForwardRequest<'a> {
     /// Feeds `value` to `node`.
     pub fn with_feed(mut self, node: NodeId, value: &'a Tensor) -> Self {
         self.feeds.push((node, value));
+        self
+    }
+
+    /// Computes only the captured nodes (and what they need), not the graph outputs.
+    pub fn captures_only(mut self) -> Self {
+        self.outputs = false;
+        self
+    }
+
+    /// Feeds, captures and returns tensors in `layout`.
+    pub fn with_layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
         self
     }
 
@@ -886,6 +935,32 @@ impl Network {
         s
     }
 
+    /// The per-sample shape of node `id`'s tensors in `layout`: the graph's shape for channels
+    /// first; the channel axis moved last for channels last.
+    pub fn per_sample_shape(&self, id: NodeId, layout: Layout) -> Vec<usize> {
+        let shape = self.graph.shape(id);
+        match layout {
+            Layout::ChannelsFirst => shape.to_vec(),
+            Layout::ChannelsLast => {
+                let mut v = shape.get(1..).unwrap_or(&[]).to_vec();
+                v.extend(shape.first().copied());
+                v
+            }
+        }
+    }
+
+    /// Node `id`'s channels-last buffer as a tensor in `layout`.
+    fn to_tensor_in(&self, n: usize, id: NodeId, buf: &[f32], layout: Layout) -> Tensor {
+        match layout {
+            Layout::ChannelsFirst => self.to_tensor(n, id, buf),
+            Layout::ChannelsLast => {
+                let mut shape = vec![n];
+                shape.extend(self.per_sample_shape(id, layout));
+                Tensor::new(shape, buf.to_vec()).expect("shape and length agree by construction")
+            }
+        }
+    }
+
     fn numel(&self, n: usize, id: NodeId) -> usize {
         let (c, s) = self.cs[id.0];
         n * c * s
@@ -1110,6 +1185,11 @@ impl Network {
 
     fn run_inner(&mut self, req: &ForwardRequest<'_>) -> Result<ForwardOutput> {
         self.discard_tape();
+        if req.record && !req.outputs {
+            return Err(EngineError::Config(
+                "a pass that records the tape must compute the graph outputs".into(),
+            ));
+        }
         let nn = self.graph.len();
         // Feeds.
         let mut fed = vec![false; nn];
@@ -1123,12 +1203,12 @@ impl Network {
                 )));
             }
             fed[id.0] = true;
-            let per = self.graph.shape(id);
+            let per = self.per_sample_shape(id, req.layout);
             let s = t.shape();
-            if s.len() != per.len() + 1 || &s[1..] != per || s[0] == 0 {
+            if s.len() != per.len() + 1 || s[1..] != per[..] || s[0] == 0 {
                 return Err(EngineError::BadInput {
                     node: self.graph.node(id).name.clone(),
-                    expected: per.to_vec(),
+                    expected: per,
                     found: s.to_vec(),
                 });
             }
@@ -1150,7 +1230,11 @@ impl Network {
         // Needed nodes.
         let mut needed = vec![false; nn];
         let mut keep_out = vec![false; nn];
-        let mut stack: Vec<NodeId> = self.graph.outputs().to_vec();
+        let mut stack: Vec<NodeId> = if req.outputs {
+            self.graph.outputs().to_vec()
+        } else {
+            Vec::new()
+        };
         stack.extend_from_slice(&req.capture);
         for v in &stack {
             keep_out[v.0] = true;
@@ -1238,6 +1322,16 @@ impl Network {
                 }
             }
         }
+        // Channels-last captures keep their buffer to the end of the pass and are handed out
+        // without a copy.
+        let mut hold = vec![false; nn];
+        if req.layout == Layout::ChannelsLast {
+            for c in &req.capture {
+                if !fed[c.0] {
+                    hold[c.0] = true;
+                }
+            }
+        }
         // Remaining forward consumers of each value.
         let mut remaining = vec![0usize; nn];
         for s in &steps {
@@ -1254,7 +1348,7 @@ impl Network {
         } else {
             0
         };
-        let mut vals: Vec<Option<Vec<f32>>> = (0..nn).map(|_| None).collect();
+        let mut vals: Vec<Option<Val<'_>>> = (0..nn).map(|_| None).collect();
         let mut saved: Vec<Saved> = (0..nn).map(|_| Saved::None).collect();
         let mut out = ForwardOutput {
             outputs: Vec::with_capacity(self.graph.outputs().len()),
@@ -1266,10 +1360,22 @@ impl Network {
                 continue;
             }
             let (c, s) = self.cs[id.0];
-            let mut buf = self.pool.take(n * c * s);
-            self.backend
-                .to_channels_last(n, s, c, t.data(), &mut buf, false);
-            vals[id.0] = Some(buf);
+            // Steps only read their inputs, so a channels-last feed is read where it lies
+            // (the tape of a recorded pass owns its values, so those are copied).
+            vals[id.0] = Some(match (req.layout, record) {
+                (Layout::ChannelsLast, false) => Val::Ref(t.data()),
+                (Layout::ChannelsLast, true) => {
+                    let mut buf = self.pool.take(n * c * s);
+                    buf.copy_from_slice(t.data());
+                    Val::Own(buf)
+                }
+                (Layout::ChannelsFirst, _) => {
+                    let mut buf = self.pool.take(n * c * s);
+                    self.backend
+                        .to_channels_last(n, s, c, t.data(), &mut buf, false);
+                    Val::Own(buf)
+                }
+            });
             if req.capture.contains(&id) {
                 out.captured.insert(id, t.clone());
             }
@@ -1299,28 +1405,29 @@ impl Network {
                 );
             }
             let o = s.out();
-            if req.capture.contains(&o) {
-                out.captured.insert(o, self.to_tensor(n, o, &y));
+            if req.capture.contains(&o) && !hold[o.0] {
+                out.captured
+                    .insert(o, self.to_tensor_in(n, o, &y, req.layout));
             }
             for (k, oo) in self.graph.outputs().iter().enumerate() {
-                if *oo == o {
-                    out_slots[k] = Some(self.to_tensor(n, o, &y));
+                if *oo == o && req.outputs {
+                    out_slots[k] = Some(self.to_tensor_in(n, o, &y, req.layout));
                 }
             }
-            vals[o.0] = Some(y);
+            vals[o.0] = Some(Val::Own(y));
             let mut ins = s.inputs(&self.graph);
             ins.sort();
             ins.dedup();
             for i in ins {
                 remaining[i.0] -= 1;
-                if remaining[i.0] == 0 && !keep[i.0] {
-                    if let Some(b) = vals[i.0].take() {
+                if remaining[i.0] == 0 && !keep[i.0] && !hold[i.0] {
+                    if let Some(Val::Own(b)) = vals[i.0].take() {
                         self.pool.give(b);
                     }
                 }
             }
-            if remaining[o.0] == 0 && !keep[o.0] {
-                if let Some(b) = vals[o.0].take() {
+            if remaining[o.0] == 0 && !keep[o.0] && !hold[o.0] {
+                if let Some(Val::Own(b)) = vals[o.0].take() {
                     self.pool.give(b);
                 }
             }
@@ -1346,8 +1453,20 @@ impl Network {
                 *r = (1.0 - m) * *r + m * *v;
             }
         }
+        for c in &req.capture {
+            if hold[c.0] {
+                let Some(Val::Own(buf)) = vals[c.0].take() else {
+                    unreachable!("held captures are computed and stay to the end of the pass")
+                };
+                let mut shape = vec![n];
+                shape.extend(self.per_sample_shape(*c, req.layout));
+                let t = Tensor::new(shape, buf).expect("shape and length agree by construction");
+                out.captured.insert(*c, t);
+            }
+        }
         out.outputs = out_slots
             .into_iter()
+            .filter(|_| req.outputs)
             .map(|t| t.expect("every output is computed or fed"))
             .collect();
         if record {
@@ -1365,6 +1484,15 @@ impl Network {
                 .iter()
                 .map(|s| s.kind.is_trainable() && !s.frozen)
                 .collect();
+            let vals = vals
+                .into_iter()
+                .map(|v| {
+                    v.map(|v| match v {
+                        Val::Own(b) => b,
+                        Val::Ref(r) => r.to_vec(),
+                    })
+                })
+                .collect();
             self.tape = Some(Tape {
                 n,
                 mode,
@@ -1378,7 +1506,14 @@ impl Network {
                 grad_slots,
             });
         } else {
-            self.recycle(vals);
+            self.recycle(
+                vals.into_iter()
+                    .map(|v| match v {
+                        Some(Val::Own(b)) => Some(b),
+                        _ => None,
+                    })
+                    .collect(),
+            );
         }
         Ok(out)
     }
@@ -1391,7 +1526,7 @@ impl Network {
         mode: Mode,
         record: bool,
         dropout_base: u64,
-        vals: &[Option<Vec<f32>>],
+        vals: &[Option<Val<'_>>],
         saved: &mut [Saved],
         bn_updates: &mut Vec<BnUpdate>,
     ) -> Result<Vec<f32>> {
@@ -1399,8 +1534,9 @@ impl Network {
         let node = self.graph.node(first);
         let val = |i: usize| -> &[f32] {
             vals[node.inputs[i].0]
-                .as_deref()
+                .as_ref()
                 .expect("inputs are computed before their consumers")
+                .as_slice()
         };
         let be = &*self.backend;
         let len = self.numel(n, step.out());
@@ -1458,8 +1594,9 @@ impl Network {
             }
             Step::BnAddRelu { bn, other, .. } => {
                 let r = vals[other.0]
-                    .as_deref()
-                    .expect("addend computed before the add");
+                    .as_ref()
+                    .expect("addend computed before the add")
+                    .as_slice();
                 self.bn_forward(
                     bn,
                     n,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use common::{assert_close, check_graph, random_weights, ref_forward, to_f64, Rng};
 use shears_engine::{
-    cross_entropy, BackwardOptions, EngineError, ForwardRequest, Gradients, Mode, Network,
+    cross_entropy, BackwardOptions, EngineError, ForwardRequest, Gradients, Layout, Mode, Network,
     ParamStore, Sgd, SgdConfig, StepHook,
 };
 use shears_ir::{
@@ -436,6 +436,78 @@ fn capture_returns_nchw_activations() {
         1e-4,
         1e-4,
     );
+}
+
+/// `t` (`[N, C, H, W]`) in the engine's channels-last layout (`[N, H, W, C]`).
+fn nhwc(t: &Tensor) -> Tensor {
+    let s = t.shape();
+    let (n, c, hw) = (s[0], s[1], s[2] * s[3]);
+    let mut d = vec![0f32; t.numel()];
+    for i in 0..n {
+        for ch in 0..c {
+            for x in 0..hw {
+                d[(i * hw + x) * c + ch] = t.data()[(i * c + ch) * hw + x];
+            }
+        }
+    }
+    Tensor::new(vec![n, s[2], s[3], c], d).unwrap()
+}
+
+#[test]
+fn channels_last_feeds_and_captures_only_passes() {
+    let g = mixed_graph(4, 8);
+    let mut rng = Rng(45);
+    let w = random_weights(&g, &mut rng);
+    let mut net = Network::new(g.clone(), &w).unwrap();
+    let (r1, b2, r2) = (
+        g.find("r1").unwrap(),
+        g.find("b2").unwrap(),
+        g.find("r2").unwrap(),
+    );
+    // Reference: channels-first captures of a whole pass.
+    let x = rng.tensor(&[2, 3, 8, 8]);
+    let (outs, cap) = net.forward_capture(&x, Mode::Eval, &[r1, b2, r2]).unwrap();
+    // Channels last, fed at the middle of the graph: the same values, transposed, bit for bit.
+    let feed_r1 = nhwc(&cap[&r1]);
+    let before = feed_r1.clone();
+    let req = ForwardRequest::new(Mode::Eval)
+        .with_layout(Layout::ChannelsLast)
+        .with_feed(r1, &feed_r1)
+        .with_capture(&[b2, r2]);
+    let out = net.run(&req).unwrap();
+    assert_eq!(
+        feed_r1, before,
+        "a channels-last feed is read, never written"
+    );
+    assert_eq!(out.outputs[0], outs[0]);
+    assert_eq!(out.captured[&b2], nhwc(&cap[&b2]));
+    assert_eq!(out.captured[&r2], nhwc(&cap[&r2]));
+    assert_eq!(
+        net.per_sample_shape(r2, Layout::ChannelsLast),
+        vec![8, 8, 4]
+    );
+    // Captures only: no graph output, the captured value unchanged.
+    let req = ForwardRequest::new(Mode::Eval)
+        .with_layout(Layout::ChannelsLast)
+        .captures_only()
+        .with_feed(r1, &feed_r1)
+        .with_capture(&[r2]);
+    let out = net.run(&req).unwrap();
+    assert!(out.outputs.is_empty());
+    assert_eq!(out.captured[&r2], nhwc(&cap[&r2]));
+    // A channels-first tensor fed as channels last is a shape error naming the node.
+    let req = ForwardRequest::new(Mode::Eval)
+        .with_layout(Layout::ChannelsLast)
+        .with_feed(r1, &cap[&r1]);
+    let e = net.run(&req).unwrap_err().to_string();
+    assert!(e.contains("r1"), "{e}");
+    // A recorded pass must compute the outputs.
+    let req = ForwardRequest::new(Mode::Eval)
+        .recording()
+        .captures_only()
+        .with_feed(g.inputs()[0], &x)
+        .with_capture(&[r2]);
+    assert!(net.run(&req).is_err());
 }
 
 #[test]

@@ -19,7 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let a = load_model(Path::new(&args[0]), Some(shears::zoo::Arch::ResNet56))
         .or_else(|_| load_model(Path::new(&args[0]), None))?;
-    let b = load_model(Path::new(&args[1]), None)?;
+    let b = load_model(Path::new(&args[1]), None)
+        .or_else(|_| load_model(Path::new(&args[1]), Some(shears::zoo::Arch::ResNet56)))?;
     let n: usize = args.get(2).map_or(Ok(16), |s| s.parse())?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let be = CpuBackend;

@@ -288,14 +288,31 @@ fn prefix_cache_gives_identical_sweeps_and_saves_work() {
     .unwrap();
     assert!(cached.complete && full.complete);
     assert_eq!(cached.groups.len(), 12);
+    // Bit-identical probes, and the baseline scored from the last cached frontier too.
     assert_eq!(cached.groups, full.groups);
     assert_eq!(cached.baseline_loss, full.baseline_loss);
-    let work = cached.stats.probe_macs + cached.stats.prefix_macs;
+    // Every probe zeroes whole filters, so every one skips its damaged conv.
+    let st = cached.stats;
+    assert_eq!((st.probes, st.skipped), (24, 24), "{st:?}");
+    let work = cached.stats.total_macs();
     assert!(
-        (work as f64) < 0.75 * full.stats.probe_macs as f64,
+        (work as f64) < 0.6 * full.stats.total_macs() as f64,
         "{work} vs {}",
-        full.stats.probe_macs
+        full.stats.total_macs()
     );
+    // A damage that is not whole zeroed filters runs from the frontier, exactly.
+    let conv = "layer2.1.conv1.weight";
+    let mut noisy = shears_ir::Weights::new();
+    let mut t = m.weights.get(conv).unwrap().clone();
+    for (i, v) in t.data_mut().iter_mut().enumerate() {
+        *v *= 1.0 + 0.01 * ((i % 7) as f32 - 3.0);
+    }
+    noisy.insert(conv, t);
+    let mut pc = Prober::new(&m.graph, &m.weights, &d, 64, true).unwrap();
+    let mut pf = Prober::new(&m.graph, &m.weights, &d, 64, false).unwrap();
+    let (a, b) = (pc.probe(&noisy).unwrap(), pf.probe(&noisy).unwrap());
+    assert_eq!(a, b);
+    assert_eq!(pc.stats().skipped, 0);
     // Each probe equals the pruned model evaluated from scratch.
     let g = &cached.groups[4];
     let p = &g.points[1];

@@ -10,4 +10,5 @@
 pub mod lsa;
 pub mod plot;
 pub mod sbpf;
+mod skip;
 pub mod sweep;

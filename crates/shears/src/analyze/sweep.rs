@@ -16,6 +16,18 @@
 //! topological order of their first damaged node, so the frontier walks forward through the
 //! network once: the prefixes cost one forward pass in all. With `prefix_cache = false` every
 //! probe runs the whole network, as the other toolkits do. Both give bit-identical logits.
+//! Cached values are kept channels last, one tensor per batch (the engine's own layout,
+//! [`Layout::ChannelsLast`]), which it reads where they lie: no transpose and no copy per probe.
+//!
+//! **Skipping the damaged conv.** A probe that zeroes filters of a conv changes, up to the next
+//! channel-mixing node, only those channels, which become constant. So the prober also caches
+//! the undamaged value that mixing node reads (a ResNet block's `relu1`), sets the damaged
+//! channels to their constants, and starts the probe after the damaged conv and its batch norm:
+//! bit-identical to running them (see `analyze::skip`, which also says why a delta form of the
+//! next conv is not used).
+//!
+//! **Baseline.** The undamaged model is scored after the probes: with prefix caching it then
+//! runs only from the last cached frontier.
 //!
 //! **Resume.** With a cache file, every finished probe is written at once (temporary file, then
 //! rename); a later run with the same model, data and settings reuses the cached probes and
@@ -34,9 +46,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use shears_data::{Dataset, Loader, LoaderConfig};
-use shears_engine::{ForwardRequest, Mode, Network};
+use shears_engine::{ForwardRequest, Layout, Mode, Network};
 use shears_ir::{Graph, NodeId, Tensor, Weights};
 
+use super::skip;
 use crate::eval::{batch_tensor, input_transforms, normalize_for};
 use crate::progress::{Progress, Verbosity};
 use crate::prune::{
@@ -197,7 +210,25 @@ pub struct ProbeStats {
     pub prefix_macs: u64,
     /// MACs per image of one full forward pass.
     pub full_macs: u64,
+    /// MACs per image run to score the undamaged model (a full pass, or only the suffix after
+    /// the cached frontier when prefix caching is on and the cache is already filled).
+    #[serde(default)]
+    pub baseline_macs: u64,
+    /// Probes that skipped their damaged conv (see the module docs).
+    #[serde(default)]
+    pub skipped: usize,
 }
+
+impl ProbeStats {
+    /// All MACs per image run: baseline, prefixes and probes.
+    pub fn total_macs(&self) -> u64 {
+        self.baseline_macs + self.prefix_macs + self.probe_macs
+    }
+}
+
+/// Activations of every image as channels-last tensors, one per batch (the layout the engine
+/// computes in, so feeding them back costs no conversion).
+type Chunks = Vec<Tensor>;
 
 /// Evaluates damaged copies of one model on one [`EvalSet`], optionally from cached prefix
 /// activations (see the module docs).
@@ -206,12 +237,17 @@ pub struct Prober<'a> {
     weights: Weights,
     net: Network,
     data: &'a EvalSet,
-    batch: usize,
+    /// The images, channels last, one tensor per batch.
+    input_cl: Chunks,
     prefix_cache: bool,
     owner: HashMap<String, NodeId>,
     needed: Vec<bool>,
-    /// Cached frontier: the position it is for, and its node values over all images.
-    cache: Option<(usize, Vec<(NodeId, Tensor)>)>,
+    consumers: Vec<Vec<NodeId>>,
+    /// Cached frontier: the position it is for, and its node values over all images (plus the
+    /// undamaged values a probe along the chain at that position reads).
+    cache: Option<(usize, Vec<(NodeId, Chunks)>)>,
+    /// A buffer for the damaged value a probe feeds.
+    scratch: Vec<f32>,
     baseline: Option<Score>,
     stats: ProbeStats,
 }
@@ -274,16 +310,19 @@ impl<'a> Prober<'a> {
             .filter(|i| needed[i.0])
             .map(|i| graph.node_macs(i))
             .sum();
+        let input_cl = to_chunks(&data.images, batch);
         Ok(Prober {
+            input_cl,
             graph: graph.clone(),
             weights: weights.clone(),
             net,
             data,
-            batch,
             prefix_cache,
             owner,
             needed,
+            consumers: graph.consumers(),
             cache: None,
+            scratch: Vec::new(),
             baseline: None,
             stats: ProbeStats {
                 full_macs,
@@ -307,14 +346,27 @@ impl<'a> Prober<'a> {
         self.stats
     }
 
-    /// The undamaged model's score (computed once).
+    /// The undamaged model's score (computed once). With prefix caching it runs from the
+    /// cached frontier when there is one, so scoring the baseline after the probes costs only
+    /// the end of the network.
     pub fn baseline(&mut self) -> Result<Score, Error> {
         if let Some(s) = self.baseline {
             return Ok(s);
         }
         let input = self.graph.inputs()[0];
-        let feeds = vec![(input, self.data.images.clone())];
-        let s = self.run_from(&feeds)?;
+        let from = match (&self.cache, self.prefix_cache) {
+            (Some((pos, vals)), true)
+                if self
+                    .frontier(*pos)
+                    .iter()
+                    .all(|f| vals.iter().any(|(v, _)| v == f)) =>
+            {
+                *pos
+            }
+            _ => input.0,
+        };
+        self.stats.baseline_macs += self.macs_from(from);
+        let s = self.run_from(from)?;
         self.baseline = Some(s);
         Ok(s)
     }
@@ -356,25 +408,117 @@ impl<'a> Prober<'a> {
             return self.baseline();
         }
         let input = self.graph.inputs()[0];
-        let feeds: Vec<(NodeId, Tensor)> = if self.prefix_cache && start > input.0 {
-            self.advance_to(start)?;
-            let (_, vals) = self.cache.as_ref().expect("advance_to fills the cache");
-            let front = self.frontier(start);
-            vals.iter()
-                .filter(|(id, _)| front.contains(id))
-                .map(|(id, t)| (*id, t.clone()))
-                .collect()
+        let from = if self.prefix_cache && start > input.0 {
+            let chain = skip::chain_at(&self.graph, &self.consumers, &self.needed, start);
+            let extras: Vec<NodeId> = chain.map(|c| c.p).into_iter().collect();
+            self.advance_to(start, &extras)?;
+            start
         } else {
-            vec![(input, self.data.images.clone())]
+            input.0
         };
-        let first = feeds.iter().map(|(id, _)| id.0).min().unwrap_or(0);
-        let from = if self.prefix_cache { start } else { first };
-        self.stats.probe_macs += self.macs_from(from);
         self.net.set_weights(changed)?;
-        let out = self.run_from(&feeds);
+        let out = self.probe_set(from, changed);
         let restore = self.original_of(changed);
         self.net.set_weights(&restore)?;
         out
+    }
+
+    /// [`Prober::probe`] with the damaged weights set, running from the frontier of `from`
+    /// (the input, or the start of the damage with the cache there).
+    fn probe_set(&mut self, from: usize, changed: &Weights) -> Result<Score, Error> {
+        if from > self.graph.inputs()[0].0 {
+            if let Some(c) = skip::chain_at(&self.graph, &self.consumers, &self.needed, from) {
+                if let Some(dmg) =
+                    skip::chain_damage(&self.graph, &c, &self.owner, &self.weights, changed)
+                {
+                    if let Some(s) = self.probe_chain(&c, &dmg)? {
+                        return Ok(s);
+                    }
+                }
+            }
+        }
+        self.stats.probe_macs += self.macs_from(from);
+        self.run_from(from)
+    }
+
+    /// A probe along `c` (see [`skip`]) with the damaged weights already set: the damaged conv
+    /// and its per-channel nodes are not run. `None` when the cache lacks a value the suffix
+    /// reads.
+    fn probe_chain(
+        &mut self,
+        c: &skip::Chain,
+        dmg: &skip::ChainDamage,
+    ) -> Result<Option<Score>, Error> {
+        let after = c.p.0 + 1;
+        let front = self.frontier(after);
+        let d_front = self.frontier(c.d.0);
+        let (_, vals) = self.cache.as_ref().expect("advance_to fills the cache");
+        let pos = |id: NodeId| vals.iter().position(|(v, _)| *v == id);
+        if front.iter().chain(&d_front).any(|&f| pos(f).is_none()) {
+            return Ok(None);
+        }
+        let ip = pos(c.p).expect("p is read after the chain");
+        let front_idx: Vec<(NodeId, usize)> = front
+            .iter()
+            .filter(|&&f| f != c.p)
+            .map(|&f| (f, pos(f).expect("checked above")))
+            .collect();
+        // The damaged channels' constant maps at `p`, from one image of the damaged model.
+        let one: Vec<(NodeId, Tensor)> = d_front
+            .iter()
+            .map(|&f| (f, rows(&vals[pos(f).expect("checked above")].1[0], 0, 1)))
+            .collect();
+        let mut req = ForwardRequest::new(Mode::Eval)
+            .with_layout(Layout::ChannelsLast)
+            .captures_only()
+            .with_capture(&[c.p]);
+        for (id, t) in &one {
+            req = req.with_feed(*id, t);
+        }
+        let p_one = self
+            .net
+            .run(&req)?
+            .captured
+            .remove(&c.p)
+            .expect("the captured node is returned");
+        let n_ch = *p_one.shape().last().expect("a captured tensor has a shape");
+        let hw = p_one.numel() / n_ch;
+        let s = dmg.chans.len();
+        // consts[x * s + j]: channel chans[j] at pixel x.
+        let consts: Vec<f32> = (0..hw)
+            .flat_map(|x| dmg.chans.iter().map(move |&ch| (x, ch)))
+            .map(|(x, ch)| p_one.data()[x * n_ch + ch])
+            .collect();
+        self.stats.probe_macs += self.macs_from(after);
+        self.stats.skipped += 1;
+        let mut logits: Vec<f32> = Vec::new();
+        for bi in 0..self.input_cl.len() {
+            let (_, vals) = self.cache.as_ref().expect("advance_to fills the cache");
+            let p_rows = &vals[ip].1[bi];
+            // `p` with the damaged channels' constants, in one pass.
+            let mut buf = std::mem::take(&mut self.scratch);
+            buf.clear();
+            buf.extend_from_slice(p_rows.data());
+            for (px, cs) in buf
+                .chunks_exact_mut(n_ch)
+                .zip(consts.chunks_exact(s).cycle())
+            {
+                for (&ch, &k) in dmg.chans.iter().zip(cs) {
+                    px[ch] = k;
+                }
+            }
+            let new_val = Tensor::new(p_rows.shape().to_vec(), buf).expect("same shape as p");
+            let mut req = ForwardRequest::new(Mode::Eval)
+                .with_layout(Layout::ChannelsLast)
+                .with_feed(c.p, &new_val);
+            for &(f, i) in &front_idx {
+                req = req.with_feed(f, &vals[i].1[bi]);
+            }
+            let out = self.net.run(&req);
+            self.scratch = new_val.into_data();
+            logits.extend_from_slice(out?.outputs[0].data());
+        }
+        Ok(Some(self.score(&logits)))
     }
 
     fn original_of(&self, changed: &Weights) -> Weights {
@@ -417,24 +561,26 @@ impl<'a> Prober<'a> {
         (0..f.len()).filter(|&i| f[i]).map(NodeId).collect()
     }
 
-    /// Makes the cache hold the frontier of `start`, walking forward from the current one (or
-    /// from the input when `start` lies before it).
-    fn advance_to(&mut self, start: usize) -> Result<(), Error> {
+    /// Makes the cache hold the frontier of `start` and the undamaged values of `extras`
+    /// (nodes at or after `start`), walking forward from the current cache (or from the input
+    /// when `start` lies before it). Values already cached are not recomputed.
+    fn advance_to(&mut self, start: usize, extras: &[NodeId]) -> Result<(), Error> {
         let input = self.graph.inputs()[0];
-        let (pos, vals) = match self.cache.take() {
-            Some((p, v)) if p <= start => (p, v),
-            _ => (input.0 + 1, vec![(input, self.data.images.clone())]),
+        let vals = match self.cache.take() {
+            Some((p, v)) if p <= start => v,
+            _ => vec![(input, self.input_cl.clone())],
         };
-        if pos == start {
-            self.cache = Some((pos, vals));
-            return Ok(());
+        let mut want = self.frontier(start);
+        for &e in extras {
+            if !want.contains(&e) {
+                want.push(e);
+            }
         }
-        let want = self.frontier(start);
-        let new: Vec<NodeId> = want.iter().copied().filter(|i| i.0 >= pos).collect();
-        let mut computed: Vec<(NodeId, Tensor)> = Vec::new();
+        let have: Vec<NodeId> = vals.iter().map(|(id, _)| *id).collect();
+        let new: Vec<NodeId> = want.iter().copied().filter(|i| !have.contains(i)).collect();
+        let mut computed: Vec<(NodeId, Chunks)> = Vec::new();
         if !new.is_empty() {
-            // The nodes the new frontier needs, walking back to the cached values.
-            let have: Vec<NodeId> = vals.iter().map(|(id, _)| *id).collect();
+            // The nodes the new values need, walking back to the cached values.
             let mut reach = vec![false; self.graph.len()];
             let mut fed_used = Vec::new();
             let mut stack = new.clone();
@@ -449,22 +595,10 @@ impl<'a> Prober<'a> {
                 }
                 stack.extend_from_slice(&self.graph.node(v).inputs);
             }
-            let (nodes, _) = self.graph.clone().into_parts();
-            let sub_nodes: Vec<_> = nodes.into_iter().take(start).collect();
-            let sub = Graph::new(sub_nodes, new.clone())?;
-            let mut w = Weights::new();
-            for (_, name, _) in sub.param_specs() {
-                let t = self
-                    .weights
-                    .get(&name)
-                    .expect("graph parameters are in the weights");
-                w.insert(name, t.clone());
-            }
-            let mut net = Network::new(sub, &w)?;
-            let old_vals: Vec<(NodeId, Tensor)> = vals
+            let old_vals: Vec<(NodeId, &Chunks)> = vals
                 .iter()
                 .filter(|(id, _)| fed_used.contains(id))
-                .map(|(id, t)| (*id, t.clone()))
+                .map(|(id, t)| (*id, t))
                 .collect();
             self.stats.prefix_macs += self
                 .graph
@@ -472,10 +606,10 @@ impl<'a> Prober<'a> {
                 .filter(|i| reach[i.0] && !have.contains(i))
                 .map(|i| self.graph.node_macs(i))
                 .sum::<u64>();
-            let outs = run_batches(&mut net, &old_vals, self.batch, self.data.len())?;
+            let outs = run_captures(&mut self.net, &old_vals, &new)?;
             computed = new.iter().copied().zip(outs).collect();
         }
-        let mut kept: Vec<(NodeId, Tensor)> = vals
+        let mut kept: Vec<(NodeId, Chunks)> = vals
             .into_iter()
             .filter(|(id, _)| want.contains(id))
             .chain(computed)
@@ -485,12 +619,32 @@ impl<'a> Prober<'a> {
         Ok(())
     }
 
-    /// Runs the full network from `feeds` and scores the logits.
-    fn run_from(&mut self, feeds: &[(NodeId, Tensor)]) -> Result<Score, Error> {
-        let outs = run_batches(&mut self.net, feeds, self.batch, self.data.len())?;
-        let logits = &outs[0];
-        let n_out = logits.numel() / self.data.len();
-        let l = logits.data();
+    /// Runs the network from the frontier of `from` (the input, or a cached position) and
+    /// scores the logits.
+    fn run_from(&mut self, from: usize) -> Result<Score, Error> {
+        let input = self.graph.inputs()[0];
+        let outs = if from <= input.0 {
+            run_chunks(&mut self.net, &[(input, &self.input_cl)])?
+        } else {
+            let front = self.frontier(from);
+            let (_, vals) = self.cache.as_ref().expect("a cached position");
+            let feeds: Vec<(NodeId, &Chunks)> = vals
+                .iter()
+                .filter(|(id, _)| front.contains(id))
+                .map(|(id, t)| (*id, t))
+                .collect();
+            run_chunks(&mut self.net, &feeds)?
+        };
+        let logits: Vec<f32> = outs[0]
+            .iter()
+            .flat_map(|t| t.data().iter().copied())
+            .collect();
+        Ok(self.score(&logits))
+    }
+
+    /// Top-1 and cross-entropy of `l`, the logits of every image in order.
+    fn score(&self, l: &[f32]) -> Score {
+        let n_out = l.len() / self.data.len();
         let mut correct = 0usize;
         let mut loss = 0f64;
         for (i, &label) in self.data.labels.iter().enumerate() {
@@ -499,56 +653,92 @@ impl<'a> Prober<'a> {
             correct += usize::from(crate::eval::argmax(row) == label);
             loss += neg_log_softmax(row, label);
         }
-        Ok(Score {
+        Score {
             images: self.data.len(),
             correct,
             loss: loss / self.data.len() as f64,
-        })
+        }
     }
 }
 
-/// Runs `net` over all images in batches, feeding batch slices of `feeds`, and returns its
-/// outputs concatenated over the batches.
-fn run_batches(
-    net: &mut Network,
-    feeds: &[(NodeId, Tensor)],
-    batch: usize,
-    n: usize,
-) -> Result<Vec<Tensor>, Error> {
-    let mut outs: Vec<Vec<f32>> = Vec::new();
-    let mut shapes: Vec<Vec<usize>> = Vec::new();
-    let mut a = 0;
-    while a < n {
-        let b = (a + batch).min(n);
-        let slices: Vec<(NodeId, Tensor)> =
-            feeds.iter().map(|(id, t)| (*id, rows(t, a, b))).collect();
-        let mut req = ForwardRequest::new(Mode::Eval);
-        for (id, t) in &slices {
-            req = req.with_feed(*id, t);
+/// Runs `net` batch by batch on channels-last `feeds` (all with the same batches) and returns
+/// its outputs, channels last, one tensor per batch.
+fn run_chunks(net: &mut Network, feeds: &[(NodeId, &Chunks)]) -> Result<Vec<Chunks>, Error> {
+    let n_batches = feeds.first().map_or(0, |(_, c)| c.len());
+    let mut outs: Vec<Chunks> = Vec::new();
+    for bi in 0..n_batches {
+        let mut req = ForwardRequest::new(Mode::Eval).with_layout(Layout::ChannelsLast);
+        for (id, t) in feeds {
+            req = req.with_feed(*id, &t[bi]);
         }
         let out = net.run(&req)?;
         if outs.is_empty() {
             outs = out.outputs.iter().map(|_| Vec::new()).collect();
-            shapes = out
-                .outputs
-                .iter()
-                .map(|t| t.shape()[1..].to_vec())
-                .collect();
         }
         for (dst, t) in outs.iter_mut().zip(out.outputs) {
-            dst.extend_from_slice(t.data());
+            dst.push(t);
         }
+    }
+    Ok(outs)
+}
+
+/// Runs the part of `net` that computes `nodes` from channels-last `feeds` (all with the same
+/// batches), batch by batch, and returns their values, channels last, one tensor per batch.
+fn run_captures(
+    net: &mut Network,
+    feeds: &[(NodeId, &Chunks)],
+    nodes: &[NodeId],
+) -> Result<Vec<Chunks>, Error> {
+    let n_batches = feeds.first().map_or(0, |(_, c)| c.len());
+    let mut outs: Vec<Chunks> = nodes.iter().map(|_| Vec::new()).collect();
+    for bi in 0..n_batches {
+        let mut req = ForwardRequest::new(Mode::Eval)
+            .with_layout(Layout::ChannelsLast)
+            .captures_only()
+            .with_capture(nodes);
+        for (id, t) in feeds {
+            req = req.with_feed(*id, &t[bi]);
+        }
+        let mut out = net.run(&req)?;
+        for (dst, id) in outs.iter_mut().zip(nodes) {
+            dst.push(
+                out.captured
+                    .remove(id)
+                    .expect("captured nodes are returned"),
+            );
+        }
+    }
+    Ok(outs)
+}
+
+/// `t` (a `[N, C, ...]` batch) as channels-last tensors of `batch` images each.
+fn to_chunks(t: &Tensor, batch: usize) -> Chunks {
+    let n = t.shape()[0];
+    let c = t.shape().get(1).copied().unwrap_or(1);
+    let per: usize = t.shape()[1..].iter().product();
+    let hw = per / c.max(1);
+    let mut cl_shape: Vec<usize> = t.shape()[2..].to_vec();
+    cl_shape.push(c);
+    let mut out = Vec::new();
+    let mut a = 0;
+    while a < n {
+        let b = (a + batch).min(n);
+        let mut data = vec![0f32; (b - a) * per];
+        for i in a..b {
+            let src = &t.data()[i * per..(i + 1) * per];
+            let dst = &mut data[(i - a) * per..(i - a + 1) * per];
+            for ch in 0..c {
+                for x in 0..hw {
+                    dst[x * c + ch] = src[ch * hw + x];
+                }
+            }
+        }
+        let mut shape = vec![b - a];
+        shape.extend_from_slice(&cl_shape);
+        out.push(Tensor::new(shape, data).expect("chunk shape matches its data"));
         a = b;
     }
-    Ok(outs
-        .into_iter()
-        .zip(shapes)
-        .map(|(d, s)| {
-            let mut shape = vec![n];
-            shape.extend(s);
-            Tensor::new(shape, d).expect("batches concatenate to n rows")
-        })
-        .collect())
+    out
 }
 
 /// Rows `a..b` of a batch tensor.
@@ -900,19 +1090,6 @@ pub fn sweep(
         Ok(())
     };
     let mut prober = Prober::new(graph, weights, data, cfg.batch, cfg.prefix_cache)?;
-    let base = match (file.baseline, file.baseline_loss_bits) {
-        (Some(b), Some(bits)) => Score {
-            loss: f64::from_bits(bits),
-            ..b
-        },
-        _ => {
-            let b = prober.baseline()?;
-            file.baseline = Some(b);
-            file.baseline_loss_bits = Some(b.loss.to_bits());
-            save(&file)?;
-            b
-        }
-    };
     let crit = cfg.criterion.build(cfg.reduction, cfg.seed);
     let ctx = ScoreContext::new(graph, weights);
     let total = groups.len() * cfg.ratios.len();
@@ -963,6 +1140,20 @@ pub fn sweep(
             bar.set_message(format!("{root} r={r}: {:.2}%", 100.0 * s.accuracy()));
         }
     }
+    // The baseline last: with prefix caching it then runs from the last cached frontier.
+    let base = match (file.baseline, file.baseline_loss_bits) {
+        (Some(b), Some(bits)) => Score {
+            loss: f64::from_bits(bits),
+            ..b
+        },
+        _ => {
+            let b = prober.baseline()?;
+            file.baseline = Some(b);
+            file.baseline_loss_bits = Some(b.loss.to_bits());
+            save(&file)?;
+            b
+        }
+    };
     bar.finish(&format!(
         "sweep: {computed} probes computed, {reused} reused, {:.1}s",
         start_t.elapsed().as_secs_f64()
