@@ -46,7 +46,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use shears_data::{Dataset, Loader, LoaderConfig};
-use shears_engine::{ForwardRequest, Layout, Mode, Network};
+use shears_engine::{Backend, CpuBackend, ForwardRequest, Layout, Mode, Network};
 use shears_ir::{Graph, NodeId, Tensor, Weights};
 
 use super::skip;
@@ -408,32 +408,36 @@ impl<'a> Prober<'a> {
             return self.baseline();
         }
         let input = self.graph.inputs()[0];
-        let from = if self.prefix_cache && start > input.0 {
+        let (from, chain) = if self.prefix_cache && start > input.0 {
             let chain = skip::chain_at(&self.graph, &self.consumers, &self.needed, start);
             let extras: Vec<NodeId> = chain.map(|c| c.p).into_iter().collect();
             self.advance_to(start, &extras)?;
-            start
+            (start, chain)
         } else {
-            input.0
+            (input.0, None)
         };
         self.net.set_weights(changed)?;
-        let out = self.probe_set(from, changed);
+        let out = self.probe_set(from, chain, changed);
         let restore = self.original_of(changed);
         self.net.set_weights(&restore)?;
         out
     }
 
     /// [`Prober::probe`] with the damaged weights set, running from the frontier of `from`
-    /// (the input, or the start of the damage with the cache there).
-    fn probe_set(&mut self, from: usize, changed: &Weights) -> Result<Score, Error> {
-        if from > self.graph.inputs()[0].0 {
-            if let Some(c) = skip::chain_at(&self.graph, &self.consumers, &self.needed, from) {
-                if let Some(dmg) =
-                    skip::chain_damage(&self.graph, &c, &self.owner, &self.weights, changed)
-                {
-                    if let Some(s) = self.probe_chain(&c, &dmg)? {
-                        return Ok(s);
-                    }
+    /// (the input, or the start of the damage with the cache there), or along `chain` when
+    /// the damage allows (cached probes only).
+    fn probe_set(
+        &mut self,
+        from: usize,
+        chain: Option<skip::Chain>,
+        changed: &Weights,
+    ) -> Result<Score, Error> {
+        if let Some(c) = chain {
+            if let Some(dmg) =
+                skip::chain_damage(&self.graph, &c, &self.owner, &self.weights, changed)
+            {
+                if let Some(s) = self.probe_chain(&c, &dmg)? {
+                    return Ok(s);
                 }
             }
         }
@@ -623,8 +627,9 @@ impl<'a> Prober<'a> {
     /// scores the logits.
     fn run_from(&mut self, from: usize) -> Result<Score, Error> {
         let input = self.graph.inputs()[0];
+        let logits_node = self.graph.outputs().to_vec();
         let outs = if from <= input.0 {
-            run_chunks(&mut self.net, &[(input, &self.input_cl)])?
+            run_captures(&mut self.net, &[(input, &self.input_cl)], &logits_node)?
         } else {
             let front = self.frontier(from);
             let (_, vals) = self.cache.as_ref().expect("a cached position");
@@ -633,7 +638,7 @@ impl<'a> Prober<'a> {
                 .filter(|(id, _)| front.contains(id))
                 .map(|(id, t)| (*id, t))
                 .collect();
-            run_chunks(&mut self.net, &feeds)?
+            run_captures(&mut self.net, &feeds, &logits_node)?
         };
         let logits: Vec<f32> = outs[0]
             .iter()
@@ -659,27 +664,6 @@ impl<'a> Prober<'a> {
             loss: loss / self.data.len() as f64,
         }
     }
-}
-
-/// Runs `net` batch by batch on channels-last `feeds` (all with the same batches) and returns
-/// its outputs, channels last, one tensor per batch.
-fn run_chunks(net: &mut Network, feeds: &[(NodeId, &Chunks)]) -> Result<Vec<Chunks>, Error> {
-    let n_batches = feeds.first().map_or(0, |(_, c)| c.len());
-    let mut outs: Vec<Chunks> = Vec::new();
-    for bi in 0..n_batches {
-        let mut req = ForwardRequest::new(Mode::Eval).with_layout(Layout::ChannelsLast);
-        for (id, t) in feeds {
-            req = req.with_feed(*id, &t[bi]);
-        }
-        let out = net.run(&req)?;
-        if outs.is_empty() {
-            outs = out.outputs.iter().map(|_| Vec::new()).collect();
-        }
-        for (dst, t) in outs.iter_mut().zip(out.outputs) {
-            dst.push(t);
-        }
-    }
-    Ok(outs)
 }
 
 /// Runs the part of `net` that computes `nodes` from channels-last `feeds` (all with the same
@@ -716,26 +700,24 @@ fn to_chunks(t: &Tensor, batch: usize) -> Chunks {
     let n = t.shape()[0];
     let c = t.shape().get(1).copied().unwrap_or(1);
     let per: usize = t.shape()[1..].iter().product();
-    let hw = per / c.max(1);
-    let mut cl_shape: Vec<usize> = t.shape()[2..].to_vec();
-    cl_shape.push(c);
+    let mut shape: Vec<usize> = t.shape()[1..].to_vec();
+    shape.rotate_left(1);
     let mut out = Vec::new();
     let mut a = 0;
     while a < n {
         let b = (a + batch).min(n);
         let mut data = vec![0f32; (b - a) * per];
-        for i in a..b {
-            let src = &t.data()[i * per..(i + 1) * per];
-            let dst = &mut data[(i - a) * per..(i - a + 1) * per];
-            for ch in 0..c {
-                for x in 0..hw {
-                    dst[x * c + ch] = src[ch * hw + x];
-                }
-            }
-        }
-        let mut shape = vec![b - a];
-        shape.extend_from_slice(&cl_shape);
-        out.push(Tensor::new(shape, data).expect("chunk shape matches its data"));
+        CpuBackend.to_channels_last(
+            b - a,
+            per / c.max(1),
+            c,
+            &t.data()[a * per..b * per],
+            &mut data,
+            false,
+        );
+        let mut s = vec![b - a];
+        s.extend_from_slice(&shape);
+        out.push(Tensor::new(s, data).expect("chunk shape matches its data"));
         a = b;
     }
     out
