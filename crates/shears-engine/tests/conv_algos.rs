@@ -201,3 +201,53 @@ fn larger_batch_and_map() {
     check(Conv2d::new(16, 16, 3).with_padding(1), 12, 12, 37);
     check(Conv2d::new(16, 8, 3).with_padding(1), 4, 4, 40);
 }
+
+#[test]
+fn im2col_blocks_split_rows_and_taps() {
+    // 48 x 9 = 432 reduction steps: im2col blocks of 151 pixels end mid-row on a 13x13 map,
+    // and the product's 128-step passes end mid-tap (128 is not a multiple of 48).
+    check(Conv2d::new(48, 20, 3).with_padding(1), 13, 13, 2);
+    // The same with stride 2 (one copy per pixel) and with padding wider than the taps reach.
+    check(
+        Conv2d::new(48, 20, 3).with_stride(2).with_padding(1),
+        25,
+        26,
+        2,
+    );
+    check(Conv2d::new(48, 20, 3).with_padding(2), 13, 13, 1);
+}
+
+#[test]
+fn chained_transposed_convs_equal_two_convs() {
+    // Same-size maps (masked planes) and a valid conv first (padded planes), ragged channels.
+    let be = CpuBackend;
+    for (c1, c2, pad1, hw) in [
+        (Conv2d::new(9, 11, 3), Conv2d::new(11, 7, 3), 1, 10),
+        (Conv2d::new(12, 13, 3), Conv2d::new(13, 5, 3), 0, 9),
+    ] {
+        let c1 = c1.with_padding(pad1);
+        let c2 = c2.with_padding(1);
+        let g1 = ConvGeom::new(&c1, hw, hw)
+            .unwrap()
+            .with_algo(ConvAlgo::ShiftedT)
+            .unwrap();
+        let g2 = ConvGeom::new(&c2, g1.oh, g1.ow)
+            .unwrap()
+            .with_algo(ConvAlgo::ShiftedT)
+            .unwrap();
+        let n = 3;
+        let mut rng = Rng(hw as u64 + pad1 as u64);
+        let x = rng.vec(n * g1.in_len());
+        let (w1, w2) = (rng.vec(g1.weight_len()), rng.vec(g2.weight_len()));
+        let (b1, b2) = (rng.vec(g1.c_out), rng.vec(g2.c_out));
+        let (p1, p2) = (be.pack_conv(&g1, &w1), be.pack_conv(&g2, &w2));
+        let mut mid = vec![0.0; n * g1.out_len()];
+        be.conv2d_forward(&g1, n, &x, &p1, Some(&b1), true, &mut mid);
+        let mut want = vec![0.0; n * g2.out_len()];
+        be.conv2d_forward(&g2, n, &mid, &p2, Some(&b2), true, &mut want);
+        let mut got = vec![f32::NAN; n * g2.out_len()];
+        be.conv2d_chain_forward(&g1, &g2, n, &x, &p1, &b1, &p2, Some(&b2), true, &mut got);
+        let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("chain {c1:?} -> {c2:?}"), &got, &want, 1e-5, 1e-5);
+    }
+}
