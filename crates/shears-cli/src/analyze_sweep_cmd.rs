@@ -59,12 +59,18 @@ pub struct SweepArgs {
     #[arg(long)]
     pub no_prefix_cache: bool,
     /// Time the sweep with and without prefix caching in this process (no cache file): after an
-    /// untimed warm-up of both on the first group, with, without, then with again, so that a
-    /// drift of the machine's speed hits both alike; the speed-up is the time without over the
-    /// mean time with. Checks that the results agree
-    /// and reports the largest difference.
+    /// untimed warm-up of both on the first group, with, without, then with again (see
+    /// --time-runs), so that a drift of the machine's speed hits both alike; the speed-up is the
+    /// mean time without over the mean time with. Checks that the results agree and reports
+    /// the largest difference, and each run's time and the hypervisor's steal time over it.
     #[arg(long, conflicts_with = "no_prefix_cache")]
     pub time_both: bool,
+    /// With --time-both: how many timed runs without prefix caching, interleaved with one
+    /// more run with it (with, without, with, ..., with); both speeds are means over their
+    /// runs.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "time_both",
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub time_runs: u32,
     /// Write ratios_loss.json: per group the largest ratio whose interpolated loss increase
     /// stays at or below this.
     #[arg(long, value_name = "X")]
@@ -194,12 +200,41 @@ pub fn run(a: SweepArgs) -> Result<()> {
         }
         let load = uptime();
         cfg.cache_file = None;
-        cfg.prefix_cache = true;
-        let cached = sweep(&model.graph, &model.weights, &data, &cfg)?;
-        cfg.prefix_cache = false;
-        let full = sweep(&model.graph, &model.weights, &data, &cfg)?;
-        cfg.prefix_cache = true;
-        let again = sweep(&model.graph, &model.weights, &data, &cfg)?;
+        // Runs alternate, starting and ending with the cached mode: a drift of the machine's
+        // speed hits both alike. Each run records the hypervisor's steal time over it.
+        let mut cached_runs: Vec<(SweepResult, Option<f64>)> = Vec::new();
+        let mut full_runs: Vec<(SweepResult, Option<f64>)> = Vec::new();
+        for k in 0..(2 * a.time_runs + 1) {
+            cfg.prefix_cache = k % 2 == 0;
+            let steal0 = steal_seconds();
+            let r = sweep(&model.graph, &model.weights, &data, &cfg)?;
+            let stolen = steal0.zip(steal_seconds()).map(|(a, b)| b - a);
+            if cfg.prefix_cache {
+                cached_runs.push((r, stolen));
+            } else {
+                full_runs.push((r, stolen));
+            }
+        }
+        let mean = |runs: &[(SweepResult, Option<f64>)]| {
+            runs.iter().map(|r| r.0.seconds).sum::<f64>() / runs.len() as f64
+        };
+        let (cached_s, full_s) = (mean(&cached_runs), mean(&full_runs));
+        let seconds = |runs: &[(SweepResult, Option<f64>)]| -> Vec<f64> {
+            runs.iter().map(|r| r.0.seconds).collect()
+        };
+        let steal = |runs: &[(SweepResult, Option<f64>)]| -> Vec<Option<f64>> {
+            runs.iter().map(|r| r.1).collect()
+        };
+        let (cached_secs, full_secs) = (seconds(&cached_runs), seconds(&full_runs));
+        let (cached_steal, full_steal) = (steal(&cached_runs), steal(&full_runs));
+        let repeat_identical = cached_runs
+            .iter()
+            .all(|r| r.0.groups == cached_runs[0].0.groups)
+            && full_runs
+                .iter()
+                .all(|r| r.0.groups == full_runs[0].0.groups);
+        let cached = cached_runs.swap_remove(0).0;
+        let full = full_runs.swap_remove(0).0;
         let same = cached.groups == full.groups
             && cached.baseline_accuracy == full.baseline_accuracy
             && cached.baseline_loss == full.baseline_loss;
@@ -220,12 +255,14 @@ pub fn run(a: SweepArgs) -> Result<()> {
             .zip(&pf)
             .map(|(x, y)| (x.0 - y.0).abs())
             .fold(0.0f64, f64::max);
-        let cached_s = 0.5 * (cached.seconds + again.seconds);
         timing = Some(json!({
             "prefix_cache_seconds": cached_s,
-            "prefix_cache_seconds_runs": [cached.seconds, again.seconds],
-            "no_prefix_cache_seconds": full.seconds,
-            "speedup": full.seconds / cached_s,
+            "prefix_cache_seconds_runs": cached_secs,
+            "prefix_cache_steal_seconds_runs": cached_steal,
+            "no_prefix_cache_seconds": full_s,
+            "no_prefix_cache_seconds_runs": full_secs,
+            "no_prefix_cache_steal_seconds_runs": full_steal,
+            "speedup": full_s / cached_s,
             "probes_skipping_the_damaged_conv": cached.stats.skipped,
             "macs_per_image_cached": cached.stats.total_macs(),
             "macs_per_image_uncached": full.stats.total_macs(),
@@ -233,7 +270,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
             "stats_cached": cached.stats,
             "stats_uncached": full.stats,
             "identical_results": same,
-            "repeat_identical": cached.groups == again.groups,
+            "repeat_identical": repeat_identical,
             "max_abs_difference_accuracy": max_acc_diff,
             "max_abs_difference_loss": max_loss_diff,
             "load_average_before": load,
@@ -321,10 +358,12 @@ pub fn run(a: SweepArgs) -> Result<()> {
     );
     if let Some(t) = &timing {
         println!(
-            "prefix cache {:.1}s (mean of two runs), no prefix cache {:.1}s: {:.2}x faster, \
+            "prefix cache {:.1}s (mean of {} runs), no prefix cache {:.1}s (mean of {}): {:.2}x faster, \
              {:.2}x fewer MACs (identical results: {}; largest difference: accuracy {:.1e}, loss {:.1e})",
             t["prefix_cache_seconds"].as_f64().unwrap_or(0.0),
+            a.time_runs + 1,
             t["no_prefix_cache_seconds"].as_f64().unwrap_or(0.0),
+            a.time_runs,
             t["speedup"].as_f64().unwrap_or(0.0),
             t["macs_ratio"].as_f64().unwrap_or(0.0),
             t["identical_results"],
@@ -339,6 +378,15 @@ pub fn run(a: SweepArgs) -> Result<()> {
 }
 
 /// The 1-, 5- and 15-minute load averages from /proc/loadavg, if readable.
+/// Seconds the hypervisor has taken from this machine's CPUs since boot (the `steal` column of
+/// `/proc/stat`, in the kernel's 100 Hz user ticks); `None` where it cannot be read.
+fn steal_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?;
+    let ticks: f64 = cpu.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks / 100.0)
+}
+
 pub(crate) fn uptime() -> Option<String> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()

@@ -283,3 +283,61 @@ fn demo_trains_and_reports_on_a_subset() {
     assert!(v["eval"]["top1"].as_f64().unwrap() > 85.0, "{v}");
     assert!(v["latency_b1"]["median_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn sweep_time_both_interleaves_runs_and_agrees() {
+    let data = shared().join("data");
+    let out = tempfile::tempdir().unwrap();
+    let v = json_of(&shears(&[
+        "analyze",
+        "sweep",
+        &model("resnet20.safetensors"),
+        "--arch",
+        "resnet20",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--images",
+        "40",
+        "--batch",
+        "20",
+        "--ratios",
+        "0.25,0.5",
+        "--only",
+        "layer2.1.conv1,layer3.0.conv1",
+        "--time-both",
+        "--time-runs",
+        "2",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--json",
+    ]));
+    let t = &v["timing"];
+    assert_eq!(t["prefix_cache_seconds_runs"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        t["no_prefix_cache_seconds_runs"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        t["no_prefix_cache_steal_seconds_runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(t["identical_results"], true);
+    assert_eq!(t["repeat_identical"], true);
+    assert!(t["macs_ratio"].as_f64().unwrap() > 1.0, "{t}");
+    // --time-runs needs --time-both.
+    let o = shears(&[
+        "analyze",
+        "sweep",
+        &model("resnet20.safetensors"),
+        "--time-runs",
+        "2",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
