@@ -2,7 +2,8 @@
 //! products (pixels in the vector lanes) and with the algorithm the engine picks for its
 //! geometry, single-threaded, runs alternating:
 //! `cargo run --release -p shears-engine --example conv_im2col -- C_IN C_OUT HW BATCH`.
-//! Prints the best of 200 runs of each, in milliseconds, and MACs per second.
+//! Prints the best of 200 runs of each, in milliseconds, and MACs per second. A fifth argument
+//! (0 im2col, 1 transposed, 2 picked) runs only that one, for a profiler.
 
 use std::time::Instant;
 
@@ -15,8 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip(1)
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
-    let [c_in, c_out, hw, n] = args[..] else {
-        return Err("usage: conv_im2col C_IN C_OUT HW BATCH".into());
+    let (&[c_in, c_out, hw, n], only) = (&args[..4.min(args.len())], args.get(4)) else {
+        return Err("usage: conv_im2col C_IN C_OUT HW BATCH [ONLY]".into());
     };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let be = CpuBackend;
@@ -37,7 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let setups = [&im2col, &transposed, &picked].map(|g| (g, be.pack_conv(g, &w)));
     let mut best = [f64::INFINITY; 3];
     for _ in 0..200 {
-        for ((g, p), b) in setups.iter().zip(best.iter_mut()) {
+        for (k, ((g, p), b)) in setups.iter().zip(best.iter_mut()).enumerate() {
+            if only.is_some_and(|&o| o != k) {
+                continue;
+            }
             let t0 = Instant::now();
             pool.install(|| be.conv2d_forward(g, n, &x, p, None, true, &mut y));
             *b = b.min(t0.elapsed().as_secs_f64() * 1e3);

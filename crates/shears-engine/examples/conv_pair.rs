@@ -1,0 +1,72 @@
+//! Times a residual block's two 3x3 convolutions (padding 1), `C > C_MID > C`, single-threaded:
+//! as two separate convs with the algorithms the engine picks, and as one chained pair with
+//! both transposed (the middle map stays channel-major), runs alternating:
+//! `cargo run --release -p shears-engine --example conv_pair -- C C_MID HW BATCH`.
+//! Prints the best of 200 runs of each, in milliseconds.
+
+use std::time::Instant;
+
+use shears_engine::kernels::conv::{ConvAlgo, ConvGeom};
+use shears_engine::{Backend, CpuBackend};
+use shears_ir::Conv2d;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let [c, mid, hw, n] = args[..] else {
+        return Err("usage: conv_pair C C_MID HW BATCH".into());
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let be = CpuBackend;
+    let g1 = ConvGeom::new(&Conv2d::new(c, mid, 3).with_padding(1), hw, hw).ok_or("geometry")?;
+    let g2 = ConvGeom::new(&Conv2d::new(mid, c, 3).with_padding(1), hw, hw).ok_or("geometry")?;
+    let t1 = g1
+        .clone()
+        .with_algo(ConvAlgo::ShiftedT)
+        .ok_or("transposed")?;
+    let t2 = g2
+        .clone()
+        .with_algo(ConvAlgo::ShiftedT)
+        .ok_or("transposed")?;
+    let data = |len: usize, m: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * m) % 1999) as f32 / 1000.0 - 1.0)
+            .collect()
+    };
+    let x = data(n * g1.in_len(), 7919);
+    let (w1, w2) = (data(g1.weight_len(), 104729), data(g2.weight_len(), 7907));
+    let b1 = data(mid, 31);
+    let (p1, p2) = (be.pack_conv(&g1, &w1), be.pack_conv(&g2, &w2));
+    let mut h = vec![0.0f32; n * g1.out_len()];
+    let (mut ya, mut yb) = (
+        vec![0.0f32; n * g2.out_len()],
+        vec![0.0f32; n * g2.out_len()],
+    );
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        pool.install(|| {
+            be.conv2d_forward(&g1, n, &x, &p1, Some(&b1), true, &mut h);
+            be.conv2d_forward(&g2, n, &h, &p2, None, false, &mut ya);
+        });
+        best[0] = best[0].min(t0.elapsed().as_secs_f64() * 1e3);
+        let t0 = Instant::now();
+        pool.install(|| {
+            be.conv2d_chain_forward(&t1, &t2, n, &x, &p1, &b1, &p2, None, false, &mut yb)
+        });
+        best[1] = best[1].min(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let diff = ya
+        .iter()
+        .zip(&yb)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!(
+        "{c}>{mid}>{c} {hw}x{hw} batch {n}: separate ({:?}, {:?}) {:.3} ms, chained transposed \
+         {:.3} ms (max diff {diff:.1e})",
+        g1.algo, g2.algo, best[0], best[1]
+    );
+    Ok(())
+}
