@@ -28,6 +28,17 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+def cpu_model():
+    """The CPU model the kernel reports (VMs of one workplace can differ)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def loadavg():
     try:
         return Path("/proc/loadavg").read_text().split()[:3]
@@ -64,7 +75,16 @@ def main():
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--workdir", default="/tmp/shears_prune_bench")
     ap.add_argument("--out", default=str(root / "docs/results/prune.md"))
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-render OUT from the raw results of its last run (OUT.json), "
+                         "measuring nothing")
     args = ap.parse_args()
+    if args.render_only:
+        out = Path(args.out)
+        raw = json.loads(Path(str(out) + ".json").read_text())
+        out.write_text(render(args, raw))
+        log(f"re-rendered {out} from {out}.json")
+        return
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -113,7 +133,8 @@ def main():
                                             "--latency-iters", "1"], env=env)
     load_after = loadavg()
 
-    raw = {"started": started, "load_before": load_before, "load_after": load_after,
+    raw = {"started": started, "cpu": cpu_model(), "load_before": load_before,
+           "load_after": load_after,
            "base": base, "runs": runs, "torch_pruning": tp, "torch_pruning_lambda": tp_lambda,
            "argv": sys.argv}
     out = Path(args.out)
@@ -139,7 +160,8 @@ def render(args, raw):
       + f" --threads {args.threads}"
       f"{' --eval-limit ' + str(args.eval_limit) if args.eval_limit else ''}"
       f" --out docs/results/prune.md\n```\n")
-    w(f"Run started {raw['started']}. Machine: 2 CPU cores shared with other builds; "
+    w(f"Run started {raw['started']}. Machine: {raw.get('cpu', 'unknown CPU')}, 2 CPU cores "
+      "shared with other builds; "
       f"load average (1/5/15 min) {' / '.join(raw['load_before'])} before and "
       f"{' / '.join(raw['load_after'])} after. Both engines use {args.threads} threads. "
       "Latencies are medians of timed runs after 3 warm-up runs, with the original and the "
@@ -246,12 +268,19 @@ NOTES = """How to read it:
   convs hand the middle map over without leaving that layout (`ConvChain`): that took this
   benchmark's ratios from 0.63-0.75 (2026-11-30 09:25, before) to 0.75-0.95 (14:55) and the
   columns above. On this shared VM the same ratios move by about 0.1 from run to run (the raw
-  JSON of earlier runs is kept in `docs/results/prune_runs/`). What is
-  left: the transposed path computes the padded columns of each row and pays layout copies,
-  which costs most on small maps; one run of `crates/shears/examples/conv_profile.rs` (every
-  conv of the L1-global model alone, one thread, batch 16, unchained) gave speed-up / MACs
-  ratios of 0.75 on stage 1 (32x32), 0.72 on stage 2 (16x16) and 0.86 on stage 3 (8x8,
-  im2col). Elementwise ops also shrink with the channels (about 1.45x), not with the MACs
+  JSON of earlier runs is kept in `docs/results/prune_runs/`; the VM was replaced at about
+  20:45 on 2026-11-30, so later runs are on a different CPU). Same-size convs on 8x8 maps
+  (stage 3) run transposed over unpadded planes with masks in place of padding (19-27%
+  faster than im2col at ragged counts, `crates/shears-engine/examples/conv_im2col.rs`). What
+  is left: one run of `crates/shears/examples/conv_profile.rs` (every conv of the L1-global
+  model alone, one thread, batch 16, 2026-11-30 21:50 UTC) gave speed-up / MACs ratios of
+  0.73 on stage 1 (32x32), 0.78 on stage 2 (16x16) and 0.93 on stage 3 (8x8). On 32x32 and
+  16x16 maps the transposed path computes the padded columns of each row and pays two layout
+  copies (a profile of a 15-to-5-channel 32x32 conv: 57% in the product, 24% in the two
+  transposes), and chaining a block's second conv transposed too does not help there
+  (`crates/shears-engine/examples/conv_pair.rs`: 15>9>15 on 32x32, 0.892 ms separate against
+  0.886 ms chained; 30>18>30 on 16x16, 0.860 against 0.874). Elementwise ops also shrink with
+  the channels (about 1.45x), not with the MACs
   (2x). The `--round-to 8` row keeps every group at
   a multiple of 8 channels, but with ResNet-56's trunk groups the coarser steps cannot land on
   0.5 (the allocation keeps what it achieves and warns; see its MACs column).
