@@ -447,8 +447,21 @@ mod avx512 {
                     bp = bp.add(t.b_rs);
                 }
             }
-            for (r, row) in acc.iter().enumerate() {
-                for (v, a) in row.iter().enumerate() {
+            store_tile(&acc, t);
+        }
+    }
+
+    /// Stores a tile's accumulators to `t.d`, the last vector of each row masked by `t.mask`.
+    ///
+    /// # Safety
+    /// AVX-512F; the tile's kept lanes are inside the caller's checked view of `d`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_tile<const MR: usize, const NV: usize>(acc: &[[__m512; NV]; MR], t: Tile) {
+        for (r, row) in acc.iter().enumerate() {
+            for (v, a) in row.iter().enumerate() {
+                // SAFETY: forwarded contract.
+                unsafe {
                     let p = t.d.add(r * t.d_rs + v * 16);
                     if v + 1 == NV {
                         _mm512_mask_storeu_ps(p, t.mask, *a);
@@ -456,6 +469,34 @@ mod avx512 {
                         _mm512_storeu_ps(p, *a);
                     }
                 }
+            }
+        }
+    }
+
+    /// The output tiles of an `m x n` product: blocks of up to 64 columns (`nv` vectors, the
+    /// last one's lanes `mask`), each cut into as few row tiles as the register budget allows,
+    /// of near-equal height so that no short tail tile runs latency-bound. Calls
+    /// `f(i0, rows, j0, nv, mask)` per tile.
+    fn for_each_tile(m: usize, n: usize, mut f: impl FnMut(usize, usize, usize, usize, __mmask16)) {
+        if m == 0 {
+            return;
+        }
+        for j0 in (0..n).step_by(64) {
+            let nb = 64.min(n - j0);
+            let nv = nb.div_ceil(16);
+            let tail = nb - (nv - 1) * 16;
+            let mask: __mmask16 = if tail == 16 {
+                0xffff
+            } else {
+                (1u16 << tail) - 1
+            };
+            let tiles = m.div_ceil(tile_rows(nv));
+            let (base, extra) = (m / tiles, m % tiles);
+            let mut i0 = 0;
+            for ti in 0..tiles {
+                let rows = base + usize::from(ti < extra);
+                f(i0, rows, j0, nv, mask);
+                i0 += rows;
             }
         }
     }
@@ -543,63 +584,39 @@ mod avx512 {
         b: *const f32,
         b_rs: usize,
     ) {
-        if m == 0 {
-            return;
-        }
-        for j0 in (0..n).step_by(64) {
-            let nb = 64.min(n - j0);
-            let nv = nb.div_ceil(16);
-            let tail = nb - (nv - 1) * 16;
-            let mask: __mmask16 = if tail == 16 {
-                0xffff
-            } else {
-                (1u16 << tail) - 1
-            };
-            // Balanced tiles: as few as the register budget allows, of near-equal height, so
-            // that no short tail tile runs latency-bound.
-            let tiles = m.div_ceil(tile_rows(nv));
-            let (base, extra) = (m / tiles, m % tiles);
-            let mut i0 = 0;
-            for ti in 0..tiles {
-                let rows = base + usize::from(ti < extra);
-
-                // SAFETY: the tile lies inside the caller's checked views.
-                let t = unsafe {
-                    Tile {
-                        segs: segs.as_ptr(),
-                        n_segs: segs.len(),
-                        a: a.add(i0 * a_rs),
-                        a_rs,
-                        a_cs,
-                        b: b.add(j0),
-                        b_rs,
-                        d: d.add(i0 * d_rs + j0),
-                        d_rs,
-                        load: accumulate,
-                        mask,
-                    }
-                };
-                // SAFETY: AVX-512F is available (the caller's contract), the tile is in
-                // bounds.
-                unsafe {
-                    match nv {
-                        1 => run_tile!(
-                            rows,
-                            1,
-                            SHIFT_B,
-                            t,
-                            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-                        ),
-                        2 => {
-                            run_tile!(rows, 2, SHIFT_B, t, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
-                        }
-                        3 => run_tile!(rows, 3, SHIFT_B, t, [1, 2, 3, 4, 5, 6, 7, 8]),
-                        _ => run_tile!(rows, 4, SHIFT_B, t, [1, 2, 3, 4, 5, 6]),
-                    }
+        for_each_tile(m, n, |i0, rows, j0, nv, mask| {
+            // SAFETY: the tile lies inside the caller's checked views.
+            let t = unsafe {
+                Tile {
+                    segs: segs.as_ptr(),
+                    n_segs: segs.len(),
+                    a: a.add(i0 * a_rs),
+                    a_rs,
+                    a_cs,
+                    b: b.add(j0),
+                    b_rs,
+                    d: d.add(i0 * d_rs + j0),
+                    d_rs,
+                    load: accumulate,
+                    mask,
                 }
-                i0 += rows;
+            };
+            // SAFETY: AVX-512F is available (the caller's contract), the tile is in bounds.
+            unsafe {
+                match nv {
+                    1 => run_tile!(
+                        rows,
+                        1,
+                        SHIFT_B,
+                        t,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+                    ),
+                    2 => run_tile!(rows, 2, SHIFT_B, t, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+                    3 => run_tile!(rows, 3, SHIFT_B, t, [1, 2, 3, 4, 5, 6, 7, 8]),
+                    _ => run_tile!(rows, 4, SHIFT_B, t, [1, 2, 3, 4, 5, 6]),
+                }
             }
-        }
+        });
     }
 
     /// One tile of [`gemm_masked`]: `MR` rows by `NV` vectors of 16 columns, overwritten;
@@ -641,16 +658,7 @@ mod avx512 {
                     bp = bp.add(t.b_rs);
                 }
             }
-            for (r, row) in acc.iter().enumerate() {
-                for (v, a) in row.iter().enumerate() {
-                    let p = t.d.add(r * t.d_rs + v * 16);
-                    if v + 1 == NV {
-                        _mm512_mask_storeu_ps(p, t.mask, *a);
-                    } else {
-                        _mm512_storeu_ps(p, *a);
-                    }
-                }
-            }
+            store_tile(&acc, t);
         }
     }
 
@@ -686,66 +694,51 @@ mod avx512 {
         b_rs: usize,
     ) {
         let mstride = n.div_ceil(16);
-        for j0 in (0..n).step_by(64) {
-            let nb = 64.min(n - j0);
-            let nv = nb.div_ceil(16);
-            let tail = nb - (nv - 1) * 16;
-            let mask: __mmask16 = if tail == 16 {
-                0xffff
-            } else {
-                (1u16 << tail) - 1
+        for_each_tile(m, n, |i0, rows, j0, nv, mask| {
+            // SAFETY: the tile lies inside the caller's checked views.
+            let (t, mp) = unsafe {
+                (
+                    Tile {
+                        segs: segs.as_ptr(),
+                        n_segs: segs.len(),
+                        a: a.add(i0 * a_rs),
+                        a_rs,
+                        a_cs,
+                        b: b.add(j0),
+                        b_rs,
+                        d: d.add(i0 * d_rs + j0),
+                        d_rs,
+                        load: false,
+                        mask,
+                    },
+                    masks.as_ptr().add(j0 / 16),
+                )
             };
-            let tiles = m.div_ceil(tile_rows(nv));
-            let (base, extra) = (m / tiles, m % tiles);
-            let mut i0 = 0;
-            for ti in 0..tiles {
-                let rows = base + usize::from(ti < extra);
-                // SAFETY: the tile lies inside the caller's checked views.
-                let (t, mp) = unsafe {
-                    (
-                        Tile {
-                            segs: segs.as_ptr(),
-                            n_segs: segs.len(),
-                            a: a.add(i0 * a_rs),
-                            a_rs,
-                            a_cs,
-                            b: b.add(j0),
-                            b_rs,
-                            d: d.add(i0 * d_rs + j0),
-                            d_rs,
-                            load: false,
-                            mask,
-                        },
-                        masks.as_ptr().add(j0 / 16),
-                    )
-                };
-                // SAFETY: AVX-512F is available (the caller's contract), the tile is in
-                // bounds for its kept lanes.
-                unsafe {
-                    match nv {
-                        1 => run_masked!(
-                            rows,
-                            1,
-                            t,
-                            mp,
-                            mstride,
-                            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-                        ),
-                        2 => run_masked!(
-                            rows,
-                            2,
-                            t,
-                            mp,
-                            mstride,
-                            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-                        ),
-                        3 => run_masked!(rows, 3, t, mp, mstride, [1, 2, 3, 4, 5, 6, 7, 8]),
-                        _ => run_masked!(rows, 4, t, mp, mstride, [1, 2, 3, 4, 5, 6]),
-                    }
+            // SAFETY: AVX-512F is available (the caller's contract), the tile is in bounds
+            // for its kept lanes.
+            unsafe {
+                match nv {
+                    1 => run_masked!(
+                        rows,
+                        1,
+                        t,
+                        mp,
+                        mstride,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+                    ),
+                    2 => run_masked!(
+                        rows,
+                        2,
+                        t,
+                        mp,
+                        mstride,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+                    ),
+                    3 => run_masked!(rows, 3, t, mp, mstride, [1, 2, 3, 4, 5, 6, 7, 8]),
+                    _ => run_masked!(rows, 4, t, mp, mstride, [1, 2, 3, 4, 5, 6]),
                 }
-                i0 += rows;
             }
-        }
+        });
     }
 }
 
