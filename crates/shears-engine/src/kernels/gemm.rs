@@ -437,17 +437,34 @@ mod avx512 {
                             _mm512_loadu_ps(bp.add(v * 16))
                         };
                     }
-                    for (r, row) in acc.iter_mut().enumerate() {
-                        let x = _mm512_set1_ps(*ap.add(r * t.a_rs));
-                        for (v, a) in row.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(x, bv[v], *a);
-                        }
-                    }
+                    rank_one_update(&mut acc, ap, t.a_rs, &bv);
                     ap = ap.add(t.a_cs);
                     bp = bp.add(t.b_rs);
                 }
             }
             store_tile(&acc, t);
+        }
+    }
+
+    /// One reduction step of a tile: `acc[r][v] += a[r * a_rs] * bv[v]` (one broadcast per
+    /// row, `NV` fused multiply-adds).
+    ///
+    /// # Safety
+    /// AVX-512F; `a` addresses `MR` elements `a_rs` apart inside the caller's checked view.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rank_one_update<const MR: usize, const NV: usize>(
+        acc: &mut [[__m512; NV]; MR],
+        a: *const f32,
+        a_rs: usize,
+        bv: &[__m512; NV],
+    ) {
+        for (r, row) in acc.iter_mut().enumerate() {
+            // SAFETY: forwarded contract.
+            let x = _mm512_set1_ps(unsafe { *a.add(r * a_rs) });
+            for (v, acc) in row.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(x, bv[v], *acc);
+            }
         }
     }
 
@@ -473,11 +490,11 @@ mod avx512 {
         }
     }
 
-    /// The output tiles of an `m x n` product: blocks of up to 64 columns (`nv` vectors, the
-    /// last one's lanes `mask`), each cut into as few row tiles as the register budget allows,
-    /// of near-equal height so that no short tail tile runs latency-bound. Calls
-    /// `f(i0, rows, j0, nv, mask)` per tile.
-    fn for_each_tile(m: usize, n: usize, mut f: impl FnMut(usize, usize, usize, usize, __mmask16)) {
+    /// The output tiles of an `m x n` product whose origin tile is `base`: blocks of up to 64
+    /// columns (`nv` vectors, the last one's lanes masked), each cut into as few row tiles as
+    /// the register budget allows, of near-equal height so that no short tail tile runs
+    /// latency-bound. Calls `f(tile, rows, nv, j0)` with the tile's operands moved to it.
+    fn for_each_tile(m: usize, n: usize, base: Tile, mut f: impl FnMut(Tile, usize, usize, usize)) {
         if m == 0 {
             return;
         }
@@ -491,11 +508,18 @@ mod avx512 {
                 (1u16 << tail) - 1
             };
             let tiles = m.div_ceil(tile_rows(nv));
-            let (base, extra) = (m / tiles, m % tiles);
+            let (base_rows, extra) = (m / tiles, m % tiles);
             let mut i0 = 0;
             for ti in 0..tiles {
-                let rows = base + usize::from(ti < extra);
-                f(i0, rows, j0, nv, mask);
+                let rows = base_rows + usize::from(ti < extra);
+                let t = Tile {
+                    a: base.a.wrapping_add(i0 * base.a_rs),
+                    b: base.b.wrapping_add(j0),
+                    d: base.d.wrapping_add(i0 * base.d_rs + j0),
+                    mask,
+                    ..base
+                };
+                f(t, rows, nv, j0);
                 i0 += rows;
             }
         }
@@ -584,23 +608,20 @@ mod avx512 {
         b: *const f32,
         b_rs: usize,
     ) {
-        for_each_tile(m, n, |i0, rows, j0, nv, mask| {
-            // SAFETY: the tile lies inside the caller's checked views.
-            let t = unsafe {
-                Tile {
-                    segs: segs.as_ptr(),
-                    n_segs: segs.len(),
-                    a: a.add(i0 * a_rs),
-                    a_rs,
-                    a_cs,
-                    b: b.add(j0),
-                    b_rs,
-                    d: d.add(i0 * d_rs + j0),
-                    d_rs,
-                    load: accumulate,
-                    mask,
-                }
-            };
+        let base = Tile {
+            segs: segs.as_ptr(),
+            n_segs: segs.len(),
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            d,
+            d_rs,
+            load: accumulate,
+            mask: 0xffff,
+        };
+        for_each_tile(m, n, base, |t, rows, nv, _| {
             // SAFETY: AVX-512F is available (the caller's contract), the tile is in bounds.
             unsafe {
                 match nv {
@@ -648,12 +669,7 @@ mod avx512 {
                     for (v, b) in bv.iter_mut().enumerate() {
                         *b = _mm512_maskz_loadu_ps(mk[v], bp.add(v * 16));
                     }
-                    for (r, row) in acc.iter_mut().enumerate() {
-                        let x = _mm512_set1_ps(*ap.add(r * t.a_rs));
-                        for (v, a) in row.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(x, bv[v], *a);
-                        }
-                    }
+                    rank_one_update(&mut acc, ap, t.a_rs, &bv);
                     ap = ap.add(t.a_cs);
                     bp = bp.add(t.b_rs);
                 }
@@ -694,26 +710,21 @@ mod avx512 {
         b_rs: usize,
     ) {
         let mstride = n.div_ceil(16);
-        for_each_tile(m, n, |i0, rows, j0, nv, mask| {
-            // SAFETY: the tile lies inside the caller's checked views.
-            let (t, mp) = unsafe {
-                (
-                    Tile {
-                        segs: segs.as_ptr(),
-                        n_segs: segs.len(),
-                        a: a.add(i0 * a_rs),
-                        a_rs,
-                        a_cs,
-                        b: b.add(j0),
-                        b_rs,
-                        d: d.add(i0 * d_rs + j0),
-                        d_rs,
-                        load: false,
-                        mask,
-                    },
-                    masks.as_ptr().add(j0 / 16),
-                )
-            };
+        let base = Tile {
+            segs: segs.as_ptr(),
+            n_segs: segs.len(),
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            d,
+            d_rs,
+            load: false,
+            mask: 0xffff,
+        };
+        for_each_tile(m, n, base, |t, rows, nv, j0| {
+            let mp = masks[j0 / 16..].as_ptr();
             // SAFETY: AVX-512F is available (the caller's contract), the tile is in bounds
             // for its kept lanes.
             unsafe {
