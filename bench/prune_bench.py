@@ -81,7 +81,10 @@ def main():
     args = ap.parse_args()
     if args.render_only:
         out = Path(args.out)
-        raw = json.loads(Path(str(out) + ".json").read_text())
+        raw_path = Path(str(out) + ".json")
+        if not raw_path.is_file():
+            sys.exit(f"--render-only: no raw results at {raw_path} (run the benchmark first)")
+        raw = json.loads(raw_path.read_text())
         out.write_text(render(args, raw))
         log(f"re-rendered {out} from {out}.json")
         return

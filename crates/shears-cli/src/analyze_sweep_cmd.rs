@@ -215,10 +215,6 @@ pub fn run(a: SweepArgs) -> Result<()> {
                 full_runs.push((r, stolen));
             }
         }
-        let mean = |runs: &[(SweepResult, Option<f64>)]| {
-            runs.iter().map(|r| r.0.seconds).sum::<f64>() / runs.len() as f64
-        };
-        let (cached_s, full_s) = (mean(&cached_runs), mean(&full_runs));
         let seconds = |runs: &[(SweepResult, Option<f64>)]| -> Vec<f64> {
             runs.iter().map(|r| r.0.seconds).collect()
         };
@@ -227,6 +223,8 @@ pub fn run(a: SweepArgs) -> Result<()> {
         };
         let (cached_secs, full_secs) = (seconds(&cached_runs), seconds(&full_runs));
         let (cached_steal, full_steal) = (steal(&cached_runs), steal(&full_runs));
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (cached_s, full_s) = (mean(&cached_secs), mean(&full_secs));
         let repeat_identical = cached_runs
             .iter()
             .all(|r| r.0.groups == cached_runs[0].0.groups)
@@ -377,7 +375,6 @@ pub fn run(a: SweepArgs) -> Result<()> {
     Ok(())
 }
 
-/// The 1-, 5- and 15-minute load averages from /proc/loadavg, if readable.
 /// Seconds the hypervisor has taken from this machine's CPUs since boot (the `steal` column of
 /// `/proc/stat`, in the kernel's 100 Hz user ticks); `None` where it cannot be read.
 fn steal_seconds() -> Option<f64> {
@@ -387,6 +384,7 @@ fn steal_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// The 1-, 5- and 15-minute load averages from /proc/loadavg, if readable.
 pub(crate) fn uptime() -> Option<String> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()

@@ -14,6 +14,9 @@
 //!   laid out tap-major so that at stride 1 each (tap, output row) is one contiguous copy, and
 //!   multiplied as the segments of one reduction (forward; the backward passes use the
 //!   pixel-major layout).
+//!   Same-size stride-1 convs on 8x8 maps (AVX-512) run their forward pass transposed over
+//!   unpadded channel-major planes instead ([`MaskPlan`]): each tap is a shifted view and a
+//!   per-(tap, 16-pixel vector) mask stands in for the padding.
 //! - **direct loops** for grouped convs with tiny groups (depthwise).
 //!
 //! Work is split over images (rayon); each product runs single-threaded. Weight gradients are
@@ -23,7 +26,9 @@
 use rayon::prelude::*;
 use shears_ir::Conv2d;
 
-use super::gemm::{fast_segs, sgemm, sgemm_masked_rhs, sgemm_segs, sgemm_segs_rhs, MatRef};
+use super::gemm::{
+    fast_segs, sgemm, sgemm_masked_rhs, sgemm_segs, sgemm_segs_rhs, MatRef, PASS_STEPS,
+};
 use super::par::{chunk_len, reduce_partials};
 use super::scratch::with_scratch;
 use super::transpose::{planes_to_rows, rows_to_planes};
@@ -177,13 +182,7 @@ impl ConvGeom {
             } else {
                 ConvAlgo::Shifted
             }
-        } else if self.groups == 1
-            && self.stride == [1, 1]
-            && (self.oh, self.ow) == (self.h, self.w)
-            && (64..=100).contains(&(self.oh * self.ow))
-            && self.c_in >= 8
-            && fast_segs()
-        {
+        } else if MaskPlan::fits(self) && self.oh * self.ow >= 64 && self.c_in >= 8 {
             // 8x8 maps: the transposed products over masked planes (pixels in the lanes)
             // match im2col at full lanes and beat it by up to 20% at ragged channel counts
             // (`examples/conv_im2col.rs`); backward passes still run as im2col.
@@ -457,8 +456,9 @@ struct MaskPlan {
     lead: usize,
     /// Floats after the last plane that a tap's view may reach (never read).
     trail: usize,
-    /// Per tap: the offset of its view, `lead + dy * w + dx`.
-    offs: Vec<usize>,
+    /// Per tap: the offset of its view, `lead + dy * w + dx`, and the input channels it
+    /// reduces over (the segments of the product).
+    segs: Vec<(usize, usize)>,
     /// Per tap and 16-pixel vector: the pixels whose tap lies inside the image.
     masks: Vec<u16>,
 }
@@ -506,7 +506,10 @@ impl MaskPlan {
             npix,
             lead,
             trail,
-            offs: taps.iter().map(|&o| (lead as isize + o) as usize).collect(),
+            segs: taps
+                .iter()
+                .map(|&o| ((lead as isize + o) as usize, g.c_in))
+                .collect(),
             masks,
         }
     }
@@ -519,14 +522,13 @@ impl MaskPlan {
     /// `d[co][p] = sum over taps and input channels` from the planes `p` (filled at
     /// [`Self::lead`]) with the packed forward weight `w`.
     fn products(&self, g: &ConvGeom, p: &[f32], w: &[f32], d: &mut [f32]) {
-        let segs: Vec<(usize, usize)> = self.offs.iter().map(|&o| (o, g.c_in)).collect();
         sgemm_masked_rhs(
             g.c_out,
             self.npix,
             d,
             self.npix,
             MatRef::cols(w, 0, g.c_out),
-            &segs,
+            &self.segs,
             &self.masks,
             MatRef::rows(&p[..self.len(g.c_in)], 0, self.npix),
         );
@@ -1350,13 +1352,9 @@ fn im2col_taps(g: &ConvGeom, xi: &[f32], gi: usize, p0: usize, m: usize, col: &m
     }
 }
 
-/// Reduction steps per product pass of [`taps_product`]: the weight rows of one pass
-/// (`TAPS_KC x 64` columns) stay in a 48 KiB L1 cache.
-const TAPS_KC: usize = 128;
-
 /// `y[p0.., group gi] = col x W_gi` for a tap-major [`im2col_taps`] block of `m` pixels: the
 /// reduction runs over the taps' blocks as segments of one product, in passes of
-/// [`TAPS_KC`] steps. `segs` is reused scratch.
+/// [`PASS_STEPS`] steps (as the plain products split theirs). `segs` is reused scratch.
 #[allow(clippy::too_many_arguments)]
 fn taps_product(
     g: &ConvGeom,
@@ -1372,7 +1370,7 @@ fn taps_product(
     let total = g.kk() * cig;
     let mut q = 0;
     while q < total {
-        let end = (q + TAPS_KC).min(total);
+        let end = (q + PASS_STEPS).min(total);
         segs.clear();
         let mut s = q;
         while s < end {

@@ -360,6 +360,12 @@ pub(crate) fn sgemm_masked_rhs(
     }
 }
 
+/// Reduction steps per pass over an output tile of the AVX-512 products (and of callers that
+/// split a segmented reduction themselves): a pass reads at most `PASS_STEPS x 64` floats of
+/// the right-hand side (32 KiB), which stay in a 48 KiB L1 (256 steps spilled to L2 at 64
+/// columns: 8% slower on a 64-channel 8x8 conv).
+pub(crate) const PASS_STEPS: usize = 128;
+
 /// A register-blocked AVX-512 product for the engine's shapes (narrow `n` = output channels,
 /// any `m`, rows of `rhs` contiguous). The `gemm` crate only ships its AVX-512 kernels behind a
 /// nightly-only feature; on stable it runs AVX2, half the width this machine class offers.
@@ -371,10 +377,7 @@ pub(crate) fn sgemm_masked_rhs(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// Reduction steps per pass over the output tile: a pass reads at most `KC x 64` floats of
-    /// `rhs` (32 KiB), which stay in a 48 KiB L1 (256 steps spilled to L2 at 64 columns: 8%
-    /// slower on a 64-channel 8x8 conv).
-    const KC: usize = 128;
+    use super::PASS_STEPS as KC;
 
     /// Whether the CPU runs AVX-512F (the detection is cached by `std`).
     pub(super) fn available() -> bool {
