@@ -15,7 +15,7 @@
 //!   multiplied as the segments of one reduction (forward; the backward passes use the
 //!   pixel-major layout).
 //!   Same-size stride-1 convs on 8x8 maps (AVX-512) run their forward pass transposed over
-//!   unpadded channel-major planes instead ([`MaskPlan`]): each tap is a shifted view and a
+//!   unpadded channel-major planes instead (`MaskPlan`): each tap is a shifted view and a
 //!   per-(tap, 16-pixel vector) mask stands in for the padding.
 //! - **direct loops** for grouped convs with tiny groups (depthwise).
 //!
