@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         best[0] = best[0].min(t0.elapsed().as_secs_f64() * 1e3);
         let t0 = Instant::now();
         pool.install(|| {
-            be.conv2d_chain_forward(&t1, &t2, n, &x, &p1, &b1, &p2, None, false, &mut yb)
+            be.conv2d_chain_forward(&t1, &t2, n, &x, &p1, &b1, &p2, None, false, Default::default(), &mut yb)
         });
         best[1] = best[1].min(t0.elapsed().as_secs_f64() * 1e3);
     }

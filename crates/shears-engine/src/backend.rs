@@ -32,7 +32,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         y: &mut [f32],
     );
     /// Two chained convolutions (see [`conv::forward_chain`]): `y = conv2(relu(conv1(x) + b1))
-    /// (+ b2) (then ReLU)`; only for [`conv::chainable`] geometries.
+    /// (+ b2) (+ x with `io.residual`) (then ReLU)`, input and output channels-last or, as
+    /// `io` says, padded channel-major planes; only for [`conv::chainable`] geometries.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_chain_forward(
         &self,
@@ -45,6 +46,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         w2: &PackedConv,
         b2: Option<&[f32]>,
         relu2: bool,
+        io: conv::ChainIo,
         y: &mut [f32],
     );
     /// Convolution backward data.
@@ -258,9 +260,10 @@ impl Backend for CpuBackend {
         w2: &PackedConv,
         b2: Option<&[f32]>,
         relu2: bool,
+        io: conv::ChainIo,
         y: &mut [f32],
     ) {
-        conv::forward_chain(g1, g2, n, x, w1, b1, w2, b2, relu2, y)
+        conv::forward_chain(g1, g2, n, x, w1, b1, w2, b2, relu2, io, y)
     }
     fn conv2d_backward_data(
         &self,

@@ -9,7 +9,7 @@ use shears_ir::{Graph, NodeId, Op, ParamKind, Tensor, Weights};
 use crate::backend::{Backend, CpuBackend};
 use crate::error::{EngineError, Result};
 use crate::kernels::bn::{BnBackward, BnDx};
-use crate::kernels::conv::{ConvGeom, PackedConv};
+use crate::kernels::conv::{self, ChainIo, ConvGeom, PackedConv};
 use crate::kernels::elementwise::ShortcutGeom;
 use crate::kernels::pool::PoolGeom;
 use crate::optim::Optimizer;
@@ -274,7 +274,10 @@ enum Step {
     },
     /// Inference only: conv + BN + ReLU whose only consumer is a conv + BN (+ ReLU), both
     /// transposed (`conv::chainable`): the middle map never leaves the kernels' channel-major
-    /// layout.
+    /// layout. With `res`, the second BN's only consumer is an add of the chain's own input
+    /// whose only consumer is a ReLU (a residual block with an identity shortcut, `(add,
+    /// relu)`): the sum is part of the step. `io` says whether the input and output are kept
+    /// as padded channel-major planes between two such blocks (`conv::ChainIo`).
     ConvChain {
         conv: NodeId,
         bn: NodeId,
@@ -282,6 +285,8 @@ enum Step {
         conv2: NodeId,
         bn2: NodeId,
         relu2: Option<NodeId>,
+        res: Option<(NodeId, NodeId)>,
+        io: ChainIo,
     },
 }
 
@@ -316,11 +321,14 @@ impl Step {
                 conv2,
                 bn2,
                 relu2,
+                res,
+                ..
             } => {
                 let mut v = vec![conv, bn, relu, conv2];
-                if relu2.is_some() {
+                if relu2.is_some() || res.is_some() {
                     v.push(bn2);
                 }
+                v.extend(res.map(|(add, _)| add));
                 v
             }
             Step::Op(_) => Vec::new(),
@@ -343,7 +351,9 @@ impl Step {
             | Step::AddRelu { relu, .. }
             | Step::BnAddRelu { relu, .. } => relu,
             Step::ConvBn { bn, relu, .. } => relu.unwrap_or(bn),
-            Step::ConvChain { bn2, relu2, .. } => relu2.unwrap_or(bn2),
+            Step::ConvChain {
+                bn2, relu2, res, ..
+            } => res.map_or(relu2.unwrap_or(bn2), |(_, r)| r),
         }
     }
 }
@@ -402,6 +412,8 @@ pub struct Network {
     next_hook: u64,
     tape: Option<Tape>,
     profile: Option<Profile>,
+    /// Profile entries per step (named by node) rather than per step type.
+    profile_steps: bool,
     /// Run chainable transposed conv pairs as one step (inference; on by default).
     chain_convs: bool,
 }
@@ -433,6 +445,12 @@ fn step_label(g: &Graph, s: Step) -> &'static str {
         Step::BnAddRelu { .. } => "batch_norm2d+add+relu",
         Step::ConvBn { relu: Some(_), .. } => "conv2d+bn+relu",
         Step::ConvBn { relu: None, .. } => "conv2d+bn",
+        Step::ConvChain { res: Some(_), io, .. } => match (io.x_planes, io.y_planes) {
+            (false, false) => "conv2d+bn+relu+conv2d+bn+add+relu",
+            (true, false) => "planes>conv2d+bn+relu+conv2d+bn+add+relu",
+            (false, true) => "conv2d+bn+relu+conv2d+bn+add+relu>planes",
+            (true, true) => "planes>conv2d+bn+relu+conv2d+bn+add+relu>planes",
+        },
         Step::ConvChain { relu2: Some(_), .. } => "conv2d+bn+relu+conv2d+bn+relu",
         Step::ConvChain { relu2: None, .. } => "conv2d+bn+relu+conv2d+bn",
     }
@@ -529,6 +547,7 @@ impl Network {
             next_hook: 0,
             tape: None,
             profile: None,
+            profile_steps: false,
         })
     }
 
@@ -705,6 +724,14 @@ impl Network {
     /// Turns per-op timing on (resetting it) or off.
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(Profile::default);
+        self.profile_steps = false;
+    }
+
+    /// Turns per-step timing on (resetting it) or off: like [`Network::set_profiling`], but
+    /// every forward step is its own entry, labelled with its type and its first node's name.
+    pub fn set_profiling_per_step(&mut self, on: bool) {
+        self.profile = on.then(Profile::default);
+        self.profile_steps = on;
     }
 
     /// The timings collected since profiling was turned on.
@@ -1108,7 +1135,18 @@ impl Network {
                             match chain {
                                 Some((r, c2, b2)) => {
                                     let relu2 = only_consumer(b2, &absorbed, &is_relu);
-                                    for a in [c2, b2].into_iter().chain(relu2) {
+                                    let res = if relu2.is_none() {
+                                        self.chain_residual(id, c2, b2, &|v, p| {
+                                            only_consumer(v, &absorbed, p)
+                                        })
+                                    } else {
+                                        None
+                                    };
+                                    let fused = [c2, b2]
+                                        .into_iter()
+                                        .chain(relu2)
+                                        .chain(res.into_iter().flat_map(|(a, r)| [a, r]));
+                                    for a in fused {
                                         absorbed[a.0] = true;
                                     }
                                     Step::ConvChain {
@@ -1118,6 +1156,8 @@ impl Network {
                                         conv2: c2,
                                         bn2: b2,
                                         relu2,
+                                        res,
+                                        io: ChainIo::default(),
                                     }
                                 }
                                 None => Step::ConvBn { conv: id, bn, relu },
@@ -1180,7 +1220,99 @@ impl Network {
             pending.is_empty(),
             "every fused step's addend is produced by some step"
         );
+        self.link_planes(&mut steps, needed, keep_out);
         steps
+    }
+
+    /// The identity-shortcut residual end of a chain of `conv` and `conv2` (`conv2`'s BN
+    /// `bn2` feeding only an add of `conv`'s own input, feeding only a ReLU): `(add, relu)`.
+    fn chain_residual(
+        &self,
+        conv: NodeId,
+        conv2: NodeId,
+        bn2: NodeId,
+        only_consumer: &dyn Fn(NodeId, &dyn Fn(&Op) -> bool) -> Option<NodeId>,
+    ) -> Option<(NodeId, NodeId)> {
+        let (Geo::Conv(g1), Geo::Conv(g2)) = (&self.geo[conv.0], &self.geo[conv2.0]) else {
+            return None;
+        };
+        if !conv::residual_chainable(g1, g2) {
+            return None;
+        }
+        let add = only_consumer(bn2, &|op| matches!(op, Op::Add))?;
+        let x = self.graph.node(conv).inputs[0];
+        let ins = &self.graph.node(add).inputs;
+        let pair = ins.len() == 2 && (ins[..] == [bn2, x] || ins[..] == [x, bn2]);
+        if !pair {
+            return None;
+        }
+        let relu = only_consumer(add, &|op| matches!(op, Op::Relu))?;
+        Some((add, relu))
+    }
+
+    /// Marks consecutive residual chains that hand their map over as padded channel-major
+    /// planes: a chain's output whose every consumer is inside the next chain (its first conv
+    /// and its add), on the same planes, and that nobody captures.
+    fn link_planes(&self, steps: &mut [Step], needed: &[bool], keep_out: &[bool]) {
+        let geo = |id: NodeId| match &self.geo[id.0] {
+            Geo::Conv(g) => g,
+            _ => unreachable!("conv geometry"),
+        };
+        for si in 0..steps.len() {
+            let Step::ConvChain {
+                conv,
+                conv2,
+                res: Some(_),
+                ..
+            } = steps[si]
+            else {
+                continue;
+            };
+            let out = steps[si].out();
+            if keep_out[out.0] || conv::chain_planes_len(geo(conv), geo(conv2)).is_none() {
+                continue;
+            }
+            let next = steps.iter().position(|t| match *t {
+                Step::ConvChain {
+                    conv: c,
+                    conv2: c2,
+                    res: Some((add, _)),
+                    ..
+                } => {
+                    self.graph.node(c).inputs[0] == out
+                        && conv::chain_planes_len(geo(c), geo(c2)).is_some()
+                        && conv::planes_link(geo(conv), geo(c))
+                        && self.consumers[out.0]
+                            .iter()
+                            .all(|u| !needed[u.0] || *u == c || *u == add)
+                }
+                _ => false,
+            });
+            if let Some(ti) = next {
+                if let Step::ConvChain { io, .. } = &mut steps[si] {
+                    io.y_planes = true;
+                }
+                if let Step::ConvChain { io, .. } = &mut steps[ti] {
+                    io.x_planes = true;
+                }
+            }
+        }
+    }
+
+    /// Floats of step `s`'s output for `n` images: its padded planes when it writes planes.
+    fn step_out_len(&self, n: usize, s: Step) -> usize {
+        match s {
+            Step::ConvChain {
+                conv, conv2, io, ..
+            } if io.y_planes => {
+                let (Geo::Conv(g1), Geo::Conv(g2)) = (&self.geo[conv.0], &self.geo[conv2.0])
+                else {
+                    unreachable!("conv geometry")
+                };
+                n * conv::chain_planes_len(g1, g2).expect("planes are linked only where they fit")
+            }
+            _ => self.numel(n, s.out()),
+        }
     }
 
     fn run_inner(&mut self, req: &ForwardRequest<'_>) -> Result<ForwardOutput> {
@@ -1399,10 +1531,13 @@ impl Network {
                 &mut bn_updates,
             )?;
             if let (Some(p), Some(t0)) = (self.profile.as_mut(), t0) {
-                p.add(
-                    format!("forward {}", step_label(&self.graph, *s)),
-                    t0.elapsed().as_secs_f64(),
-                );
+                let label = step_label(&self.graph, *s);
+                let label = if self.profile_steps {
+                    format!("forward {label} {}", self.graph.node(s.first()).name)
+                } else {
+                    format!("forward {label}")
+                };
+                p.add(label, t0.elapsed().as_secs_f64());
             }
             let o = s.out();
             if req.capture.contains(&o) && !hold[o.0] {
@@ -1539,11 +1674,16 @@ impl Network {
                 .as_slice()
         };
         let be = &*self.backend;
-        let len = self.numel(n, step.out());
+        let len = self.step_out_len(n, step);
         let mut y = self.pool.take(len);
         match step {
             Step::ConvChain {
-                conv, conv2, relu2, ..
+                conv,
+                conv2,
+                relu2,
+                res,
+                io,
+                ..
             } => {
                 let (Geo::Conv(g1), Geo::Conv(g2)) = (&self.geo[conv.0], &self.geo[conv2.0]) else {
                     unreachable!("conv geometry")
@@ -1559,7 +1699,11 @@ impl Network {
                     &f1.bias,
                     &f2.packed,
                     Some(&f2.bias),
-                    relu2.is_some(),
+                    relu2.is_some() || res.is_some(),
+                    ChainIo {
+                        residual: res.is_some(),
+                        ..io
+                    },
                     &mut y,
                 );
             }

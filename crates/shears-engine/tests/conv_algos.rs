@@ -246,8 +246,86 @@ fn chained_transposed_convs_equal_two_convs() {
         let mut want = vec![0.0; n * g2.out_len()];
         be.conv2d_forward(&g2, n, &mid, &p2, Some(&b2), true, &mut want);
         let mut got = vec![f32::NAN; n * g2.out_len()];
-        be.conv2d_chain_forward(&g1, &g2, n, &x, &p1, &b1, &p2, Some(&b2), true, &mut got);
+        be.conv2d_chain_forward(&g1, &g2, n, &x, &p1, &b1, &p2, Some(&b2), true, Default::default(), &mut got);
         let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
         assert_close(&format!("chain {c1:?} -> {c2:?}"), &got, &want, 1e-5, 1e-5);
+    }
+}
+
+/// Residual chains (`y = relu(conv2(relu(conv1(x) + b1)) + b2 + x)`) equal two convs and a
+/// separate add, bit for bit; two of them in a row handing their map over as padded planes
+/// equal the same two run channels-last.
+#[test]
+fn residual_chains_and_planes_equal_separate_convs_and_adds() {
+    use shears_engine::kernels::conv::{chain_planes_len, residual_chainable, ChainIo};
+    let be = CpuBackend;
+    // Masked planes (8x8), padded planes at several widths, a 1x1 pair, a 5x5 pair.
+    for (c, mid, k, pad, hw) in [
+        (11, 7, 3, 1, 8),
+        (11, 9, 3, 1, 16),
+        (13, 10, 3, 1, 12),
+        (9, 12, 3, 1, 20),
+        (12, 11, 1, 0, 14),
+        (10, 9, 5, 2, 11),
+    ] {
+        let geo = |ci: usize, co: usize| {
+            ConvGeom::new(&Conv2d::new(ci, co, k).with_padding(pad), hw, hw)
+                .unwrap()
+                .with_algo(ConvAlgo::ShiftedT)
+                .unwrap()
+        };
+        let (g1, g2) = (geo(c, mid), geo(mid, c));
+        assert!(residual_chainable(&g1, &g2), "{c}>{mid} {k}x{k} on {hw}x{hw}");
+        let n = 3;
+        let mut rng = Rng(hw as u64 * 31 + mid as u64);
+        let x = rng.vec(n * g1.in_len());
+        let (w1, w2) = (rng.vec(g1.weight_len()), rng.vec(g2.weight_len()));
+        let (b1, b2) = (rng.vec(mid), rng.vec(c));
+        let (p1, p2) = (be.pack_conv(&g1, &w1), be.pack_conv(&g2, &w2));
+        // Two blocks apart: conv, conv, add, ReLU; twice.
+        let block = |x: &[f32]| {
+            let mut m = vec![0.0; n * g1.out_len()];
+            be.conv2d_forward(&g1, n, x, &p1, Some(&b1), true, &mut m);
+            let mut y = vec![0.0; n * g2.out_len()];
+            be.conv2d_forward(&g2, n, &m, &p2, Some(&b2), false, &mut y);
+            y.iter_mut().zip(x).for_each(|(y, x)| *y = (*y + x).max(0.0));
+            y
+        };
+        let want1 = block(&x);
+        let want2 = block(&want1);
+        let chain = |x: &[f32], io: ChainIo, len: usize| {
+            let mut y = vec![f32::NAN; n * len];
+            be.conv2d_chain_forward(&g1, &g2, n, x, &p1, &b1, &p2, Some(&b2), true, io, &mut y);
+            y
+        };
+        let res = ChainIo {
+            residual: true,
+            ..ChainIo::default()
+        };
+        let got1 = chain(&x, res, g2.out_len());
+        assert!(got1 == want1, "residual chain {c}>{mid}>{c} {k}x{k} on {hw}x{hw}");
+        let Some(plen) = chain_planes_len(&g1, &g2) else {
+            assert_eq!(hw, 8, "only masked planes (8x8 here) do not hand over planes");
+            continue;
+        };
+        let out = ChainIo {
+            y_planes: true,
+            ..res
+        };
+        let planes = chain(&x, out, plen);
+        let into = ChainIo {
+            x_planes: true,
+            ..res
+        };
+        let got2 = chain(&planes, into, g2.out_len());
+        assert!(got2 == want2, "planes hand-over {c}>{mid}>{c} {k}x{k} on {hw}x{hw}");
+        // Planes in and out: the second block writes planes, a third reads them.
+        let both = ChainIo {
+            y_planes: true,
+            ..into
+        };
+        let planes2 = chain(&planes, both, plen);
+        let got3 = chain(&planes2, into, g2.out_len());
+        assert!(got3 == block(&want2), "two hand-overs {c}>{mid}>{c} {k}x{k}");
     }
 }

@@ -168,8 +168,9 @@ fn engine_exact_fold_mode_verifies_every_plan_with_nonzero_constants() {
 }
 
 /// A pruned ResNet's ragged convs run transposed, and each block's first conv hands its map to
-/// the second without leaving the channel-major layout (`ConvChain`): same outputs, bit for
-/// bit, as running the two convs apart.
+/// the second without leaving the channel-major layout (`ConvChain`), the residual sum inside
+/// the chain and consecutive blocks handing their maps over as padded planes: same outputs,
+/// bit for bit, as running the two convs and the add apart.
 #[test]
 fn chained_transposed_convs_equal_separate_ones() {
     use shears_engine::{Mode, Network};
@@ -217,6 +218,14 @@ fn chained_transposed_convs_equal_separate_ones() {
             assert!(
                 labels.iter().any(|l| l.contains("conv2d+bn+relu+conv2d")),
                 "some block ran chained: {labels:?}"
+            );
+            // Stage 1 (16 -> 11 channels on 32x32): residual blocks hand their maps over
+            // as padded planes, the sum inside the chain.
+            assert!(
+                labels
+                    .iter()
+                    .any(|l| l.contains("planes>conv2d+bn+relu+conv2d+bn+add+relu>planes")),
+                "some block ran planes in and out: {labels:?}"
             );
         }
     }

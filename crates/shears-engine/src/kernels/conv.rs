@@ -270,7 +270,7 @@ pub fn unpack_weight(g: &ConvGeom, packed: &[f32], oihw: &mut [f32]) {
 
 /// How a stride-1 correlation `D[h, w] += sum_k S[h + a_k, w + b_k] * M_k` is laid out over a
 /// zero-padded copy `P` of the source, computed over `hd` rows of the padded width `wp`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct ShiftPlan {
     hs: usize,
     ws: usize,
@@ -419,6 +419,54 @@ impl ShiftPlan {
                 ep.bias,
                 ep.relu,
             );
+        }
+    }
+
+    /// Writes the channel-major result `d` (`c` rows of [`Self::m`] pixels over the padded
+    /// width) as this plan's zero-padded planes `dst` (`c` planes of `plen`), each valid pixel
+    /// `f((d + bias) + r)` with `r` the residual planes (pixel `(0, 0)` first, planes
+    /// `r_stride` apart, rows `wp` apart) and `f` ReLU or the identity: the hand-over between
+    /// two chained residual blocks. Needs a same-size plan (`hd x wd` is `hs x ws`).
+    #[allow(clippy::too_many_arguments)]
+    fn store_planes(
+        &self,
+        d: &[f32],
+        c: usize,
+        bias: Option<&[f32]>,
+        r: &[f32],
+        r_stride: usize,
+        relu: bool,
+        dst: &mut [f32],
+    ) {
+        assert_eq!((self.hd, self.wd), (self.hs, self.ws), "same-size plan");
+        let m = self.m();
+        let origin = self.pt * self.wp + self.pl;
+        for (ci, plane) in dst[..c * self.plen].chunks_exact_mut(self.plen).enumerate() {
+            let b = bias.map_or(0.0, |b| b[ci]);
+            let src = &d[ci * m..(ci + 1) * m];
+            let res = &r[ci * r_stride..];
+            plane[..origin].fill(0.0);
+            for y in 0..self.hd {
+                let o = origin + y * self.wp;
+                let (s, rr) = (&src[y * self.wp..][..self.wd], &res[y * self.wp..][..self.wd]);
+                let out = &mut plane[o..o + self.wd];
+                if relu {
+                    for ((o, v), r) in out.iter_mut().zip(s).zip(rr) {
+                        *o = ((v + b) + r).max(0.0);
+                    }
+                } else {
+                    for ((o, v), r) in out.iter_mut().zip(s).zip(rr) {
+                        *o = (v + b) + r;
+                    }
+                }
+                // The margin to the next row's first pixel (or to the end of the plane).
+                let next = (o + self.wp).min(self.plen);
+                plane[o + self.wd..next].fill(0.0);
+            }
+            let tail = origin + self.hd * self.wp;
+            if tail < self.plen {
+                plane[tail..].fill(0.0);
+            }
         }
     }
 
@@ -754,11 +802,60 @@ pub fn chainable(g1: &ConvGeom, g2: &ConvGeom) -> bool {
         && (g2.h, g2.w) == (g1.oh, g1.ow)
 }
 
-/// Two convolutions in a row, `y = conv2(relu(conv1(x) + b1)) (+ b2) (then ReLU)`, where the
-/// middle map feeds nothing else: it stays channel-major between the two transposed products
-/// (written straight into the second conv's padded planes, with the bias and ReLU), so the
-/// two layout copies around it are skipped. Same sums as two [`forward`] calls. Needs
-/// [`chainable`] geometries.
+/// Whether a [`chainable`] pair can also add its own input to its output
+/// ([`ChainIo::residual`], a residual block with an identity shortcut): the second conv
+/// gives back the first one's input shape.
+pub fn residual_chainable(g1: &ConvGeom, g2: &ConvGeom) -> bool {
+    if !chainable(g1, g2) || g2.c_out != g1.c_in || (g2.oh, g2.ow) != (g1.h, g1.w) {
+        return false;
+    }
+    if MaskPlan::fits(g1) && MaskPlan::fits(g2) {
+        return true;
+    }
+    // The result over the padded width lines up with the input planes from pixel (0, 0) on.
+    let (p1, p2) = (ShiftPlan::forward(g1), ShiftPlan::forward(g2));
+    p1.wp == p2.wp && p1.pt * p1.wp + p1.pl + p2.m() <= p1.plen
+}
+
+/// How a chained pair ([`forward_chain`]) meets its neighbours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainIo {
+    /// Add the chain's input `x` to the second conv's result (after its bias, before its
+    /// ReLU): a residual block with an identity shortcut. Needs [`residual_chainable`].
+    pub residual: bool,
+    /// `x` arrives as the first conv's zero-padded channel-major planes
+    /// ([`chain_planes_len`] floats per image), written by a previous chain's `y_planes`.
+    pub x_planes: bool,
+    /// Write `y` as zero-padded channel-major planes for a following chain that reads them
+    /// with `x_planes` ([`planes_link`]); only with `residual`.
+    pub y_planes: bool,
+}
+
+/// Floats per image of the zero-padded channel-major planes that a residual chain of `g1`
+/// and `g2` reads and writes with [`ChainIo::x_planes`] and [`ChainIo::y_planes`], or `None`
+/// where it cannot (not [`residual_chainable`], or small maps that run over masked planes).
+pub fn chain_planes_len(g1: &ConvGeom, g2: &ConvGeom) -> Option<usize> {
+    if !residual_chainable(g1, g2) || MaskPlan::fits(g1) && MaskPlan::fits(g2) {
+        return None;
+    }
+    let (p1, p2) = (ShiftPlan::forward(g1), ShiftPlan::forward(g2));
+    (p1 == p2).then_some(p1.plen * g1.c_in)
+}
+
+/// Whether the planes a residual chain starting with `from` writes are the planes a residual
+/// chain starting with `to` reads (same map, kernel, padding and channels).
+pub fn planes_link(from: &ConvGeom, to: &ConvGeom) -> bool {
+    from.c_in == to.c_in && ShiftPlan::forward(from) == ShiftPlan::forward(to)
+}
+
+/// Two convolutions in a row, `y = conv2(relu(conv1(x) + b1)) (+ b2) (+ x) (then ReLU)`,
+/// where the middle map feeds nothing else: it stays channel-major between the two transposed
+/// products (written straight into the second conv's padded planes, with the bias and ReLU),
+/// so the two layout copies around it are skipped. With [`ChainIo::residual`] the input is
+/// added before the final ReLU (the end of a residual block, no separate pass), and with
+/// [`ChainIo::x_planes`] / [`ChainIo::y_planes`] consecutive blocks hand their maps over as
+/// padded planes, skipping the layout copies around the blocks as well. Same sums, in the same
+/// order, as [`forward`] calls and a separate add. Needs [`chainable`] geometries.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_chain(
     g1: &ConvGeom,
@@ -770,17 +867,38 @@ pub fn forward_chain(
     w2: &PackedConv,
     b2: Option<&[f32]>,
     relu2: bool,
+    io: ChainIo,
     y: &mut [f32],
 ) {
     assert!(
         chainable(g1, g2),
         "forward_chain needs chainable geometries"
     );
-    assert_eq!(x.len(), n * g1.in_len(), "conv input length");
-    assert_eq!(y.len(), n * g2.out_len(), "conv output length");
+    assert!(
+        !io.residual || residual_chainable(g1, g2),
+        "a residual chain gives back its input's shape"
+    );
+    let planes = chain_planes_len(g1, g2);
+    assert!(
+        !(io.x_planes || io.y_planes) || (io.residual && planes.is_some()),
+        "planes in or out need a residual chain over padded planes"
+    );
+    let x_len = match (io.x_planes, planes) {
+        (true, Some(l)) => l,
+        _ => g1.in_len(),
+    };
+    let y_len = match (io.y_planes, planes) {
+        (true, Some(l)) => l,
+        _ => g2.out_len(),
+    };
+    assert_eq!(x.len(), n * x_len, "conv input length");
+    assert_eq!(y.len(), n * y_len, "conv output length");
     assert_eq!(b1.len(), g1.c_out, "first bias length");
     assert_eq!(w1.w.len(), g1.weight_len(), "packed conv weight length");
     assert_eq!(w2.w.len(), g2.weight_len(), "packed conv weight length");
+    if let Some(b) = b2 {
+        assert_eq!(b.len(), g2.c_out, "second bias length");
+    }
     if n == 0 {
         return;
     }
@@ -788,53 +906,113 @@ pub fn forward_chain(
         let (mp1, mp2) = (MaskPlan::new(g1), MaskPlan::new(g2));
         let a_len = mp1.len(g1.c_in).max(mp2.len(g2.c_in));
         let b_len = (mp1.npix * g1.c_out).max(mp2.npix * g2.c_out);
-        y.par_chunks_mut(g2.out_len())
-            .enumerate()
-            .for_each(|(i, yi)| {
-                let xi = &x[i * g1.in_len()..(i + 1) * g1.in_len()];
-                with_scratch([a_len, b_len, 0], |a, b, _| {
-                    rows_to_planes(xi, g1.c_in, mp1.npix, a, mp1.lead, mp1.npix);
-                    mp1.products(g1, a, &w1.w, b);
-                    // The middle map goes straight into the second conv's planes.
-                    let planes = &mut a[mp2.lead..mp2.lead + mp2.npix * g2.c_in];
-                    for ((dst, src), &bias) in planes
-                        .chunks_exact_mut(mp2.npix)
-                        .zip(b.chunks_exact(mp1.npix))
-                        .zip(b1)
-                    {
-                        for (o, v) in dst.iter_mut().zip(src) {
-                            *o = (v + bias).max(0.0);
-                        }
+        // A residual chain keeps its input planes (buffer A) for the sum at the end, so the
+        // middle map goes to buffer C.
+        let c_len = if io.residual { mp2.len(g2.c_in) } else { 0 };
+        y.par_chunks_mut(y_len).enumerate().for_each(|(i, yi)| {
+            let xi = &x[i * x_len..(i + 1) * x_len];
+            with_scratch([a_len, b_len, c_len], |a, b, c| {
+                rows_to_planes(xi, g1.c_in, mp1.npix, a, mp1.lead, mp1.npix);
+                mp1.products(g1, a, &w1.w, b);
+                let mid = if io.residual { c } else { &mut *a };
+                // The middle map goes straight into the second conv's planes.
+                let planes = &mut mid[mp2.lead..mp2.lead + mp2.npix * g2.c_in];
+                for ((dst, src), &bias) in planes
+                    .chunks_exact_mut(mp2.npix)
+                    .zip(b.chunks_exact(mp1.npix))
+                    .zip(b1)
+                {
+                    for (o, v) in dst.iter_mut().zip(src) {
+                        *o = (v + bias).max(0.0);
                     }
-                    mp2.products(g2, a, &w2.w, b);
+                }
+                mp2.products(g2, mid, &w2.w, b);
+                if io.residual {
+                    let r = &a[mp1.lead..mp1.lead + mp1.npix * g1.c_in];
+                    add_bias_and(&mut b[..mp2.npix * g2.c_out], mp2.npix, b2, r, mp1.npix);
+                    planes_to_rows(b, 0, mp2.npix, g2.c_out, mp2.npix, yi, None, relu2);
+                } else {
                     planes_to_rows(b, 0, mp2.npix, g2.c_out, mp2.npix, yi, b2, relu2);
-                });
+                }
             });
+        });
         return;
     }
     let (plan1, plan2) = (ShiftPlan::forward(g1), ShiftPlan::forward(g2));
     let (segs1, segs2) = (transposed_segs(g1, &plan1), transposed_segs(g2, &plan2));
-    // Buffer A holds the first conv's planes, then the second's; B the first product, then
-    // the second.
-    let a_len = (plan1.plen * g1.c_in).max(plan2.plen * g2.c_in);
+    // Buffer A holds the first conv's planes, then the second's (in C for a residual chain,
+    // which keeps its input for the sum at the end); B the first product, then the second.
+    let a_len = if io.x_planes {
+        0
+    } else {
+        plan1.plen * g1.c_in
+    };
+    let a_len = if io.residual {
+        a_len
+    } else {
+        a_len.max(plan2.plen * g2.c_in)
+    };
     let b_len = (plan1.m() * g1.c_out).max(plan2.m() * g2.c_out);
+    let c_len = if io.residual {
+        plan2.plen * g2.c_in
+    } else {
+        0
+    };
     let ep = Epilogue {
         bias: b2,
         relu: relu2,
         accumulate: false,
     };
-    y.par_chunks_mut(g2.out_len())
-        .enumerate()
-        .for_each(|(i, yi)| {
-            let xi = &x[i * g1.in_len()..(i + 1) * g1.in_len()];
-            with_scratch([a_len, b_len, 0], |a, b, _| {
+    // Offset of pixel (0, 0) in the padded planes.
+    let origin = plan1.pt * plan1.wp + plan1.pl;
+    y.par_chunks_mut(y_len).enumerate().for_each(|(i, yi)| {
+        let xi = &x[i * x_len..(i + 1) * x_len];
+        with_scratch([a_len, b_len, c_len], |a, b, c| {
+            if !io.residual {
                 plan1.fill_channel_major(xi, g1.c_in, a);
                 transposed_products(g1, &plan1, &segs1, a, &w1.w, b);
                 plan2.fill_from_planes(&b[..plan1.m() * g1.c_out], &plan1, b1, a);
                 transposed_products(g2, &plan2, &segs2, a, &w2.w, b);
                 plan2.store_channel_major(b, g2.c_out, yi, ep);
-            });
+                return;
+            }
+            let p_in: &[f32] = if io.x_planes {
+                xi
+            } else {
+                plan1.fill_channel_major(xi, g1.c_in, a);
+                a
+            };
+            transposed_products(g1, &plan1, &segs1, p_in, &w1.w, b);
+            plan2.fill_from_planes(&b[..plan1.m() * g1.c_out], &plan1, b1, c);
+            transposed_products(g2, &plan2, &segs2, c, &w2.w, b);
+            let m = plan2.m();
+            let d = &mut b[..m * g2.c_out];
+            // The residual: the input planes from pixel (0, 0) on, rows `wp` apart like the
+            // result's over the padded width.
+            let r = &p_in[origin..];
+            if io.y_planes {
+                plan2.store_planes(d, g2.c_out, b2, r, plan1.plen, relu2, yi);
+            } else {
+                add_bias_and(d, m, b2, r, plan1.plen);
+                let ep = Epilogue { bias: None, ..ep };
+                plan2.store_channel_major(d, g2.c_out, yi, ep);
+            }
         });
+    });
+}
+
+/// `d[c][j] = (d[c][j] + bias[c]) + r[c * r_stride + j]` over `c` rows of `m` (the residual
+/// sum of a chain, in the order of a conv's epilogue followed by a separate add).
+fn add_bias_and(d: &mut [f32], m: usize, bias: Option<&[f32]>, r: &[f32], r_stride: usize) {
+    for (ci, row) in d.chunks_exact_mut(m).enumerate() {
+        let b = bias.map_or(0.0, |b| b[ci]);
+        let rr = &r[ci * r_stride..ci * r_stride + m];
+        if bias.is_some() {
+            row.iter_mut().zip(rr).for_each(|(v, r)| *v = (*v + b) + r);
+        } else {
+            row.iter_mut().zip(rr).for_each(|(v, r)| *v += r);
+        }
+    }
 }
 
 /// The algorithm of the backward passes: a transposed conv on small maps (forward on masked
