@@ -1,12 +1,14 @@
-//! Times a residual block's two 3x3 convolutions (padding 1), `C > C_MID > C`, single-threaded:
-//! as two separate convs with the algorithms the engine picks, and as one chained pair with
-//! both transposed (the middle map stays channel-major), runs alternating:
+//! Times a residual block's two 3x3 convolutions (padding 1), `C > C_MID > C`, and its identity
+//! shortcut, single-threaded: as two separate convs with the algorithms the engine picks (the
+//! shortcut added in the second one's epilogue), and as one chained residual pair with both
+//! transposed (the middle map stays channel-major), its input and output channels-last or, as
+//! between two chained blocks of a stage, padded channel-major planes; runs alternating:
 //! `cargo run --release -p shears-engine --example conv_pair -- C C_MID HW BATCH`.
 //! Prints the best of 200 runs of each, in milliseconds.
 
 use std::time::Instant;
 
-use shears_engine::kernels::conv::{ConvAlgo, ConvGeom};
+use shears_engine::kernels::conv::{chain_planes_len, ChainIo, ConvAlgo, ConvGeom};
 use shears_engine::{Backend, CpuBackend};
 use shears_ir::Conv2d;
 
@@ -44,19 +46,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         vec![0.0f32; n * g2.out_len()],
         vec![0.0f32; n * g2.out_len()],
     );
-    let mut best = [f64::INFINITY; 2];
+    let res = ChainIo {
+        residual: true,
+        ..ChainIo::default()
+    };
+    let planes = ChainIo {
+        x_planes: true,
+        y_planes: true,
+        ..res
+    };
+    let plen = chain_planes_len(&t1, &t2).ok_or("no planes for this pair")?;
+    // The block's input as planes (a previous chained block's output).
+    let mut xp = vec![0.0f32; n * plen];
+    let mut yp = vec![0.0f32; n * plen];
+    be.conv2d_chain_forward(
+        &t1,
+        &t2,
+        n,
+        &x,
+        &p1,
+        &b1,
+        &p2,
+        None,
+        true,
+        ChainIo {
+            y_planes: true,
+            ..res
+        },
+        &mut xp,
+    );
+    let mut best = [f64::INFINITY; 3];
     for _ in 0..200 {
         let t0 = Instant::now();
         pool.install(|| {
             be.conv2d_forward(&g1, n, &x, &p1, Some(&b1), true, &mut h);
-            be.conv2d_forward(&g2, n, &h, &p2, None, false, &mut ya);
+            be.conv2d_forward_add(&g2, n, &h, &p2, None, &x, true, &mut ya);
         });
         best[0] = best[0].min(t0.elapsed().as_secs_f64() * 1e3);
         let t0 = Instant::now();
         pool.install(|| {
-            be.conv2d_chain_forward(&t1, &t2, n, &x, &p1, &b1, &p2, None, false, Default::default(), &mut yb)
+            be.conv2d_chain_forward(&t1, &t2, n, &x, &p1, &b1, &p2, None, true, res, &mut yb)
         });
         best[1] = best[1].min(t0.elapsed().as_secs_f64() * 1e3);
+        let t0 = Instant::now();
+        pool.install(|| {
+            be.conv2d_chain_forward(&t1, &t2, n, &xp, &p1, &b1, &p2, None, true, planes, &mut yp)
+        });
+        best[2] = best[2].min(t0.elapsed().as_secs_f64() * 1e3);
     }
     let diff = ya
         .iter()
@@ -65,8 +101,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .fold(0.0f32, f32::max);
     println!(
         "{c}>{mid}>{c} {hw}x{hw} batch {n}: separate ({:?}, {:?}) {:.3} ms, chained transposed \
-         {:.3} ms (max diff {diff:.1e})",
-        g1.algo, g2.algo, best[0], best[1]
+         {:.3} ms (max diff {diff:.1e}), chained planes to planes {:.3} ms",
+        g1.algo, g2.algo, best[0], best[1], best[2]
     );
     Ok(())
 }

@@ -31,6 +31,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         relu: bool,
         y: &mut [f32],
     );
+    /// Convolution forward with a residual laid out like `y` added after the bias and before
+    /// the ReLU (see [`conv::forward_add`]): the end of a residual block in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_forward_add(
+        &self,
+        g: &ConvGeom,
+        n: usize,
+        x: &[f32],
+        w: &PackedConv,
+        bias: Option<&[f32]>,
+        residual: &[f32],
+        relu: bool,
+        y: &mut [f32],
+    );
     /// Two chained convolutions (see [`conv::forward_chain`]): `y = conv2(relu(conv1(x) + b1))
     /// (+ b2) (+ x with `io.residual`) (then ReLU)`, input and output channels-last or, as
     /// `io` says, padded channel-major planes; only for [`conv::chainable`] geometries.
@@ -248,6 +262,19 @@ impl Backend for CpuBackend {
         y: &mut [f32],
     ) {
         conv::forward(g, n, x, w, bias, relu, y)
+    }
+    fn conv2d_forward_add(
+        &self,
+        g: &ConvGeom,
+        n: usize,
+        x: &[f32],
+        w: &PackedConv,
+        bias: Option<&[f32]>,
+        residual: &[f32],
+        relu: bool,
+        y: &mut [f32],
+    ) {
+        conv::forward_add(g, n, x, w, bias, Some(residual), relu, y)
     }
     fn conv2d_chain_forward(
         &self,

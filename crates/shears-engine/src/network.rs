@@ -266,11 +266,14 @@ enum Step {
         other: NodeId,
     },
     /// Inference only: conv whose only consumer is a BN (whose only consumer may be a ReLU),
-    /// run as one conv with folded weights.
+    /// run as one conv with folded weights. With `add = Some((add, other))` the BN's only
+    /// consumer is a two-input add of `other` (a value computed earlier) whose only consumer
+    /// is the ReLU `relu`: the end of a residual block, the sum in the conv's epilogue.
     ConvBn {
         conv: NodeId,
         bn: NodeId,
         relu: Option<NodeId>,
+        add: Option<(NodeId, NodeId)>,
     },
     /// Inference only: conv + BN + ReLU whose only consumer is a conv + BN (+ ReLU), both
     /// transposed (`conv::chainable`): the middle map never leaves the kernels' channel-major
@@ -307,13 +310,16 @@ impl Step {
             Step::BnRelu { bn, .. } => vec![bn],
             Step::AddRelu { add, .. } => vec![add],
             Step::BnAddRelu { bn, add, .. } => vec![bn, add],
-            Step::ConvBn { conv, bn, relu } => {
-                if relu.is_some() {
-                    vec![conv, bn]
-                } else {
-                    vec![conv]
-                }
-            }
+            Step::ConvBn {
+                conv,
+                bn,
+                relu,
+                add,
+            } => match (relu, add) {
+                (_, Some((add, _))) => vec![conv, bn, add],
+                (Some(_), None) => vec![conv, bn],
+                (None, None) => vec![conv],
+            },
             Step::ConvChain {
                 conv,
                 bn,
@@ -339,6 +345,11 @@ impl Step {
     fn inputs(&self, g: &Graph) -> Vec<NodeId> {
         match *self {
             Step::BnAddRelu { bn, other, .. } => vec![g.node(bn).inputs[0], other],
+            Step::ConvBn {
+                conv,
+                add: Some((_, other)),
+                ..
+            } => vec![g.node(conv).inputs[0], other],
             _ => g.node(self.first()).inputs.clone(),
         }
     }
@@ -356,6 +367,21 @@ impl Step {
             } => res.map_or(relu2.unwrap_or(bn2), |(_, r)| r),
         }
     }
+}
+
+/// The planner's "the only consumer of this value, if it satisfies this predicate".
+type OnlyConsumer<'a> = &'a dyn Fn(NodeId, &dyn Fn(&Op) -> bool) -> Option<NodeId>;
+
+/// What a pass's steps are planned from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PlanKey {
+    needed: Vec<bool>,
+    fed: Vec<bool>,
+    keep_out: Vec<bool>,
+    mode: Mode,
+    record: bool,
+    chain_convs: bool,
+    fuse_residuals: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -416,6 +442,14 @@ pub struct Network {
     profile_steps: bool,
     /// Run chainable transposed conv pairs as one step (inference; on by default).
     chain_convs: bool,
+    /// Add residual sums inside conv steps (inference; on by default).
+    fuse_residuals: bool,
+    /// Per conv of a residual block's pair: the geometry it runs with when the pair runs as
+    /// one chain with its shortcut (`conv::residual_pair`; inference only).
+    chain_geo: Vec<Option<ConvGeom>>,
+    /// The last pass's steps and what they were planned for (a repeated request, such as
+    /// every batch of an evaluation, is not planned again).
+    plan_cache: Option<(PlanKey, Vec<Step>)>,
 }
 
 /// Time spent per op type and direction, collected when profiling is on.
@@ -443,9 +477,12 @@ fn step_label(g: &Graph, s: Step) -> &'static str {
         Step::BnRelu { .. } => "batch_norm2d+relu",
         Step::AddRelu { .. } => "add+relu",
         Step::BnAddRelu { .. } => "batch_norm2d+add+relu",
+        Step::ConvBn { add: Some(_), .. } => "conv2d+bn+add+relu",
         Step::ConvBn { relu: Some(_), .. } => "conv2d+bn+relu",
         Step::ConvBn { relu: None, .. } => "conv2d+bn",
-        Step::ConvChain { res: Some(_), io, .. } => match (io.x_planes, io.y_planes) {
+        Step::ConvChain {
+            res: Some(_), io, ..
+        } => match (io.x_planes, io.y_planes) {
             (false, false) => "conv2d+bn+relu+conv2d+bn+add+relu",
             (true, false) => "planes>conv2d+bn+relu+conv2d+bn+add+relu",
             (false, true) => "conv2d+bn+relu+conv2d+bn+add+relu>planes",
@@ -466,6 +503,42 @@ impl std::fmt::Debug for Network {
             .field("recorded", &self.tape.is_some())
             .finish()
     }
+}
+
+/// The inference geometries of residual blocks' conv pairs (conv, BN, ReLU, conv, BN, add of
+/// the first conv's input, ReLU; each feeding only the next) that can run as one chain.
+fn residual_pair_geos(
+    graph: &Graph,
+    consumers: &[Vec<NodeId>],
+    geo: &[Geo],
+) -> Vec<Option<ConvGeom>> {
+    let mut out: Vec<Option<ConvGeom>> = vec![None; graph.len()];
+    let only = |id: NodeId, pred: &dyn Fn(&Op) -> bool| match consumers[id.0].as_slice() {
+        [c] if pred(&graph.node(*c).op) => Some(*c),
+        _ => None,
+    };
+    let is = |want: fn(&Op) -> bool| move |op: &Op| want(op);
+    for c1 in graph.ids() {
+        let pair = (|| {
+            let bn1 = only(c1, &is(|op| matches!(op, Op::BatchNorm2d(_))))?;
+            let r1 = only(bn1, &is(|op| matches!(op, Op::Relu)))?;
+            let c2 = only(r1, &is(|op| matches!(op, Op::Conv2d(_))))?;
+            let bn2 = only(c2, &is(|op| matches!(op, Op::BatchNorm2d(_))))?;
+            let add = only(bn2, &is(|op| matches!(op, Op::Add)))?;
+            only(add, &is(|op| matches!(op, Op::Relu)))?;
+            let x = graph.node(c1).inputs[0];
+            let ins = &graph.node(add).inputs;
+            (ins.len() == 2 && ins.contains(&x) && ins.contains(&bn2)).then_some(c2)
+        })();
+        let Some(c2) = pair else { continue };
+        if let (Geo::Conv(g1), Geo::Conv(g2)) = (&geo[c1.0], &geo[c2.0]) {
+            if let Some((t1, t2)) = conv::residual_pair(g1, g2) {
+                out[c1.0] = Some(t1);
+                out[c2.0] = Some(t2);
+            }
+        }
+    }
+    out
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -527,10 +600,12 @@ impl Network {
             });
         }
         let nn = graph.len();
+        let chain_geo = residual_pair_geos(&graph, &consumers, &geo);
         Ok(Network {
             graph,
             consumers,
             geo,
+            chain_geo,
             cs,
             params,
             packs: (0..nn).map(|_| None).collect(),
@@ -539,6 +614,8 @@ impl Network {
             pool: BufferPool::default(),
             threads: None,
             chain_convs: true,
+            fuse_residuals: true,
+            plan_cache: None,
             rng: RngState {
                 seed: 0,
                 counter: 0,
@@ -719,6 +796,14 @@ impl Network {
     /// give the same sums; off is for measuring what chaining saves and testing it.
     pub fn set_conv_chains(&mut self, on: bool) {
         self.chain_convs = on;
+    }
+
+    /// Turns on (the default) or off the residual sums inside conv steps in inference: a
+    /// conv + BN whose result is added to an earlier value and rectified runs as one step,
+    /// and chained residual blocks hand their maps over as padded planes. Both give the same
+    /// sums; off is for measuring what the fusion saves and testing it.
+    pub fn set_residual_fusion(&mut self, on: bool) {
+        self.fuse_residuals = on;
     }
 
     /// Turns per-op timing on (resetting it) or off.
@@ -1084,6 +1169,8 @@ impl Network {
         let g = &self.graph;
         let nn = g.len();
         let mut absorbed = vec![false; nn];
+        // Values that an earlier step computes.
+        let mut produced = vec![false; nn];
         let mut steps: Vec<Step> = Vec::new();
         // Fused residual-block ends waiting for their other addend: (addend, step).
         let mut pending: Vec<(NodeId, Step)> = Vec::new();
@@ -1119,29 +1206,29 @@ impl Network {
                             if let Some(r) = relu {
                                 absorbed[r.0] = true;
                             }
-                            // A transposed conv feeding only another one: chain them.
+                            // A transposed conv feeding only another one: chain them. A
+                            // residual block's pair chains with its shortcut (in the
+                            // geometries of `conv::residual_pair`), else only where both
+                            // convs run transposed by themselves.
                             let chain = relu.filter(|_| self.chain_convs).and_then(|r| {
                                 let c2 = only_consumer(r, &absorbed, &is_conv)?;
                                 let b2 = only_consumer(c2, &absorbed, &is_bn)?;
-                                match (&self.geo[id.0], &self.geo[c2.0]) {
-                                    (Geo::Conv(g1), Geo::Conv(g2))
-                                        if crate::kernels::conv::chainable(g1, g2) =>
-                                    {
-                                        Some((r, c2, b2))
-                                    }
-                                    _ => None,
-                                }
+                                let relu2 = only_consumer(b2, &absorbed, &is_relu);
+                                let res = if relu2.is_none() && self.fuse_residuals {
+                                    self.chain_residual(id, c2, b2, &|v, p| {
+                                        only_consumer(v, &absorbed, p)
+                                    })
+                                } else {
+                                    None
+                                };
+                                let own = match (&self.geo[id.0], &self.geo[c2.0]) {
+                                    (Geo::Conv(g1), Geo::Conv(g2)) => conv::chainable(g1, g2),
+                                    _ => false,
+                                };
+                                (own || res.is_some()).then_some((r, c2, b2, relu2, res))
                             });
                             match chain {
-                                Some((r, c2, b2)) => {
-                                    let relu2 = only_consumer(b2, &absorbed, &is_relu);
-                                    let res = if relu2.is_none() {
-                                        self.chain_residual(id, c2, b2, &|v, p| {
-                                            only_consumer(v, &absorbed, p)
-                                        })
-                                    } else {
-                                        None
-                                    };
+                                Some((r, c2, b2, relu2, res)) => {
                                     let fused = [c2, b2]
                                         .into_iter()
                                         .chain(relu2)
@@ -1160,7 +1247,31 @@ impl Network {
                                         io: ChainIo::default(),
                                     }
                                 }
-                                None => Step::ConvBn { conv: id, bn, relu },
+                                None => {
+                                    let add = if relu.is_none() && self.fuse_residuals {
+                                        self.conv_residual(
+                                            bn,
+                                            &|v| produced[v.0] || fed[v.0],
+                                            &|v, p| only_consumer(v, &absorbed, p),
+                                        )
+                                    } else {
+                                        None
+                                    };
+                                    let relu = match add {
+                                        Some((a, _, r)) => {
+                                            absorbed[a.0] = true;
+                                            absorbed[r.0] = true;
+                                            Some(r)
+                                        }
+                                        None => relu,
+                                    };
+                                    Step::ConvBn {
+                                        conv: id,
+                                        bn,
+                                        relu,
+                                        add: add.map(|(a, o, _)| (a, o)),
+                                    }
+                                }
                             }
                         }
                         None => Step::Op(id),
@@ -1210,6 +1321,7 @@ impl Network {
             let mut k = steps.len() - 1;
             while k < steps.len() {
                 let out = steps[k].out();
+                produced[out.0] = true;
                 while let Some(pos) = pending.iter().position(|(t, _)| *t == out) {
                     steps.push(pending.remove(pos).1);
                 }
@@ -1231,9 +1343,9 @@ impl Network {
         conv: NodeId,
         conv2: NodeId,
         bn2: NodeId,
-        only_consumer: &dyn Fn(NodeId, &dyn Fn(&Op) -> bool) -> Option<NodeId>,
+        only_consumer: OnlyConsumer<'_>,
     ) -> Option<(NodeId, NodeId)> {
-        let (Geo::Conv(g1), Geo::Conv(g2)) = (&self.geo[conv.0], &self.geo[conv2.0]) else {
+        let (Some(g1), Some(g2)) = (self.chain_geom(conv), self.chain_geom(conv2)) else {
             return None;
         };
         if !conv::residual_chainable(g1, g2) {
@@ -1250,14 +1362,32 @@ impl Network {
         Some((add, relu))
     }
 
+    /// The residual end of a conv + BN (`bn` feeding only a two-input add of a value that
+    /// is `ready`, the add feeding only a ReLU): `(add, other addend, relu)`.
+    fn conv_residual(
+        &self,
+        bn: NodeId,
+        ready: &dyn Fn(NodeId) -> bool,
+        only_consumer: OnlyConsumer<'_>,
+    ) -> Option<(NodeId, NodeId, NodeId)> {
+        let add = only_consumer(bn, &|op| matches!(op, Op::Add))?;
+        let ins = &self.graph.node(add).inputs;
+        if ins.len() != 2 || ins[0] == ins[1] {
+            return None;
+        }
+        let other = if ins[0] == bn { ins[1] } else { ins[0] };
+        if !ready(other) || self.cs[other.0] != self.cs[bn.0] {
+            return None;
+        }
+        let relu = only_consumer(add, &|op| matches!(op, Op::Relu))?;
+        Some((add, other, relu))
+    }
+
     /// Marks consecutive residual chains that hand their map over as padded channel-major
     /// planes: a chain's output whose every consumer is inside the next chain (its first conv
     /// and its add), on the same planes, and that nobody captures.
     fn link_planes(&self, steps: &mut [Step], needed: &[bool], keep_out: &[bool]) {
-        let geo = |id: NodeId| match &self.geo[id.0] {
-            Geo::Conv(g) => g,
-            _ => unreachable!("conv geometry"),
-        };
+        let geo = |id: NodeId| self.chain_geom(id).expect("conv geometry");
         for si in 0..steps.len() {
             let Step::ConvChain {
                 conv,
@@ -1299,14 +1429,22 @@ impl Network {
         }
     }
 
+    /// The geometry conv `id` runs with inside a chain: its residual-pair geometry where it
+    /// has one, else its own.
+    fn chain_geom(&self, id: NodeId) -> Option<&ConvGeom> {
+        match (&self.chain_geo[id.0], &self.geo[id.0]) {
+            (Some(g), _) | (None, Geo::Conv(g)) => Some(g),
+            _ => None,
+        }
+    }
+
     /// Floats of step `s`'s output for `n` images: its padded planes when it writes planes.
     fn step_out_len(&self, n: usize, s: Step) -> usize {
         match s {
             Step::ConvChain {
                 conv, conv2, io, ..
             } if io.y_planes => {
-                let (Geo::Conv(g1), Geo::Conv(g2)) = (&self.geo[conv.0], &self.geo[conv2.0])
-                else {
+                let (Some(g1), Some(g2)) = (self.chain_geom(conv), self.chain_geom(conv2)) else {
                     unreachable!("conv geometry")
                 };
                 n * conv::chain_planes_len(g1, g2).expect("planes are linked only where they fit")
@@ -1396,7 +1534,20 @@ impl Network {
         })?;
         let mode = req.mode;
         let record = req.record;
-        let steps = self.plan(&needed, &fed, &keep_out, mode, record);
+        let key = PlanKey {
+            needed,
+            fed: fed.clone(),
+            keep_out,
+            mode,
+            record,
+            chain_convs: self.chain_convs,
+            fuse_residuals: self.fuse_residuals,
+        };
+        let steps = match self.plan_cache.take() {
+            Some((k, steps)) if k == key => steps,
+            _ => self.plan(&key.needed, &key.fed, &key.keep_out, mode, record),
+        };
+        let needed = &key.needed;
         // Weight caches.
         for s in &steps {
             match *s {
@@ -1649,6 +1800,7 @@ impl Network {
                     })
                     .collect(),
             );
+            self.plan_cache = Some((key, steps));
         }
         Ok(out)
     }
@@ -1685,7 +1837,7 @@ impl Network {
                 io,
                 ..
             } => {
-                let (Geo::Conv(g1), Geo::Conv(g2)) = (&self.geo[conv.0], &self.geo[conv2.0]) else {
+                let (Some(g1), Some(g2)) = (self.chain_geom(conv), self.chain_geom(conv2)) else {
                     unreachable!("conv geometry")
                 };
                 let f1 = self.fused[conv.0].as_ref().expect("fused cache prepared");
@@ -1707,20 +1859,40 @@ impl Network {
                     &mut y,
                 );
             }
-            Step::ConvBn { conv, relu, .. } => {
+            Step::ConvBn {
+                conv, relu, add, ..
+            } => {
                 let Geo::Conv(g) = &self.geo[conv.0] else {
                     unreachable!("conv geometry")
                 };
                 let f = self.fused[conv.0].as_ref().expect("fused cache prepared");
-                be.conv2d_forward(
-                    g,
-                    n,
-                    val(0),
-                    &f.packed,
-                    Some(&f.bias),
-                    relu.is_some(),
-                    &mut y,
-                );
+                match add {
+                    Some((_, other)) => {
+                        let r = vals[other.0]
+                            .as_ref()
+                            .expect("addend computed before the conv")
+                            .as_slice();
+                        be.conv2d_forward_add(
+                            g,
+                            n,
+                            val(0),
+                            &f.packed,
+                            Some(&f.bias),
+                            r,
+                            relu.is_some(),
+                            &mut y,
+                        );
+                    }
+                    None => be.conv2d_forward(
+                        g,
+                        n,
+                        val(0),
+                        &f.packed,
+                        Some(&f.bias),
+                        relu.is_some(),
+                        &mut y,
+                    ),
+                }
             }
             Step::BnRelu { bn, relu: _ } => {
                 self.bn_forward(

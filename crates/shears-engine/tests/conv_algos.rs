@@ -246,7 +246,19 @@ fn chained_transposed_convs_equal_two_convs() {
         let mut want = vec![0.0; n * g2.out_len()];
         be.conv2d_forward(&g2, n, &mid, &p2, Some(&b2), true, &mut want);
         let mut got = vec![f32::NAN; n * g2.out_len()];
-        be.conv2d_chain_forward(&g1, &g2, n, &x, &p1, &b1, &p2, Some(&b2), true, Default::default(), &mut got);
+        be.conv2d_chain_forward(
+            &g1,
+            &g2,
+            n,
+            &x,
+            &p1,
+            &b1,
+            &p2,
+            Some(&b2),
+            true,
+            Default::default(),
+            &mut got,
+        );
         let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
         assert_close(&format!("chain {c1:?} -> {c2:?}"), &got, &want, 1e-5, 1e-5);
     }
@@ -275,7 +287,10 @@ fn residual_chains_and_planes_equal_separate_convs_and_adds() {
                 .unwrap()
         };
         let (g1, g2) = (geo(c, mid), geo(mid, c));
-        assert!(residual_chainable(&g1, &g2), "{c}>{mid} {k}x{k} on {hw}x{hw}");
+        assert!(
+            residual_chainable(&g1, &g2),
+            "{c}>{mid} {k}x{k} on {hw}x{hw}"
+        );
         let n = 3;
         let mut rng = Rng(hw as u64 * 31 + mid as u64);
         let x = rng.vec(n * g1.in_len());
@@ -288,7 +303,9 @@ fn residual_chains_and_planes_equal_separate_convs_and_adds() {
             be.conv2d_forward(&g1, n, x, &p1, Some(&b1), true, &mut m);
             let mut y = vec![0.0; n * g2.out_len()];
             be.conv2d_forward(&g2, n, &m, &p2, Some(&b2), false, &mut y);
-            y.iter_mut().zip(x).for_each(|(y, x)| *y = (*y + x).max(0.0));
+            y.iter_mut()
+                .zip(x)
+                .for_each(|(y, x)| *y = (*y + x).max(0.0));
             y
         };
         let want1 = block(&x);
@@ -303,11 +320,11 @@ fn residual_chains_and_planes_equal_separate_convs_and_adds() {
             ..ChainIo::default()
         };
         let got1 = chain(&x, res, g2.out_len());
-        assert!(got1 == want1, "residual chain {c}>{mid}>{c} {k}x{k} on {hw}x{hw}");
-        let Some(plen) = chain_planes_len(&g1, &g2) else {
-            assert_eq!(hw, 8, "only masked planes (8x8 here) do not hand over planes");
-            continue;
-        };
+        assert!(
+            got1 == want1,
+            "residual chain {c}>{mid}>{c} {k}x{k} on {hw}x{hw}"
+        );
+        let plen = chain_planes_len(&g1, &g2).expect("same-size residual chains hand over planes");
         let out = ChainIo {
             y_planes: true,
             ..res
@@ -318,7 +335,10 @@ fn residual_chains_and_planes_equal_separate_convs_and_adds() {
             ..res
         };
         let got2 = chain(&planes, into, g2.out_len());
-        assert!(got2 == want2, "planes hand-over {c}>{mid}>{c} {k}x{k} on {hw}x{hw}");
+        assert!(
+            got2 == want2,
+            "planes hand-over {c}>{mid}>{c} {k}x{k} on {hw}x{hw}"
+        );
         // Planes in and out: the second block writes planes, a third reads them.
         let both = ChainIo {
             y_planes: true,
@@ -326,6 +346,56 @@ fn residual_chains_and_planes_equal_separate_convs_and_adds() {
         };
         let planes2 = chain(&planes, both, plen);
         let got3 = chain(&planes2, into, g2.out_len());
-        assert!(got3 == block(&want2), "two hand-overs {c}>{mid}>{c} {k}x{k}");
+        assert!(
+            got3 == block(&want2),
+            "two hand-overs {c}>{mid}>{c} {k}x{k}"
+        );
+    }
+}
+
+/// A conv with the residual in its epilogue equals the conv followed by a separate add and
+/// ReLU, bit for bit, with every algorithm.
+#[test]
+fn residual_epilogue_equals_conv_then_add() {
+    let be = CpuBackend;
+    for (conv, hw) in [
+        (Conv2d::new(16, 16, 3).with_padding(1), 12),
+        (Conv2d::new(11, 13, 3).with_padding(1), 8),
+        (Conv2d::new(11, 13, 3).with_padding(1), 16),
+        (Conv2d::new(8, 20, 3).with_stride(2).with_padding(1), 15),
+        (Conv2d::new(12, 12, 3).with_padding(1).with_groups(12), 9),
+        (Conv2d::new(24, 40, 1), 7),
+    ] {
+        for algo in [
+            ConvAlgo::Shifted,
+            ConvAlgo::ShiftedT,
+            ConvAlgo::Im2col,
+            ConvAlgo::Direct,
+        ] {
+            let Some(g) = ConvGeom::new(&conv, hw, hw).unwrap().with_algo(algo) else {
+                continue;
+            };
+            let n = 3;
+            let mut rng = Rng(hw as u64 * 7 + g.c_out as u64);
+            let x = rng.vec(n * g.in_len());
+            let w = be.pack_conv(&g, &rng.vec(g.weight_len()));
+            let (b, r) = (rng.vec(g.c_out), rng.vec(n * g.out_len()));
+            for relu in [false, true] {
+                let mut want = vec![0.0; n * g.out_len()];
+                be.conv2d_forward(&g, n, &x, &w, Some(&b), false, &mut want);
+                for (v, r) in want.iter_mut().zip(&r) {
+                    *v += r;
+                    if relu {
+                        *v = v.max(0.0);
+                    }
+                }
+                let mut got = vec![f32::NAN; n * g.out_len()];
+                be.conv2d_forward_add(&g, n, &x, &w, Some(&b), &r, relu, &mut got);
+                assert!(
+                    got == want,
+                    "{conv:?} on {hw}x{hw} with {algo:?}, relu {relu}"
+                );
+            }
+        }
     }
 }

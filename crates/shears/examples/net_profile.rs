@@ -1,7 +1,9 @@
-//! Times whole forward passes of an original and a pruned model step type by step type
-//! (the engine's profiler), runs interleaved, and prints where the pruned model's time goes
-//! against its MACs: `cargo run --release -p shears --example net_profile -- ORIGINAL PRUNED
-//! [BATCH] [THREADS] [RUNS]`.
+//! Times whole forward passes of an original and a pruned model step by step (the engine's
+//! profiler), runs interleaved, and prints where the pruned model's time goes; then the total
+//! of each model with the engine's residual fusion off as well (the same four networks'
+//! runs interleaved), to show what the fusion saves:
+//! `cargo run --release -p shears --example net_profile -- ORIGINAL PRUNED [BATCH] [THREADS]
+//! [RUNS]`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,7 +27,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nets = [
         Network::new(a.graph.clone(), &a.weights)?,
         Network::new(b.graph.clone(), &b.weights)?,
+        Network::new(a.graph.clone(), &a.weights)?,
+        Network::new(b.graph.clone(), &b.weights)?,
+        Network::new(a.graph.clone(), &a.weights)?,
+        Network::new(b.graph.clone(), &b.weights)?,
     ];
+    nets[4].set_residual_fusion(false);
+    nets[5].set_residual_fusion(false);
     let x = Tensor::new(
         vec![n, 3, 32, 32],
         (0..n * 3 * 32 * 32)
@@ -33,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
     )?;
     let mut tables: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
-    let mut totals: [Vec<f64>; 2] = Default::default();
+    let mut totals: [Vec<f64>; 6] = Default::default();
     for net in nets.iter_mut() {
         net.set_threads(Some(threads))?;
         for _ in 0..3 {
@@ -42,17 +50,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for _ in 0..runs {
         for (k, net) in nets.iter_mut().enumerate() {
-            net.set_profiling_per_step(true);
+            // The first two are profiled step by step; the others time plain passes.
+            let profiled = k < 2;
+            if profiled {
+                net.set_profiling_per_step(true);
+            }
             let t0 = std::time::Instant::now();
             net.forward(&x, Mode::Eval)?;
             totals[k].push(t0.elapsed().as_secs_f64() * 1e3);
-            for (label, secs, _) in &net.profile().expect("profiling on").entries {
-                tables[k]
-                    .entry(label.clone())
-                    .or_default()
-                    .push(secs * 1e3);
+            if profiled {
+                for (label, secs, _) in &net.profile().expect("profiling on").entries {
+                    tables[k].entry(label.clone()).or_default().push(secs * 1e3);
+                }
+                net.set_profiling(false);
             }
-            net.set_profiling(false);
         }
     }
     let median = |v: &mut Vec<f64>| {
@@ -69,7 +80,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tb = tables[1].get_mut(&l).map_or(0.0, median);
         println!("{l:<34} {ta:>9.3} {tb:>9.3} {:>7.2}", ta / tb);
     }
-    let (ta, tb) = (median(&mut totals[0]), median(&mut totals[1]));
-    println!("{:<34} {ta:>9.3} {tb:>9.3} {:>7.2}", "total (wall)", ta / tb);
+    for (label, k) in [
+        ("total, profiled", 0),
+        ("total, not profiled", 2),
+        ("total, residual fusion off", 4),
+    ] {
+        let (ta, tb) = (median(&mut totals[k]), median(&mut totals[k + 1]));
+        println!("{label:<34} {ta:>9.3} {tb:>9.3} {:>7.2}", ta / tb);
+    }
     Ok(())
 }

@@ -23,6 +23,9 @@
 //! summed per fixed chunk of images and the chunks reduced in order, so results do not depend
 //! on the thread count.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use rayon::prelude::*;
 use shears_ir::Conv2d;
 
@@ -204,6 +207,13 @@ impl ConvGeom {
         }
         let lanes = self.c_out.div_ceil(16) * 16;
         let plain = self.c_out as f64 / lanes as f64;
+        if MaskPlan::fits(self) {
+            // Masked planes compute no padding column: measured (examples/conv_algos, one
+            // thread), the transposed products win up to about 7 of 8 lanes in use (16x16,
+            // 24 in: 28 of 32 channels 6% faster, 32 of 32 4% slower; 32x32, 16 in: 13 of 16
+            // 4% faster, 15 of 16 8% slower).
+            return plain < 0.88;
+        }
         let wp = self.ow + (self.kw - 1) * self.dil[1];
         // Measured (examples/conv_algos): the transposed products lose about the padding
         // share twice over (computed columns, and layout copies that grow as the map shrinks):
@@ -417,6 +427,7 @@ impl ShiftPlan {
                 self.wd,
                 &mut dst[y * row..(y + 1) * row],
                 ep.bias,
+                ep.residual.map(|r| &r[y * row..(y + 1) * row]),
                 ep.relu,
             );
         }
@@ -448,7 +459,10 @@ impl ShiftPlan {
             plane[..origin].fill(0.0);
             for y in 0..self.hd {
                 let o = origin + y * self.wp;
-                let (s, rr) = (&src[y * self.wp..][..self.wd], &res[y * self.wp..][..self.wd]);
+                let (s, rr) = (
+                    &src[y * self.wp..][..self.wd],
+                    &res[y * self.wp..][..self.wd],
+                );
                 let out = &mut plane[o..o + self.wd];
                 if relu {
                     for ((o, v), r) in out.iter_mut().zip(s).zip(rr) {
@@ -487,7 +501,8 @@ impl ShiftPlan {
         let row = self.wd * c;
         for y in 0..self.hd {
             let s = &d[y * self.wp * c..y * self.wp * c + row];
-            ep.store(s, &mut dst[y * row..(y + 1) * row], c);
+            ep.part(y * row, (y + 1) * row)
+                .store(s, &mut dst[y * row..(y + 1) * row], c);
         }
     }
 }
@@ -500,6 +515,10 @@ impl ShiftPlan {
 struct MaskPlan {
     /// Pixels per plane (`h * w`).
     npix: usize,
+    /// Floats from one plane to the next, in the input planes and the result: `npix`, plus
+    /// 16 where the planes would otherwise lie a multiple of 1 KiB apart (all at the same
+    /// cache-set offset, which costs 10% on 32x32 maps).
+    stride: usize,
     /// Floats before the first plane, so that every tap's offset is non-negative.
     lead: usize,
     /// Floats after the last plane that a tap's view may reach (never read).
@@ -513,14 +532,16 @@ struct MaskPlan {
 
 impl MaskPlan {
     /// Whether `g`'s transposed forward runs with masked planes: one group, stride 1, output
-    /// the size of the input, small maps (at most 100 pixels), AVX-512. On larger maps the
-    /// padded planes measured as fast or faster (`examples/conv_im2col.rs`: 16x16 equal,
-    /// 32x32 up to 25% slower masked), on 8x8 maps the masked planes 19-27% faster.
+    /// the size of the input, maps of at most 32x32, AVX-512. Measured on this engine's
+    /// kernels (`examples/conv_im2col.rs`, one thread, 2026-11-30): masked planes are 7-13%
+    /// faster than padded ones on 16x16 maps (23>23: 46.1 against 43.2 GMAC/s), equal or up
+    /// to 3% faster on 32x32 (11>11: 39.8 against 39.2), 19-27% faster on 8x8, and slower on
+    /// larger maps (11>11 on 64x64: 35.0 against 41.4; 24>20 on 56x56: 45.2 against 48.1).
     fn fits(g: &ConvGeom) -> bool {
         g.groups == 1
             && g.stride == [1, 1]
             && (g.oh, g.ow) == (g.h, g.w)
-            && g.h * g.w <= 100
+            && g.h * g.w <= 1024
             && fast_segs()
     }
 
@@ -552,6 +573,11 @@ impl MaskPlan {
         }
         MaskPlan {
             npix,
+            stride: if npix.is_multiple_of(256) {
+                npix + 16
+            } else {
+                npix
+            },
             lead,
             trail,
             segs: taps
@@ -562,9 +588,19 @@ impl MaskPlan {
         }
     }
 
+    /// Whether `other` lays its planes out as this plan does and reads them with the same
+    /// taps (the channel counts of the two convs aside).
+    fn same_layout(&self, other: &MaskPlan) -> bool {
+        let offsets = |p: &MaskPlan| p.segs.iter().map(|s| s.0).collect::<Vec<_>>();
+        (self.npix, self.stride, self.lead, self.trail)
+            == (other.npix, other.stride, other.lead, other.trail)
+            && self.masks == other.masks
+            && offsets(self) == offsets(other)
+    }
+
     /// Floats of the planes buffer for `c` channels.
     fn len(&self, c: usize) -> usize {
-        self.lead + c * self.npix + self.trail
+        self.lead + c * self.stride + self.trail
     }
 
     /// `d[co][p] = sum over taps and input channels` from the planes `p` (filled at
@@ -574,13 +610,72 @@ impl MaskPlan {
             g.c_out,
             self.npix,
             d,
-            self.npix,
+            self.stride,
             MatRef::cols(w, 0, g.c_out),
             &self.segs,
             &self.masks,
-            MatRef::rows(&p[..self.len(g.c_in)], 0, self.npix),
+            MatRef::rows(&p[..self.len(g.c_in)], 0, self.stride),
         );
     }
+
+    /// Writes the result `d` (`c` planes [`Self::stride`] apart) as this plan's input planes
+    /// `dst` ([`Self::len`] floats), each pixel `f((d + bias) + r)` with `r` the residual
+    /// planes (`r_stride` apart) and `f` ReLU or the identity: the hand-over between two
+    /// chained residual blocks. The floats around the planes are left as they are (the
+    /// masks never read them).
+    #[allow(clippy::too_many_arguments)]
+    fn store_planes(
+        &self,
+        d: &[f32],
+        c: usize,
+        bias: Option<&[f32]>,
+        r: &[f32],
+        r_stride: usize,
+        relu: bool,
+        dst: &mut [f32],
+    ) {
+        let n = self.npix;
+        let planes = &mut dst[self.lead..self.lead + c * self.stride];
+        for (ci, out) in planes.chunks_exact_mut(self.stride).enumerate() {
+            let b = bias.map_or(0.0, |b| b[ci]);
+            let (s, rr) = (&d[ci * self.stride..][..n], &r[ci * r_stride..][..n]);
+            let out = &mut out[..n];
+            if relu {
+                for ((o, v), r) in out.iter_mut().zip(s).zip(rr) {
+                    *o = ((v + b) + r).max(0.0);
+                }
+            } else {
+                for ((o, v), r) in out.iter_mut().zip(s).zip(rr) {
+                    *o = (v + b) + r;
+                }
+            }
+        }
+    }
+
+    /// Floats of the result of `c` output channels (planes [`Self::stride`] apart).
+    fn out_len(&self, c: usize) -> usize {
+        c * self.stride
+    }
+}
+
+/// The [`MaskPlan`] of `g`, built once per geometry and shared (building one walks every
+/// pixel and tap, which at batch 1 costs as much as a small conv).
+fn mask_plan(g: &ConvGeom) -> Arc<MaskPlan> {
+    type Key = (usize, usize, usize, usize, usize, [usize; 4], [usize; 2]);
+    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<MaskPlan>>>> = OnceLock::new();
+    let key = (g.c_in, g.h, g.w, g.kh, g.kw, g.pad, g.dil);
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if cache.len() > 1024 {
+        cache.clear();
+    }
+    Arc::clone(
+        cache
+            .entry(key)
+            .or_insert_with(|| Arc::new(MaskPlan::new(g))),
+    )
 }
 
 fn offsets(
@@ -600,21 +695,51 @@ pub(crate) struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     pub relu: bool,
     pub accumulate: bool,
+    /// Added after the bias and before the ReLU, laid out like the destination (the end of a
+    /// residual block: `f((conv + bias) + residual)`, the order of a separate add).
+    pub residual: Option<&'a [f32]>,
 }
 
-impl Epilogue<'_> {
+impl<'a> Epilogue<'a> {
     const PLAIN: Epilogue<'static> = Epilogue {
         bias: None,
         relu: false,
         accumulate: false,
+        residual: None,
     };
 
     fn is_plain(&self) -> bool {
-        self.bias.is_none() && !self.relu && !self.accumulate
+        self.bias.is_none() && !self.relu && !self.accumulate && self.residual.is_none()
+    }
+
+    /// The epilogue of the destination's elements `from..to` (the residual sliced to them).
+    fn part(&self, from: usize, to: usize) -> Epilogue<'a> {
+        Epilogue {
+            residual: self.residual.map(|r| &r[from..to]),
+            ..*self
+        }
     }
 
     /// `dst = f(src)` for rows of `c` channels.
     fn store(&self, src: &[f32], dst: &mut [f32], c: usize) {
+        if let Some(res) = self.residual {
+            assert!(!self.accumulate, "a residual epilogue overwrites");
+            let zero = vec![0.0f32; c];
+            let bias = self.bias.map_or(&zero[..c], |b| &b[..c]);
+            for ((dr, sr), rr) in dst
+                .chunks_exact_mut(c)
+                .zip(src.chunks_exact(c))
+                .zip(res.chunks_exact(c))
+            {
+                let (dr, sr, rr) = (&mut dr[..c], &sr[..c], &rr[..c]);
+                if self.relu {
+                    (0..c).for_each(|j| dr[j] = ((sr[j] + bias[j]) + rr[j]).max(0.0));
+                } else {
+                    (0..c).for_each(|j| dr[j] = (sr[j] + bias[j]) + rr[j]);
+                }
+            }
+            return;
+        }
         if self.bias.is_none() && !self.relu {
             if self.accumulate {
                 dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
@@ -640,9 +765,22 @@ impl Epilogue<'_> {
         }
     }
 
-    /// Applies bias and ReLU in place.
+    /// Applies bias, residual and ReLU in place.
     fn in_place(&self, y: &mut [f32], c: usize) {
         assert!(!self.accumulate, "in-place epilogue cannot accumulate");
+        if let Some(res) = self.residual {
+            let zero = vec![0.0f32; c];
+            let bias = self.bias.map_or(&zero[..c], |b| &b[..c]);
+            for (r, rr) in y.chunks_exact_mut(c).zip(res.chunks_exact(c)) {
+                let (r, rr) = (&mut r[..c], &rr[..c]);
+                if self.relu {
+                    (0..c).for_each(|j| r[j] = ((r[j] + bias[j]) + rr[j]).max(0.0));
+                } else {
+                    (0..c).for_each(|j| r[j] = (r[j] + bias[j]) + rr[j]);
+                }
+            }
+            return;
+        }
         match (self.bias, self.relu) {
             (None, false) => {}
             (None, true) => y.iter_mut().for_each(|v| *v = v.max(0.0)),
@@ -676,6 +814,23 @@ pub fn forward(
     relu: bool,
     y: &mut [f32],
 ) {
+    forward_add(g, n, x, w, bias, None, relu, y)
+}
+
+/// Forward convolution with a residual laid out like `y` added before the ReLU:
+/// `y = f((conv(x, w) + bias) + residual)`, the end of a residual block in one pass, with the
+/// sums of [`forward`] followed by a separate add.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_add(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &PackedConv,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) {
     assert_eq!(
         x.len(),
         n * g.in_len(),
@@ -686,15 +841,22 @@ pub fn forward(
         n * g.out_len(),
         "conv output length checked by the network"
     );
+    if let Some(r) = residual {
+        assert_eq!(r.len(), y.len(), "residual length checked by the network");
+    }
     assert_eq!(w.w.len(), g.weight_len(), "packed conv weight length");
     if n == 0 {
         return;
     }
-    let ep = Epilogue {
+    let ep_all = Epilogue {
         bias,
         relu,
         accumulate: false,
+        residual,
     };
+    let out_len = g.out_len();
+    // Image `i`'s epilogue: the residual sliced to its output.
+    let ep_of = |i: usize| ep_all.part(i * out_len, (i + 1) * out_len);
     match g.algo {
         ConvAlgo::Shifted => {
             let plan = ShiftPlan::forward(g);
@@ -713,6 +875,7 @@ pub fn forward(
                 .enumerate()
                 .for_each(|(i, yi)| {
                     let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                    let ep = ep_of(i);
                     with_scratch([p_len, d_len, 0], |p, d, _| {
                         let src: &[f32] = if plan.direct_src {
                             xi
@@ -734,15 +897,26 @@ pub fn forward(
                 });
         }
         ConvAlgo::ShiftedT if MaskPlan::fits(g) => {
-            let mp = MaskPlan::new(g);
+            let mp = mask_plan(g);
             y.par_chunks_mut(g.out_len())
                 .enumerate()
                 .for_each(|(i, yi)| {
                     let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
-                    with_scratch([mp.len(g.c_in), mp.npix * g.c_out, 0], |p, d, _| {
-                        rows_to_planes(xi, g.c_in, mp.npix, p, mp.lead, mp.npix);
+                    let ep = ep_of(i);
+                    with_scratch([mp.len(g.c_in), mp.out_len(g.c_out), 0], |p, d, _| {
+                        rows_to_planes(xi, g.c_in, mp.npix, p, mp.lead, mp.stride);
                         mp.products(g, p, &w.w, d);
-                        planes_to_rows(d, 0, mp.npix, g.c_out, mp.npix, yi, ep.bias, ep.relu);
+                        planes_to_rows(
+                            d,
+                            0,
+                            mp.stride,
+                            g.c_out,
+                            mp.npix,
+                            yi,
+                            ep.bias,
+                            ep.residual,
+                            ep.relu,
+                        );
                     });
                 });
         }
@@ -754,6 +928,7 @@ pub fn forward(
                 .enumerate()
                 .for_each(|(i, yi)| {
                     let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                    let ep = ep_of(i);
                     with_scratch([plan.plen * g.c_in, m * g.c_out, 0], |p, d, _| {
                         plan.fill_channel_major(xi, g.c_in, p);
                         transposed_products(g, &plan, &segs, p, &w.w, d);
@@ -767,6 +942,7 @@ pub fn forward(
                 .enumerate()
                 .for_each(|(i, yi)| {
                     let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                    let ep = ep_of(i);
                     with_scratch([nb * kkc, 0, 0], |col, _, _| {
                         let npix = g.oh * g.ow;
                         let mut segs = Vec::new();
@@ -776,7 +952,8 @@ pub fn forward(
                                 im2col_taps(g, xi, gi, p0, m, col);
                                 taps_product(g, m, col, &w.w, gi, yi, p0, &mut segs);
                             }
-                            ep.in_place(&mut yi[p0 * g.c_out..(p0 + m) * g.c_out], g.c_out);
+                            let (a, b) = (p0 * g.c_out, (p0 + m) * g.c_out);
+                            ep.part(a, b).in_place(&mut yi[a..b], g.c_out);
                         }
                     });
                 });
@@ -786,6 +963,7 @@ pub fn forward(
                 .enumerate()
                 .for_each(|(i, yi)| {
                     let xi = &x[i * g.in_len()..(i + 1) * g.in_len()];
+                    let ep = ep_of(i);
                     direct_forward(g, xi, &w.w, yi);
                     ep.in_place(yi, g.c_out);
                 });
@@ -817,6 +995,22 @@ pub fn residual_chainable(g1: &ConvGeom, g2: &ConvGeom) -> bool {
     p1.wp == p2.wp && p1.pt * p1.wp + p1.pl + p2.m() <= p1.plen
 }
 
+/// The geometries a residual block's two convs run with as one chain with its shortcut
+/// ([`ChainIo::residual`]), both transposed, where they can be (one group, stride 1,
+/// same-size maps of at most 32x32, AVX-512), even where one conv alone would rather run
+/// untransposed: measured (`examples/conv_pair.rs`, one thread, batch 16), the chained block
+/// handing its planes on is as fast as the two convs apart at full lanes (16>16>16 on 32x32:
+/// 1.471 against 1.481 ms; 32>32>32 on 16x16: 1.403 against 1.436) and 15-19% faster where
+/// one conv is ragged (15>9>15 on 32x32: 0.798 against 0.939; 15>5>15: 0.492 against 0.609).
+pub fn residual_pair(g1: &ConvGeom, g2: &ConvGeom) -> Option<(ConvGeom, ConvGeom)> {
+    if !fast_segs() || !MaskPlan::fits(g1) || !MaskPlan::fits(g2) {
+        return None;
+    }
+    let t1 = g1.clone().with_algo(ConvAlgo::ShiftedT)?;
+    let t2 = g2.clone().with_algo(ConvAlgo::ShiftedT)?;
+    residual_chainable(&t1, &t2).then_some((t1, t2))
+}
+
 /// How a chained pair ([`forward_chain`]) meets its neighbours.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChainIo {
@@ -831,21 +1025,39 @@ pub struct ChainIo {
     pub y_planes: bool,
 }
 
-/// Floats per image of the zero-padded channel-major planes that a residual chain of `g1`
-/// and `g2` reads and writes with [`ChainIo::x_planes`] and [`ChainIo::y_planes`], or `None`
-/// where it cannot (not [`residual_chainable`], or small maps that run over masked planes).
+/// Floats per image of the channel-major planes (zero-padded, or masked on maps that run
+/// over masked planes) that a residual chain of `g1` and `g2` reads and writes with
+/// [`ChainIo::x_planes`] and [`ChainIo::y_planes`], or `None` where it cannot (not
+/// [`residual_chainable`], or its two convs would lay their planes out differently).
 pub fn chain_planes_len(g1: &ConvGeom, g2: &ConvGeom) -> Option<usize> {
-    if !residual_chainable(g1, g2) || MaskPlan::fits(g1) && MaskPlan::fits(g2) {
+    if !residual_chainable(g1, g2) {
         return None;
     }
-    let (p1, p2) = (ShiftPlan::forward(g1), ShiftPlan::forward(g2));
-    (p1 == p2).then_some(p1.plen * g1.c_in)
+    match (MaskPlan::fits(g1), MaskPlan::fits(g2)) {
+        (true, true) => {
+            let (p1, p2) = (mask_plan(g1), mask_plan(g2));
+            p1.same_layout(&p2).then_some(p1.len(g1.c_in))
+        }
+        (false, false) => {
+            let (p1, p2) = (ShiftPlan::forward(g1), ShiftPlan::forward(g2));
+            (p1 == p2).then_some(p1.plen * g1.c_in)
+        }
+        _ => None,
+    }
 }
 
 /// Whether the planes a residual chain starting with `from` writes are the planes a residual
-/// chain starting with `to` reads (same map, kernel, padding and channels).
+/// chain starting with `to` reads (same map, kernel, padding and channels, same kind of
+/// planes).
 pub fn planes_link(from: &ConvGeom, to: &ConvGeom) -> bool {
-    from.c_in == to.c_in && ShiftPlan::forward(from) == ShiftPlan::forward(to)
+    if from.c_in != to.c_in {
+        return false;
+    }
+    match (MaskPlan::fits(from), MaskPlan::fits(to)) {
+        (true, true) => mask_plan(from).same_layout(&mask_plan(to)),
+        (false, false) => ShiftPlan::forward(from) == ShiftPlan::forward(to),
+        _ => false,
+    }
 }
 
 /// Two convolutions in a row, `y = conv2(relu(conv1(x) + b1)) (+ b2) (+ x) (then ReLU)`,
@@ -903,36 +1115,58 @@ pub fn forward_chain(
         return;
     }
     if MaskPlan::fits(g1) && MaskPlan::fits(g2) {
-        let (mp1, mp2) = (MaskPlan::new(g1), MaskPlan::new(g2));
-        let a_len = mp1.len(g1.c_in).max(mp2.len(g2.c_in));
-        let b_len = (mp1.npix * g1.c_out).max(mp2.npix * g2.c_out);
-        // A residual chain keeps its input planes (buffer A) for the sum at the end, so the
-        // middle map goes to buffer C.
+        let (mp1, mp2) = (mask_plan(g1), mask_plan(g2));
+        // Buffer A holds the first conv's planes, then the second's (in C for a residual
+        // chain, which keeps its input for the sum at the end); B the first product, then the
+        // second.
+        let a_len = if io.x_planes { 0 } else { mp1.len(g1.c_in) };
+        let a_len = if io.residual {
+            a_len
+        } else {
+            a_len.max(mp2.len(g2.c_in))
+        };
+        let b_len = mp1.out_len(g1.c_out).max(mp2.out_len(g2.c_out));
         let c_len = if io.residual { mp2.len(g2.c_in) } else { 0 };
+        // The middle map goes straight into the second conv's planes.
+        let hand_over = |b: &[f32], mid: &mut [f32]| {
+            let planes = &mut mid[mp2.lead..mp2.lead + mp2.stride * g2.c_in];
+            for ((dst, src), &bias) in planes
+                .chunks_exact_mut(mp2.stride)
+                .zip(b.chunks_exact(mp1.stride))
+                .zip(b1)
+            {
+                for (o, v) in dst[..mp2.npix].iter_mut().zip(&src[..mp1.npix]) {
+                    *o = (v + bias).max(0.0);
+                }
+            }
+        };
         y.par_chunks_mut(y_len).enumerate().for_each(|(i, yi)| {
             let xi = &x[i * x_len..(i + 1) * x_len];
             with_scratch([a_len, b_len, c_len], |a, b, c| {
-                rows_to_planes(xi, g1.c_in, mp1.npix, a, mp1.lead, mp1.npix);
-                mp1.products(g1, a, &w1.w, b);
-                let mid = if io.residual { c } else { &mut *a };
-                // The middle map goes straight into the second conv's planes.
-                let planes = &mut mid[mp2.lead..mp2.lead + mp2.npix * g2.c_in];
-                for ((dst, src), &bias) in planes
-                    .chunks_exact_mut(mp2.npix)
-                    .zip(b.chunks_exact(mp1.npix))
-                    .zip(b1)
-                {
-                    for (o, v) in dst.iter_mut().zip(src) {
-                        *o = (v + bias).max(0.0);
-                    }
+                if !io.residual {
+                    rows_to_planes(xi, g1.c_in, mp1.npix, a, mp1.lead, mp1.stride);
+                    mp1.products(g1, a, &w1.w, b);
+                    hand_over(b, a);
+                    mp2.products(g2, a, &w2.w, b);
+                    planes_to_rows(b, 0, mp2.stride, g2.c_out, mp2.npix, yi, b2, None, relu2);
+                    return;
                 }
-                mp2.products(g2, mid, &w2.w, b);
-                if io.residual {
-                    let r = &a[mp1.lead..mp1.lead + mp1.npix * g1.c_in];
-                    add_bias_and(&mut b[..mp2.npix * g2.c_out], mp2.npix, b2, r, mp1.npix);
-                    planes_to_rows(b, 0, mp2.npix, g2.c_out, mp2.npix, yi, None, relu2);
+                let p_in: &[f32] = if io.x_planes {
+                    xi
                 } else {
-                    planes_to_rows(b, 0, mp2.npix, g2.c_out, mp2.npix, yi, b2, relu2);
+                    rows_to_planes(xi, g1.c_in, mp1.npix, a, mp1.lead, mp1.stride);
+                    a
+                };
+                mp1.products(g1, p_in, &w1.w, b);
+                hand_over(b, c);
+                mp2.products(g2, c, &w2.w, b);
+                let r = &p_in[mp1.lead..];
+                let d = &mut b[..mp2.out_len(g2.c_out)];
+                if io.y_planes {
+                    mp2.store_planes(d, g2.c_out, b2, r, mp1.stride, relu2, yi);
+                } else {
+                    add_bias_and(d, mp2.stride, mp2.npix, b2, r, mp1.stride);
+                    planes_to_rows(d, 0, mp2.stride, g2.c_out, mp2.npix, yi, None, None, relu2);
                 }
             });
         });
@@ -942,26 +1176,19 @@ pub fn forward_chain(
     let (segs1, segs2) = (transposed_segs(g1, &plan1), transposed_segs(g2, &plan2));
     // Buffer A holds the first conv's planes, then the second's (in C for a residual chain,
     // which keeps its input for the sum at the end); B the first product, then the second.
-    let a_len = if io.x_planes {
-        0
-    } else {
-        plan1.plen * g1.c_in
-    };
+    let a_len = if io.x_planes { 0 } else { plan1.plen * g1.c_in };
     let a_len = if io.residual {
         a_len
     } else {
         a_len.max(plan2.plen * g2.c_in)
     };
     let b_len = (plan1.m() * g1.c_out).max(plan2.m() * g2.c_out);
-    let c_len = if io.residual {
-        plan2.plen * g2.c_in
-    } else {
-        0
-    };
+    let c_len = if io.residual { plan2.plen * g2.c_in } else { 0 };
     let ep = Epilogue {
         bias: b2,
         relu: relu2,
         accumulate: false,
+        residual: None,
     };
     // Offset of pixel (0, 0) in the padded planes.
     let origin = plan1.pt * plan1.wp + plan1.pl;
@@ -993,7 +1220,7 @@ pub fn forward_chain(
             if io.y_planes {
                 plan2.store_planes(d, g2.c_out, b2, r, plan1.plen, relu2, yi);
             } else {
-                add_bias_and(d, m, b2, r, plan1.plen);
+                add_bias_and(d, m, m, b2, r, plan1.plen);
                 let ep = Epilogue { bias: None, ..ep };
                 plan2.store_channel_major(d, g2.c_out, yi, ep);
             }
@@ -1001,10 +1228,18 @@ pub fn forward_chain(
     });
 }
 
-/// `d[c][j] = (d[c][j] + bias[c]) + r[c * r_stride + j]` over `c` rows of `m` (the residual
-/// sum of a chain, in the order of a conv's epilogue followed by a separate add).
-fn add_bias_and(d: &mut [f32], m: usize, bias: Option<&[f32]>, r: &[f32], r_stride: usize) {
-    for (ci, row) in d.chunks_exact_mut(m).enumerate() {
+/// `d[c * d_stride + j] = (d[..] + bias[c]) + r[c * r_stride + j]` for `j < m` over the rows
+/// of `d` (the residual sum of a chain, in the order of a conv's epilogue and a separate add).
+fn add_bias_and(
+    d: &mut [f32],
+    d_stride: usize,
+    m: usize,
+    bias: Option<&[f32]>,
+    r: &[f32],
+    r_stride: usize,
+) {
+    for (ci, row) in d.chunks_exact_mut(d_stride).enumerate() {
+        let row = &mut row[..m];
         let b = bias.map_or(0.0, |b| b[ci]);
         let rr = &r[ci * r_stride..ci * r_stride + m];
         if bias.is_some() {

@@ -34,7 +34,8 @@ pub(crate) fn rows_to_planes(
 }
 
 /// Gathers `npix` pixels of `c` planes back into channels-last rows, adding `bias[ci]` and
-/// applying ReLU: `dst[p * c + ci] = f(src[ci * plane + off + p] + bias[ci])`.
+/// a residual laid out like `dst` and applying ReLU:
+/// `dst[p * c + ci] = f((src[ci * plane + off + p] + bias[ci]) + residual[p * c + ci])`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn planes_to_rows(
     src: &[f32],
@@ -44,6 +45,7 @@ pub(crate) fn planes_to_rows(
     npix: usize,
     dst: &mut [f32],
     bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
     relu: bool,
 ) {
     if c == 0 || npix == 0 {
@@ -57,6 +59,9 @@ pub(crate) fn planes_to_rows(
     if let Some(b) = bias {
         assert!(b.len() >= c, "bias shorter than the channels");
     }
+    if let Some(r) = residual {
+        assert!(r.len() >= npix * c, "residual shorter than the destination");
+    }
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
         // SAFETY: the bounds were checked above; AVX-512F was detected.
@@ -69,6 +74,7 @@ pub(crate) fn planes_to_rows(
                 npix,
                 dst.as_mut_ptr(),
                 bias.map(|b| b.as_ptr()),
+                residual.map(|r| r.as_ptr()),
                 relu,
             )
         };
@@ -76,7 +82,10 @@ pub(crate) fn planes_to_rows(
     }
     for (p, row) in dst[..npix * c].chunks_exact_mut(c).enumerate() {
         for (ci, d) in row.iter_mut().enumerate() {
-            let v = src[ci * plane + off + p] + bias.map_or(0.0, |b| b[ci]);
+            let mut v = src[ci * plane + off + p] + bias.map_or(0.0, |b| b[ci]);
+            if let Some(r) = residual {
+                v += r[p * c + ci];
+            }
             *d = if relu { v.max(0.0) } else { v };
         }
     }
@@ -188,8 +197,8 @@ mod avx512 {
     /// See [`super::planes_to_rows`].
     ///
     /// # Safety
-    /// AVX-512F; `src` holds `(c - 1) * plane + off + npix` elements, `dst` `npix * c`, `bias`
-    /// (if any) `c`.
+    /// AVX-512F; `src` holds `(c - 1) * plane + off + npix` elements, `dst` and `residual`
+    /// (if any) `npix * c`, `bias` (if any) `c`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn planes_to_rows(
@@ -200,8 +209,11 @@ mod avx512 {
         npix: usize,
         dst: *mut f32,
         bias: Option<*const f32>,
+        residual: Option<*const f32>,
         relu: bool,
     ) {
+        // With a residual the ReLU waits until it is added (after the transpose).
+        let relu_early = relu && residual.is_none();
         let zero = _mm512_setzero_ps();
         let mut r = [zero; 16];
         for p0 in (0..npix).step_by(16) {
@@ -219,7 +231,7 @@ mod avx512 {
                             if let Some(b) = bias {
                                 x = _mm512_add_ps(x, _mm512_set1_ps(*b.add(c0 + ci)));
                             }
-                            if relu {
+                            if relu_early {
                                 x = _mm512_max_ps(x, zero);
                             }
                             x
@@ -232,8 +244,17 @@ mod avx512 {
                 unsafe { transpose16(&mut r) };
                 let cm = mask(nc);
                 for (j, v) in r.iter().enumerate().take(np) {
+                    let at = (p0 + j) * c + c0;
+                    let mut v = *v;
+                    if let Some(res) = residual {
+                        // SAFETY: as the store below; the residual is laid out like `dst`.
+                        v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(cm, res.add(at)) });
+                        if relu {
+                            v = _mm512_max_ps(v, zero);
+                        }
+                    }
                     // SAFETY: pixel p0 + j < npix, channels c0..c0 + nc <= c (masked).
-                    unsafe { _mm512_mask_storeu_ps(dst.add((p0 + j) * c + c0), cm, *v) };
+                    unsafe { _mm512_mask_storeu_ps(dst.add(at), cm, v) };
                 }
             }
         }
@@ -257,14 +278,29 @@ mod tests {
                 }
             }
             let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.5 - 3.0).collect();
-            for relu in [false, true] {
+            let res: Vec<f32> = (0..npix * c).map(|i| (i % 7) as f32 - 3.5).collect();
+            for (relu, with_res) in [(false, false), (true, false), (false, true), (true, true)] {
                 let mut back = vec![f32::NAN; npix * c];
-                planes_to_rows(&planes, off, plane, c, npix, &mut back, Some(&bias), relu);
+                let r = with_res.then_some(&res[..]);
+                planes_to_rows(
+                    &planes,
+                    off,
+                    plane,
+                    c,
+                    npix,
+                    &mut back,
+                    Some(&bias),
+                    r,
+                    relu,
+                );
                 for p in 0..npix {
                     for ci in 0..c {
-                        let v = src[p * c + ci] + bias[ci];
+                        let mut v = src[p * c + ci] + bias[ci];
+                        if with_res {
+                            v += res[p * c + ci];
+                        }
                         let want = if relu { v.max(0.0) } else { v };
-                        assert_eq!(back[p * c + ci], want, "{c}x{npix} relu {relu}");
+                        assert_eq!(back[p * c + ci], want, "{c}x{npix} relu {relu} {with_res}");
                     }
                 }
             }
