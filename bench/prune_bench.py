@@ -70,7 +70,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--target-macs", type=float, default=0.5)
     ap.add_argument("--eval-limit", type=int, default=None, help="default: all 10,000")
-    ap.add_argument("--latency-iters", type=int, default=20)
+    ap.add_argument("--latency-iters", type=int, default=100)
     ap.add_argument("--torch-python", default=str(root / "bench/.venv/bin/python"))
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--workdir", default="/tmp/shears_prune_bench")
@@ -136,7 +136,9 @@ def main():
                                             "--latency-iters", "1"], env=env)
     load_after = loadavg()
 
-    raw = {"started": started, "cpu": cpu_model(), "load_before": load_before,
+    raw = {"started": started, "cpu": cpu_model(), "latency_iters": args.latency_iters,
+           "latency_block": 10,
+           "load_before": load_before,
            "load_after": load_after,
            "base": base, "runs": runs, "torch_pruning": tp, "torch_pruning_lambda": tp_lambda,
            "argv": sys.argv}
@@ -148,6 +150,10 @@ def main():
 
 
 def render(args, raw):
+    # Runs before 2026-11-30 23:30 timed the two models in alternating single runs (and most
+    # did not record their iterations, 20 by default then).
+    blocks = "latency_block" in raw
+    iters = raw.get("latency_iters", 20)
     base = raw["base"]
     n_img = base["result"]["images"]
     top1_0 = base["result"]["top1"]
@@ -161,15 +167,21 @@ def render(args, raw):
       + "bench/.venv/bin/python bench/prune_bench.py"
       + (" --shears target/release/shears" if release else "")
       + f" --threads {args.threads}"
-      f"{' --eval-limit ' + str(args.eval_limit) if args.eval_limit else ''}"
+      + (f" --latency-iters {iters}" if iters != 100 else "")
+      + f"{' --eval-limit ' + str(args.eval_limit) if args.eval_limit else ''}"
       f" --out docs/results/prune.md\n```\n")
     w(f"Run started {raw['started']}. Machine: {raw.get('cpu', 'unknown CPU')}, 2 CPU cores "
       "shared with other builds; "
       f"load average (1/5/15 min) {' / '.join(raw['load_before'])} before and "
       f"{' / '.join(raw['load_after'])} after. Both engines use {args.threads} threads. "
-      "Latencies are medians of timed runs after 3 warm-up runs, with the original and the "
-      "pruned model's runs interleaved (a, b, a, b, ...), so a load change hits both alike and "
-      "the speed-up (their ratio) stays meaningful; absolute times are noisy.\n")
+      + (f"Latencies are medians of {5 * iters} (batch 1) and {iters} (batch 64) timed runs "
+         "after 3 warm-up runs, the original and the pruned model timed in alternating blocks "
+         "of 10 runs, each block after one untimed run (every timed run warm, as in a loop "
+         "serving one model; a load change within the run hits both alike, so the speed-up, "
+         "their ratio, stays meaningful; absolute times are noisy).\n" if blocks else
+         "Latencies are medians of timed runs after 3 warm-up runs, with the original and the "
+         "pruned model's runs interleaved (a, b, a, b, ...), so a load change hits both alike "
+         "and the speed-up (their ratio) stays meaningful; absolute times are noisy.\n"))
     w(f"Model: akamaster ResNet-56 (`{Path(args.model).name}`), "
       f"{base['params']:,} parameters, {base['macs']:,} MACs per image, top-1 "
       f"{top1_0:.2f}% on {n_img:,} CIFAR-10 test images (shears; preprocessing x/255, ImageNet "

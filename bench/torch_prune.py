@@ -218,8 +218,10 @@ def accuracy(model, x, y, batch=500):
 
 
 @torch.no_grad()
-def compare_latency(a, b, batch, warmup, iters):
-    """Median ms of a and b, timed passes interleaved (a, b, a, b, ...)."""
+def compare_latency(a, b, batch, warmup, iters, block=10):
+    """Median ms of a and b, timed in alternating blocks as shears does
+    (`shears::report::compare_latency`): one untimed pass of a, `block` timed passes of a,
+    the same for b, and again until each has `iters` timed passes."""
     a.eval()
     b.eval()
     g = torch.Generator().manual_seed(0)
@@ -228,13 +230,14 @@ def compare_latency(a, b, batch, warmup, iters):
         a(x)
         b(x)
     ta, tb = [], []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        a(x)
-        ta.append((time.perf_counter() - t0) * 1e3)
-        t0 = time.perf_counter()
-        b(x)
-        tb.append((time.perf_counter() - t0) * 1e3)
+    while len(ta) < iters:
+        k = min(block, iters - len(ta))
+        for m, ts in ((a, ta), (b, tb)):
+            m(x)
+            for _ in range(k):
+                t0 = time.perf_counter()
+                m(x)
+                ts.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(ta), statistics.median(tb)
 
 

@@ -8,7 +8,7 @@
 //! 3. Pruning to those ratios (L1 chooses the channels inside each group).
 //! 4. CASM recovery ([`shears::recover::casm`]) from training samples.
 //! 5. A table of accuracy, parameters, MACs and measured latency for the original, the pruned
-//!    and the recovered model (latency of original and pruned interleaved).
+//!    and the recovered model (latency of original and pruned in alternating warm blocks).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -266,8 +266,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         crep.seconds, recovered_eval.top1
     ));
 
-    // Latency, original and pruned interleaved (the recovered model has the pruned shape).
-    say("[5/5] measuring latency (original and pruned interleaved)");
+    // Latency, original and pruned in alternating blocks (the recovered model has the pruned shape).
+    say("[5/5] measuring latency (original and pruned in alternating blocks)");
     let (o1, p1) = compare_latency(&mut net, &mut rnet, 1, 5, 50)?;
     let (o64, p64) = compare_latency(&mut net, &mut rnet, 64, 2, 10)?;
     let stages = vec![
@@ -362,7 +362,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let r = &res.stages[2];
     println!(
         "reduction: {:.2}x MACs, {:.2}x parameters, {:.2}x faster at batch 1, {:.2}x at batch \
-         64 (median of 50 and 10 interleaved runs, {} threads)",
+         64 (median of 50 and 10 runs in alternating blocks, {} threads)",
         o.macs as f64 / r.macs as f64,
         o.params as f64 / r.params as f64,
         o.latency_b1_ms / r.latency_b1_ms,

@@ -3,7 +3,7 @@
 //! `prune` turns its arguments into a [`shears::prune::AllocConfig`] (or reads a plan), calls
 //! the library to score, allocate and cut, then verifies, evaluates, measures and saves. Every
 //! number it prints comes from the library: costs from the graphs, latency from
-//! [`shears::report::compare_latency`] (before and after interleaved), accuracy from [`shears::eval::evaluate`].
+//! [`shears::report::compare_latency`] (before and after in alternating warm blocks), accuracy from [`shears::eval::evaluate`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -20,7 +20,7 @@ use shears::prune::{
     self, input_batch, taylor_grads, verify, AllocConfig, Criterion, DepGraph, FoldMode,
     GradConfig, Plan, Reduction, ScoreContext, Strategy, Verification, VERIFY_TOLERANCE,
 };
-use shears::report::{compare_latency, random_inputs, summarize, Latency};
+use shears::report::{compare_latency, random_inputs, summarize, Latency, LATENCY_BLOCK};
 use shears_data::{Dataset, Split};
 use shears_ir::Graph;
 
@@ -648,7 +648,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     if !latency.is_empty() {
         println!(
             "latency: median of {} (batch 1) and {} (batch 64) timed runs after 3 warm-up runs, \
-             before and after interleaved, {threads} threads",
+             before and after in alternating blocks of {LATENCY_BLOCK} (each warmed by one \
+             untimed run), {threads} threads",
             5 * a.latency_iters,
             a.latency_iters
         );

@@ -3,7 +3,8 @@
 //! shortcut added in the second one's epilogue), and as one chained residual pair with both
 //! transposed (the middle map stays channel-major), its input and output channels-last or, as
 //! between two chained blocks of a stage, padded channel-major planes; runs alternating:
-//! `cargo run --release -p shears-engine --example conv_pair -- C C_MID HW BATCH`.
+//! `cargo run --release -p shears-engine --example conv_pair -- C C_MID HW BATCH [THREADS]`
+//! (one thread by default).
 //! Prints the best of 200 runs of each, in milliseconds.
 
 use std::time::Instant;
@@ -17,10 +18,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip(1)
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
-    let [c, mid, hw, n] = args[..] else {
-        return Err("usage: conv_pair C C_MID HW BATCH".into());
+    let (&[c, mid, hw, n], threads) = (&args[..4.min(args.len())], args.get(4).copied()) else {
+        return Err("usage: conv_pair C C_MID HW BATCH [THREADS]".into());
     };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let threads = threads.unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     let be = CpuBackend;
     let g1 = ConvGeom::new(&Conv2d::new(c, mid, 3).with_padding(1), hw, hw).ok_or("geometry")?;
     let g2 = ConvGeom::new(&Conv2d::new(mid, c, 3).with_padding(1), hw, hw).ok_or("geometry")?;
@@ -76,33 +80,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &mut xp,
     );
     let mut best = [f64::INFINITY; 3];
-    for _ in 0..200 {
-        let t0 = Instant::now();
-        pool.install(|| {
+    // One pool entry for all runs: a pool hand-over per call would cost as much as a small
+    // conv at batch 1.
+    pool.install(|| {
+        for _ in 0..200 {
+            let t0 = Instant::now();
             be.conv2d_forward(&g1, n, &x, &p1, Some(&b1), true, &mut h);
             be.conv2d_forward_add(&g2, n, &h, &p2, None, &x, true, &mut ya);
-        });
-        best[0] = best[0].min(t0.elapsed().as_secs_f64() * 1e3);
-        let t0 = Instant::now();
-        pool.install(|| {
-            be.conv2d_chain_forward(&t1, &t2, n, &x, &p1, &b1, &p2, None, true, res, &mut yb)
-        });
-        best[1] = best[1].min(t0.elapsed().as_secs_f64() * 1e3);
-        let t0 = Instant::now();
-        pool.install(|| {
-            be.conv2d_chain_forward(&t1, &t2, n, &xp, &p1, &b1, &p2, None, true, planes, &mut yp)
-        });
-        best[2] = best[2].min(t0.elapsed().as_secs_f64() * 1e3);
-    }
+            best[0] = best[0].min(t0.elapsed().as_secs_f64() * 1e3);
+            let t0 = Instant::now();
+            be.conv2d_chain_forward(&t1, &t2, n, &x, &p1, &b1, &p2, None, true, res, &mut yb);
+            best[1] = best[1].min(t0.elapsed().as_secs_f64() * 1e3);
+            let t0 = Instant::now();
+            be.conv2d_chain_forward(&t1, &t2, n, &xp, &p1, &b1, &p2, None, true, planes, &mut yp);
+            best[2] = best[2].min(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    });
     let diff = ya
         .iter()
         .zip(&yb)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     println!(
-        "{c}>{mid}>{c} {hw}x{hw} batch {n}: separate ({:?}, {:?}) {:.3} ms, chained transposed \
-         {:.3} ms (max diff {diff:.1e}), chained planes to planes {:.3} ms",
-        g1.algo, g2.algo, best[0], best[1], best[2]
+        "{c}>{mid}>{c} {hw}x{hw} batch {n}, {threads} threads: separate ({:?}, {:?}) {:.4} ms, chained transposed \
+         {:.4} ms (max diff {diff:.1e}), chained planes to planes {:.4} ms ({:.1} GMAC/s)",
+        g1.algo,
+        g2.algo,
+        best[0],
+        best[1],
+        best[2],
+        (2 * n * hw * hw * c * mid * 9) as f64 / best[2] / 1e6
     );
     Ok(())
 }

@@ -180,10 +180,17 @@ pub fn measure_latency(
     Ok(latency_of(batch, ts))
 }
 
+/// Timed passes per block of [`compare_latency`].
+pub const LATENCY_BLOCK: usize = 10;
+
 /// Measures two networks with the same input shape (a model before and after pruning) the
-/// way [`measure_latency`] does, but with their timed passes interleaved (a, b, a, b, ...) so
-/// that a change in machine load affects both alike and their ratio stays meaningful on a
-/// shared machine. Returns `(a, b)`.
+/// way [`measure_latency`] does, but in alternating blocks: one untimed pass of `a` (its
+/// weights back in cache after `b` ran), [`LATENCY_BLOCK`] timed passes of `a`, the same for
+/// `b`, and again, until each has `iters` timed passes. Every timed pass runs warm, as in a
+/// loop serving one model, and a change in machine load within the run affects both alike,
+/// so their ratio stays meaningful on a shared machine. (Alternating single passes would time
+/// each model just after the other evicted its weights from the core's caches, which at batch
+/// 1 costs the smaller model proportionally more.) Returns `(a, b)`.
 pub fn compare_latency(
     a: &mut Network,
     b: &mut Network,
@@ -204,9 +211,14 @@ pub fn compare_latency(
     }
     let mut ta = Vec::with_capacity(iters);
     let mut tb = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        ta.push(timed(a, &x)?);
-        tb.push(timed(b, &x)?);
+    while ta.len() < iters {
+        let k = LATENCY_BLOCK.min(iters - ta.len());
+        for (net, ts) in [(&mut *a, &mut ta), (&mut *b, &mut tb)] {
+            net.forward(&x, Mode::Eval)?;
+            for _ in 0..k {
+                ts.push(timed(net, &x)?);
+            }
+        }
     }
     Ok((latency_of(batch, ta), latency_of(batch, tb)))
 }
