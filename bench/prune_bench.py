@@ -274,32 +274,33 @@ NOTES = """How to read it:
   64 channels, so the nearest uniform step at or under the target keeps 0.4734 of the MACs
   (2.11x); it is reported as achieved, not as 2x.
 - **Speed-up** is the median latency of the original over the pruned model at batch 1 and
-  64, measured with shears' own engine in the same process, runs interleaved. **b64 / MACs
-  ratio** is that speed-up divided by the MACs reduction; the issue's target is at least 0.9.
-  {REACH} The engine's AVX-512 products vectorise over output channels (16
-  lanes), so the odd counts pruning leaves (16 channels become 10, 11, 13...) would run masked
-  tails and cost as much as the full count. Where that wastes enough lanes, the forward pass
-  runs transposed (pixels in the lanes, `ConvAlgo::ShiftedT`), and a block's two transposed
-  convs hand the middle map over without leaving that layout (`ConvChain`): that took this
-  benchmark's ratios from 0.63-0.75 (2026-11-30 09:25, before) to 0.75-0.95 (14:55) and the
-  columns above. On this shared VM the same ratios move by about 0.1 from run to run (the raw
-  JSON of earlier runs is kept in `docs/results/prune_runs/`; the VM was replaced at about
-  20:45 on 2026-11-30, so later runs are on a different CPU). Same-size convs on 8x8 maps
-  (stage 3) run transposed over unpadded planes with masks in place of padding (19-27%
-  faster than im2col at ragged counts, `crates/shears-engine/examples/conv_im2col.rs`). What
-  is left: one run of `crates/shears/examples/conv_profile.rs` (every conv of the L1-global
-  model alone, one thread, batch 16, 2026-11-30 21:50 UTC) gave speed-up / MACs ratios of
-  0.73 on stage 1 (32x32), 0.78 on stage 2 (16x16) and 0.93 on stage 3 (8x8). On 32x32 and
-  16x16 maps the transposed path computes the padded columns of each row and pays two layout
-  copies (a profile of a 15-to-5-channel 32x32 conv, `perf record -e cpu-clock -F 5000
-  target/release/examples/conv_im2col 15 5 32 16 1`: 57% in the product, 24% in the two
-  transposes), and chaining a block's second conv transposed too does not help there
-  (`crates/shears-engine/examples/conv_pair.rs`: 15>9>15 on 32x32, 0.892 ms separate against
-  0.886 ms chained; 30>18>30 on 16x16, 0.860 against 0.874). Elementwise ops also shrink with
-  the channels (about 1.45x), not with the MACs
-  (2x). The `--round-to 8` row keeps every group at
-  a multiple of 8 channels, but with ResNet-56's trunk groups the coarser steps cannot land on
-  0.5 (the allocation keeps what it achieves and warns; see its MACs column).
+  64, measured with shears' own engine in the same process (alternating warm blocks, see
+  above). **b1 / MACs** and **b64 / MACs ratio** are those speed-ups divided by the MACs
+  reduction; the issue's target is at least 0.9. {REACH}
+  How the engine gets there (`docs/architecture.md`, "Engine"): its AVX-512 products
+  vectorise over output channels (16 lanes), so the odd counts pruning leaves (16 channels
+  become 10, 11, 13...) would run masked tails and cost as much as the full count. Where
+  that wastes lanes, a conv runs transposed (pixels in the lanes, `ConvAlgo::ShiftedT`) over
+  unpadded channel-major planes with per-tap masks in place of padding (maps up to 32x32).
+  A residual block's two convs run as one step with its shortcut (`ConvChain`): the middle
+  map never leaves the planes, the sum and ReLU happen in the second conv's epilogue, and
+  consecutive blocks of a stage hand their output over as planes, so no layout copy and no
+  separate add pass remains inside a stage. The original model runs through the same
+  planner: its blocks chain too, which is as fast or faster at full lanes
+  (`crates/shears-engine/examples/conv_pair.rs`, batch 64, 2 threads: 16>16>16 on 32x32
+  3.08 ms chained against 3.25 apart; 32>32>32 on 16x16 2.85 against 3.01), and both
+  models' plain conv + BN + add + ReLU ends are one pass as well.
+  History of this benchmark's ratios on 2026-11-30 (raw JSON in `docs/results/prune_runs/`;
+  the VM was replaced at about 20:45, so later runs are on a different CPU): 0.63-0.75
+  (09:25, before the transposed products), 0.72-0.89 (21:44), 0.84-0.97 (23:24, after the
+  residual chains and masked planes, runs still timed in alternating single runs, which
+  leave each model's weights evicted by the other at batch 1), and the columns above.
+  On this shared VM a single row moves from run to run: five repeated `shears prune
+  --criterion bn --global --target-macs 0.5 --latency-iters 40` runs (23:40 UTC) measured
+  1.79-2.01x at batch 1 (ratio 0.89-1.00) and 1.86-2.00x at batch 64 (0.92-0.99).
+  The `--round-to 8` row keeps every group at a multiple of 8 channels, but with
+  ResNet-56's trunk groups the coarser steps cannot land on 0.5 (the allocation keeps what
+  it achieves and warns; see its MACs column).
 - **Time to prune** is scoring, allocation and surgery (plus, for Taylor, the gradients of 256
   training images in eval mode); loading files is not included. It does not include
   verification, evaluation or latency measurement.
@@ -318,8 +319,8 @@ TP_NOTES = """Notes on the Torch-Pruning side: the installed version is the one 
 recipe (MetaPruner, `MagnitudeImportance(p=1)`, global ranking, `pruning_ratio=1.0`,
 `iterative_steps=200`, stepping until the MACs target is met, classifier ignored), so its time
 to prune includes re-scoring at every step; its MACs are counted with the same conv + linear
-rule as shears. Its speed-up is measured in PyTorch with the same thread count, runs
-interleaved the same way. Absolute latencies of the two engines differ (different kernels);
+rule as shears. Its speed-up is measured in PyTorch with the same thread count, timed in
+alternating warm blocks the same way. Absolute latencies of the two engines differ (different kernels);
 compare the speed-ups and accuracies, not the milliseconds across engines.
 """
 

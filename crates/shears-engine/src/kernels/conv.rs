@@ -1,6 +1,6 @@
 //! 2-D convolution on NHWC activations: forward, backward data and backward weight.
 //!
-//! Three algorithms, chosen from the geometry alone ([`ConvGeom::algo`]):
+//! The algorithms, chosen from the geometry alone ([`ConvGeom::algo`]):
 //! - **shifted GEMMs** (stride 1, any kernel and dilation, enough channels): the input image is
 //!   copied into a zero-padded buffer once, then every kernel offset `(kh, kw)` adds
 //!   `Xpad[shifted rows, ci] x W[kh, kw][ci, co]` to the output. The output is computed over the
@@ -17,6 +17,11 @@
 //!   Same-size stride-1 convs on 8x8 maps (AVX-512) run their forward pass transposed over
 //!   unpadded channel-major planes instead (`MaskPlan`): each tap is a shifted view and a
 //!   per-(tap, 16-pixel vector) mask stands in for the padding.
+//! - **transposed shifted products** ([`ConvAlgo::ShiftedT`], forward only) where a ragged
+//!   output-channel count would leave vector lanes idle: pixels in the lanes, over masked
+//!   unpadded planes on maps up to 32x32 and zero-padded planes above. [`forward_chain`] runs a
+//!   conv pair (a residual block with its shortcut: [`forward_add`]'s sum in the epilogue)
+//!   without leaving that layout, and hands planes on to the next block.
 //! - **direct loops** for grouped convs with tiny groups (depthwise).
 //!
 //! Work is split over images (rayon); each product runs single-threaded. Weight gradients are
