@@ -294,7 +294,9 @@ NOTES = """How to read it:
   the VM was replaced at about 20:45, so later runs are on a different CPU): 0.63-0.75
   (09:25, before the transposed products), 0.72-0.89 (21:44), 0.84-0.97 (23:24, after the
   residual chains and masked planes, runs still timed in alternating single runs, which
-  leave each model's weights evicted by the other at batch 1), and the columns above.
+  leave each model's weights evicted by the other at batch 1), 0.85-1.07 at batch 1 and
+  0.93-0.99 at batch 64 (23:37, the first run in warm blocks: 15 of 16 reach 0.9, bn-scale
+  global at batch 1 does not, 0.85), and the columns above.
   On this shared VM a single row moves from run to run: five repeated `shears prune
   --criterion bn --global --target-macs 0.5 --latency-iters 40` runs (23:40 UTC) measured
   1.79-2.01x at batch 1 (ratio 0.89-1.00) and 1.86-2.00x at batch 64 (0.92-0.99).
@@ -320,7 +322,10 @@ recipe (MetaPruner, `MagnitudeImportance(p=1)`, global ranking, `pruning_ratio=1
 `iterative_steps=200`, stepping until the MACs target is met, classifier ignored), so its time
 to prune includes re-scoring at every step; its MACs are counted with the same conv + linear
 rule as shears. Its speed-up is measured in PyTorch with the same thread count, timed in
-alternating warm blocks the same way. Absolute latencies of the two engines differ (different kernels);
+alternating warm blocks the same way. PyTorch's absolute batch-1 latencies come out higher
+timed in blocks than in alternating single runs (a check at 23:52 UTC with two copies of the
+original: 10.6-12.0 ms in blocks against 8.3-8.4 ms alternating, both copies alike), which
+is why they differ from earlier runs; its speed-up is a ratio of two models timed alike. Absolute latencies of the two engines differ (different kernels);
 compare the speed-ups and accuracies, not the milliseconds across engines.
 """
 
