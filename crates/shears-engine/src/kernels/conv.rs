@@ -1255,10 +1255,11 @@ fn add_bias_and(
     }
 }
 
-/// The algorithm of the backward passes: a transposed conv on small maps (forward on masked
-/// planes) runs them as im2col, which suits small maps better than the shifted products.
+/// The algorithm of the backward passes: a transposed conv on small maps (at most 100 pixels,
+/// where the untransposed pick is im2col too) runs them as im2col, which suits small maps
+/// better than the shifted products; on larger maps they run shifted.
 fn backward_algo(g: &ConvGeom) -> ConvAlgo {
-    if g.algo == ConvAlgo::ShiftedT && MaskPlan::fits(g) {
+    if g.algo == ConvAlgo::ShiftedT && MaskPlan::fits(g) && g.h * g.w <= 100 {
         ConvAlgo::Im2col
     } else {
         g.algo
