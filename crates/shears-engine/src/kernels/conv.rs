@@ -468,16 +468,7 @@ impl ShiftPlan {
                     &src[y * self.wp..][..self.wd],
                     &res[y * self.wp..][..self.wd],
                 );
-                let out = &mut plane[o..o + self.wd];
-                if relu {
-                    for ((o, v), r) in out.iter_mut().zip(s).zip(rr) {
-                        *o = ((v + b) + r).max(0.0);
-                    }
-                } else {
-                    for ((o, v), r) in out.iter_mut().zip(s).zip(rr) {
-                        *o = (v + b) + r;
-                    }
-                }
+                residual_row(&mut plane[o..o + self.wd], s, rr, b, relu);
                 // The margin to the next row's first pixel (or to the end of the plane).
                 let next = (o + self.wp).min(self.plen);
                 plane[o + self.wd..next].fill(0.0);
@@ -644,16 +635,7 @@ impl MaskPlan {
         for (ci, out) in planes.chunks_exact_mut(self.stride).enumerate() {
             let b = bias.map_or(0.0, |b| b[ci]);
             let (s, rr) = (&d[ci * self.stride..][..n], &r[ci * r_stride..][..n]);
-            let out = &mut out[..n];
-            if relu {
-                for ((o, v), r) in out.iter_mut().zip(s).zip(rr) {
-                    *o = ((v + b) + r).max(0.0);
-                }
-            } else {
-                for ((o, v), r) in out.iter_mut().zip(s).zip(rr) {
-                    *o = (v + b) + r;
-                }
-            }
+            residual_row(&mut out[..n], s, rr, b, relu);
         }
     }
 
@@ -1231,6 +1213,20 @@ pub fn forward_chain(
             }
         });
     });
+}
+
+/// `out = f((s + b) + r)` element by element, `f` ReLU or the identity (a residual block's end,
+/// in the order of a conv's epilogue followed by a separate add).
+fn residual_row(out: &mut [f32], s: &[f32], r: &[f32], b: f32, relu: bool) {
+    if relu {
+        for ((o, v), r) in out.iter_mut().zip(s).zip(r) {
+            *o = ((v + b) + r).max(0.0);
+        }
+    } else {
+        for ((o, v), r) in out.iter_mut().zip(s).zip(r) {
+            *o = (v + b) + r;
+        }
+    }
 }
 
 /// `d[c * d_stride + j] = (d[..] + bias[c]) + r[c * r_stride + j]` for `j < m` over the rows
