@@ -205,6 +205,12 @@ fn chained_transposed_convs_equal_separate_ones() {
         net.set_conv_chains(false);
         let apart = net.forward(&x, Mode::Eval).unwrap();
         assert_eq!(chained.data(), apart.data(), "plan {seed}");
+        // And with the residual sums as separate adds too.
+        net.set_residual_fusion(false);
+        let unfused = net.forward(&x, Mode::Eval).unwrap();
+        assert_eq!(chained.data(), unfused.data(), "plan {seed}, adds apart");
+        net.set_conv_chains(true);
+        net.set_residual_fusion(true);
         if seed == 0
             && shears_engine::kernels::conv::ConvAlgo::ShiftedT
                 == shears_engine::kernels::conv::ConvGeom::new(
