@@ -440,20 +440,16 @@ impl ShiftPlan {
 
     /// Writes the channel-major result `d` (`c` rows of [`Self::m`] pixels over the padded
     /// width) as this plan's zero-padded planes `dst` (`c` planes of `plen`), each valid pixel
-    /// `f((d + bias) + r)` with `r` the residual planes (pixel `(0, 0)` first, planes
-    /// `r_stride` apart, rows `wp` apart) and `f` ReLU or the identity: the hand-over between
-    /// two chained residual blocks. Needs a same-size plan (`hd x wd` is `hs x ws`).
-    #[allow(clippy::too_many_arguments)]
-    fn store_planes(
-        &self,
-        d: &[f32],
-        c: usize,
-        bias: Option<&[f32]>,
-        r: &[f32],
-        r_stride: usize,
-        relu: bool,
-        dst: &mut [f32],
-    ) {
+    /// summed as `end` says (its residual planes from pixel `(0, 0)` on, rows `wp` apart): the
+    /// hand-over between two chained residual blocks. Needs a same-size plan (`hd x wd` is
+    /// `hs x ws`).
+    fn store_planes(&self, d: &[f32], c: usize, end: BlockEnd<'_>, dst: &mut [f32]) {
+        let BlockEnd {
+            bias,
+            residual: r,
+            stride: r_stride,
+            relu,
+        } = end;
         assert_eq!((self.hd, self.wd), (self.hs, self.ws), "same-size plan");
         let m = self.m();
         let origin = self.pt * self.wp + self.pl;
@@ -615,21 +611,16 @@ impl MaskPlan {
     }
 
     /// Writes the result `d` (`c` planes [`Self::stride`] apart) as this plan's input planes
-    /// `dst` ([`Self::len`] floats), each pixel `f((d + bias) + r)` with `r` the residual
-    /// planes (`r_stride` apart) and `f` ReLU or the identity: the hand-over between two
-    /// chained residual blocks. The floats around the planes are left as they are (the
+    /// `dst` ([`Self::len`] floats), each pixel summed as `end` says: the hand-over between
+    /// two chained residual blocks. The floats around the planes are left as they are (the
     /// masks never read them).
-    #[allow(clippy::too_many_arguments)]
-    fn store_planes(
-        &self,
-        d: &[f32],
-        c: usize,
-        bias: Option<&[f32]>,
-        r: &[f32],
-        r_stride: usize,
-        relu: bool,
-        dst: &mut [f32],
-    ) {
+    fn store_planes(&self, d: &[f32], c: usize, end: BlockEnd<'_>, dst: &mut [f32]) {
+        let BlockEnd {
+            bias,
+            residual: r,
+            stride: r_stride,
+            relu,
+        } = end;
         let n = self.npix;
         let planes = &mut dst[self.lead..self.lead + c * self.stride];
         for (ci, out) in planes.chunks_exact_mut(self.stride).enumerate() {
@@ -1150,7 +1141,13 @@ pub fn forward_chain(
                 let r = &p_in[mp1.lead..];
                 let d = &mut b[..mp2.out_len(g2.c_out)];
                 if io.y_planes {
-                    mp2.store_planes(d, g2.c_out, b2, r, mp1.stride, relu2, yi);
+                    let end = BlockEnd {
+                        bias: b2,
+                        residual: r,
+                        stride: mp1.stride,
+                        relu: relu2,
+                    };
+                    mp2.store_planes(d, g2.c_out, end, yi);
                 } else {
                     add_bias_and(d, mp2.stride, mp2.npix, b2, r, mp1.stride);
                     planes_to_rows(d, 0, mp2.stride, g2.c_out, mp2.npix, yi, None, None, relu2);
@@ -1205,7 +1202,13 @@ pub fn forward_chain(
             // result's over the padded width.
             let r = &p_in[origin..];
             if io.y_planes {
-                plan2.store_planes(d, g2.c_out, b2, r, plan1.plen, relu2, yi);
+                let end = BlockEnd {
+                    bias: b2,
+                    residual: r,
+                    stride: plan1.plen,
+                    relu: relu2,
+                };
+                plan2.store_planes(d, g2.c_out, end, yi);
             } else {
                 add_bias_and(d, m, m, b2, r, plan1.plen);
                 let ep = Epilogue { bias: None, ..ep };
@@ -1213,6 +1216,16 @@ pub fn forward_chain(
             }
         });
     });
+}
+
+/// How a residual block's result pixel is finished: `f((d + bias[c]) + residual)`, with the
+/// residual channel-major (channel `c` at `c * stride`) and `f` ReLU or the identity.
+#[derive(Clone, Copy)]
+struct BlockEnd<'a> {
+    bias: Option<&'a [f32]>,
+    residual: &'a [f32],
+    stride: usize,
+    relu: bool,
 }
 
 /// `out = f((s + b) + r)` element by element, `f` ReLU or the identity (a residual block's end,
