@@ -800,7 +800,7 @@ impl Network {
 
     /// Turns on (the default) or off the residual sums inside conv steps in inference: a
     /// conv + BN whose result is added to an earlier value and rectified runs as one step,
-    /// and chained residual blocks hand their maps over as padded planes. Both give the same
+    /// and chained residual blocks hand their maps over as channel-major planes. Both give the same
     /// sums; off is for measuring what the fusion saves and testing it.
     pub fn set_residual_fusion(&mut self, on: bool) {
         self.fuse_residuals = on;
@@ -1388,6 +1388,16 @@ impl Network {
     /// and its add), on the same planes, and that nobody captures.
     fn link_planes(&self, steps: &mut [Step], needed: &[bool], keep_out: &[bool]) {
         let geo = |id: NodeId| self.chain_geom(id).expect("conv geometry");
+        // The residual chain (step index) that each conv starts, if any.
+        let mut chain_at: Vec<Option<usize>> = vec![None; self.graph.len()];
+        for (i, s) in steps.iter().enumerate() {
+            if let Step::ConvChain {
+                conv, res: Some(_), ..
+            } = *s
+            {
+                chain_at[conv.0] = Some(i);
+            }
+        }
         for si in 0..steps.len() {
             let Step::ConvChain {
                 conv,
@@ -1402,21 +1412,25 @@ impl Network {
             if keep_out[out.0] || conv::chain_planes_len(geo(conv), geo(conv2)).is_none() {
                 continue;
             }
-            let next = steps.iter().position(|t| match *t {
-                Step::ConvChain {
+            let users: Vec<NodeId> = self.consumers[out.0]
+                .iter()
+                .copied()
+                .filter(|u| needed[u.0])
+                .collect();
+            // The next chain reads `out` with its first conv and its add, and nothing else does.
+            let next = users.iter().find_map(|u| chain_at[u.0]).filter(|&ti| {
+                let Step::ConvChain {
                     conv: c,
                     conv2: c2,
                     res: Some((add, _)),
                     ..
-                } => {
-                    self.graph.node(c).inputs[0] == out
-                        && conv::chain_planes_len(geo(c), geo(c2)).is_some()
-                        && conv::planes_link(geo(conv), geo(c))
-                        && self.consumers[out.0]
-                            .iter()
-                            .all(|u| !needed[u.0] || *u == c || *u == add)
-                }
-                _ => false,
+                } = steps[ti]
+                else {
+                    unreachable!("chain_at holds residual chains")
+                };
+                users.iter().all(|u| *u == c || *u == add)
+                    && conv::chain_planes_len(geo(c), geo(c2)).is_some()
+                    && conv::planes_link(geo(conv), geo(c))
             });
             if let Some(ti) = next {
                 if let Step::ConvChain { io, .. } = &mut steps[si] {
@@ -1438,7 +1452,7 @@ impl Network {
         }
     }
 
-    /// Floats of step `s`'s output for `n` images: its padded planes when it writes planes.
+    /// Floats of step `s`'s output for `n` images: its planes when it writes planes.
     fn step_out_len(&self, n: usize, s: Step) -> usize {
         match s {
             Step::ConvChain {

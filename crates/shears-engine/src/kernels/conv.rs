@@ -702,8 +702,11 @@ impl<'a> Epilogue<'a> {
     fn store(&self, src: &[f32], dst: &mut [f32], c: usize) {
         if let Some(res) = self.residual {
             assert!(!self.accumulate, "a residual epilogue overwrites");
-            let zero = vec![0.0f32; c];
-            let bias = self.bias.map_or(&zero[..c], |b| &b[..c]);
+            let zero = vec![0.0f32; if self.bias.is_none() { c } else { 0 }];
+            let bias = match self.bias {
+                Some(b) => &b[..c],
+                None => &zero[..c],
+            };
             for ((dr, sr), rr) in dst
                 .chunks_exact_mut(c)
                 .zip(src.chunks_exact(c))
@@ -747,8 +750,11 @@ impl<'a> Epilogue<'a> {
     fn in_place(&self, y: &mut [f32], c: usize) {
         assert!(!self.accumulate, "in-place epilogue cannot accumulate");
         if let Some(res) = self.residual {
-            let zero = vec![0.0f32; c];
-            let bias = self.bias.map_or(&zero[..c], |b| &b[..c]);
+            let zero = vec![0.0f32; if self.bias.is_none() { c } else { 0 }];
+            let bias = match self.bias {
+                Some(b) => &b[..c],
+                None => &zero[..c],
+            };
             for (r, rr) in y.chunks_exact_mut(c).zip(res.chunks_exact(c)) {
                 let (r, rr) = (&mut r[..c], &rr[..c]);
                 if self.relu {
@@ -995,11 +1001,12 @@ pub struct ChainIo {
     /// Add the chain's input `x` to the second conv's result (after its bias, before its
     /// ReLU): a residual block with an identity shortcut. Needs [`residual_chainable`].
     pub residual: bool,
-    /// `x` arrives as the first conv's zero-padded channel-major planes
-    /// ([`chain_planes_len`] floats per image), written by a previous chain's `y_planes`.
+    /// `x` arrives as the first conv's channel-major planes (zero-padded, or masked on maps of
+    /// at most 32x32; [`chain_planes_len`] floats per image), written by a previous chain's
+    /// `y_planes`.
     pub x_planes: bool,
-    /// Write `y` as zero-padded channel-major planes for a following chain that reads them
-    /// with `x_planes` ([`planes_link`]); only with `residual`.
+    /// Write `y` as such planes for a following chain that reads them with `x_planes`
+    /// ([`planes_link`]); only with `residual`.
     pub y_planes: bool,
 }
 
@@ -1044,7 +1051,7 @@ pub fn planes_link(from: &ConvGeom, to: &ConvGeom) -> bool {
 /// so the two layout copies around it are skipped. With [`ChainIo::residual`] the input is
 /// added before the final ReLU (the end of a residual block, no separate pass), and with
 /// [`ChainIo::x_planes`] / [`ChainIo::y_planes`] consecutive blocks hand their maps over as
-/// padded planes, skipping the layout copies around the blocks as well. Same sums, in the same
+/// planes, skipping the layout copies around the blocks as well. Same sums, in the same
 /// order, as [`forward`] calls and a separate add. Needs [`chainable`] geometries.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_chain(
@@ -1071,7 +1078,7 @@ pub fn forward_chain(
     let planes = chain_planes_len(g1, g2);
     assert!(
         !(io.x_planes || io.y_planes) || (io.residual && planes.is_some()),
-        "planes in or out need a residual chain over padded planes"
+        "planes in or out need a residual chain whose convs share a planes layout"
     );
     let x_len = match (io.x_planes, planes) {
         (true, Some(l)) => l,
