@@ -7,6 +7,7 @@
 
 pub mod bn;
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 pub(crate) mod gemm;
 pub mod linear;
