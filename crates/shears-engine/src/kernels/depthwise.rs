@@ -31,11 +31,30 @@ pub fn supports(g: &ConvGeom) -> bool {
     g.groups == g.c_in && g.c_out % g.c_in == 0
 }
 
+/// The tap-major weight `[kh * kw][c_out]` of a depthwise conv from PyTorch's OIHW layout
+/// (`[c_out][1][kh][kw]`).
+pub fn pack_taps(g: &ConvGeom, oihw: &[f32]) -> Vec<f32> {
+    assert!(supports(g), "depthwise geometry checked by the caller");
+    assert_eq!(oihw.len(), g.weight_len(), "depthwise weight length");
+    let kk = g.kk();
+    let mut t = vec![0.0; oihw.len()];
+    for (o, w) in oihw.chunks_exact(kk).enumerate() {
+        for (k, v) in w.iter().enumerate() {
+            t[k * g.c_out + o] = *v;
+        }
+    }
+    t
+}
+
 /// The tap-major weight `[kh * kw][c_out]` of a depthwise conv from the engine's packed layout
 /// (`[groups][kh * kw][1][c_out / groups]`, see [`super::conv::PackedConv`]).
 pub fn taps_from_packed(g: &ConvGeom, packed: &[f32]) -> Vec<f32> {
     assert!(supports(g), "depthwise geometry checked by the caller");
-    assert_eq!(packed.len(), g.weight_len(), "packed depthwise weight length");
+    assert_eq!(
+        packed.len(),
+        g.weight_len(),
+        "packed depthwise weight length"
+    );
     let (kk, cog) = (g.kk(), g.cog());
     let mut t = vec![0.0; packed.len()];
     for gi in 0..g.groups {
@@ -49,8 +68,16 @@ pub fn taps_from_packed(g: &ConvGeom, packed: &[f32]) -> Vec<f32> {
 
 /// The inverse of [`taps_from_packed`] (for weight gradients).
 pub fn packed_from_taps(g: &ConvGeom, taps: &[f32], packed: &mut [f32]) {
-    assert_eq!(taps.len(), g.weight_len(), "tap-major depthwise weight length");
-    assert_eq!(packed.len(), g.weight_len(), "packed depthwise weight length");
+    assert_eq!(
+        taps.len(),
+        g.weight_len(),
+        "tap-major depthwise weight length"
+    );
+    assert_eq!(
+        packed.len(),
+        g.weight_len(),
+        "packed depthwise weight length"
+    );
     let (kk, cog) = (g.kk(), g.cog());
     for gi in 0..g.groups {
         for k in 0..kk {
@@ -213,7 +240,6 @@ fn gather(isa: Isa, plan: &Gather, n: usize, src: &[f32], w: &[f32], dst: &mut [
     dst.par_chunks_mut(rows * rl)
         .enumerate()
         .for_each(|(ti, chunk)| {
-            let mut taps = Vec::new();
             for (j, row) in chunk.chunks_exact_mut(rl).enumerate() {
                 let r = ti * rows + j;
                 let (b, y) = (r / plan.dst_h, r % plan.dst_h);
@@ -222,7 +248,7 @@ fn gather(isa: Isa, plan: &Gather, n: usize, src: &[f32], w: &[f32], dst: &mut [
                     residual: st.residual.map(|res| &res[r * rl..(r + 1) * rl]),
                     ..st
                 };
-                gather_row_isa(isa, plan, y, img, w, row, st, &mut taps);
+                gather_row_isa(isa, plan, y, img, w, row, st);
             }
         });
 }
@@ -235,34 +261,33 @@ fn gather_row_isa(
     w: &[f32],
     dst: &mut [f32],
     st: Store,
-    taps: &mut Vec<(usize, usize)>,
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::detect` found AVX-512F and FMA on this CPU.
-        Isa::Avx512 => unsafe { x86::gather_row_avx512(plan, y, src, w, dst, st, taps) },
+        Isa::Avx512 => unsafe { x86::gather_row_avx512(plan, y, src, w, dst, st) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::detect` found AVX2 and FMA on this CPU.
-        Isa::Avx2 => unsafe { x86::gather_row_avx2(plan, y, src, w, dst, st, taps) },
-        _ => gather_row::<false>(plan, y, src, w, dst, st, taps),
+        Isa::Avx2 => unsafe { x86::gather_row_avx2(plan, y, src, w, dst, st) },
+        _ => gather_row::<false>(plan, y, src, w, dst, st),
     }
 }
 
-fn wgrad_image_isa(isa: Isa, t: &TapRects, x: &[f32], dy: &[f32], part: &mut [f32]) {
+fn wgrad_images_isa(isa: Isa, t: &TapRects, count: usize, x: &[f32], dy: &[f32], part: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::detect` found AVX-512F and FMA on this CPU.
-        Isa::Avx512 => unsafe { x86::wgrad_image_avx512(t, x, dy, part) },
+        Isa::Avx512 => unsafe { x86::wgrad_images_avx512(t, count, x, dy, part) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::detect` found AVX2 and FMA on this CPU.
-        Isa::Avx2 => unsafe { x86::wgrad_image_avx2(t, x, dy, part) },
-        _ => wgrad_image::<false>(t, x, dy, part),
+        Isa::Avx2 => unsafe { x86::wgrad_images_avx2(t, count, x, dy, part) },
+        _ => wgrad_images::<false>(t, count, x, dy, part),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{gather_row, wgrad_image, Gather, Store, TapRects};
+    use super::{gather_row, wgrad_images, Gather, Store, TapRects};
 
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn gather_row_avx512(
@@ -272,9 +297,8 @@ mod x86 {
         w: &[f32],
         dst: &mut [f32],
         st: Store,
-        taps: &mut Vec<(usize, usize)>,
     ) {
-        gather_row::<true>(plan, y, src, w, dst, st, taps)
+        gather_row::<true>(plan, y, src, w, dst, st)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -285,19 +309,30 @@ mod x86 {
         w: &[f32],
         dst: &mut [f32],
         st: Store,
-        taps: &mut Vec<(usize, usize)>,
     ) {
-        gather_row::<true>(plan, y, src, w, dst, st, taps)
+        gather_row::<true>(plan, y, src, w, dst, st)
     }
 
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) fn wgrad_image_avx512(t: &TapRects, x: &[f32], dy: &[f32], part: &mut [f32]) {
-        wgrad_image::<true>(t, x, dy, part)
+    pub(super) fn wgrad_images_avx512(
+        t: &TapRects,
+        count: usize,
+        x: &[f32],
+        dy: &[f32],
+        part: &mut [f32],
+    ) {
+        wgrad_images::<true>(t, count, x, dy, part)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn wgrad_image_avx2(t: &TapRects, x: &[f32], dy: &[f32], part: &mut [f32]) {
-        wgrad_image::<true>(t, x, dy, part)
+    pub(super) fn wgrad_images_avx2(
+        t: &TapRects,
+        count: usize,
+        x: &[f32],
+        dy: &[f32],
+        part: &mut [f32],
+    ) {
+        wgrad_images::<true>(t, count, x, dy, part)
     }
 }
 
@@ -315,19 +350,21 @@ impl V {
     /// The first `n` lanes from `s` (`n == L` when `FULL`), the others zero.
     #[inline(always)]
     fn load<const FULL: bool>(s: &[f32], n: usize) -> V {
-        let mut r = [0.0; L];
         if FULL {
-            r.copy_from_slice(&s[..L]);
+            let a: &[f32; L] = s[..L].try_into().expect("16 lanes");
+            V(*a)
         } else {
+            let mut r = [0.0; L];
             r[..n].copy_from_slice(&s[..n]);
+            V(r)
         }
-        V(r)
     }
 
     #[inline(always)]
     fn store<const FULL: bool>(self, s: &mut [f32], n: usize) {
         if FULL {
-            s[..L].copy_from_slice(&self.0);
+            let d: &mut [f32; L] = (&mut s[..L]).try_into().expect("16 lanes");
+            *d = self.0;
         } else {
             s[..n].copy_from_slice(&self.0[..n]);
         }
@@ -375,17 +412,16 @@ fn gather_row<const FMA: bool>(
     w: &[f32],
     dst: &mut [f32],
     st: Store,
-    taps: &mut Vec<(usize, usize)>,
 ) {
     let c = plan.c;
-    let rows = plan.rows.of(y);
     for x in 0..plan.dst_w {
-        taps.clear();
-        for &(ky, sy) in rows {
-            for &(kx, sx) in plan.cols.of(x) {
-                taps.push(((sy * plan.src_w + sx) * c, (ky * plan.kw + kx) * c));
-            }
-        }
+        let taps = PixelTaps {
+            rows: plan.rows.of(y),
+            cols: plan.cols.of(x),
+            src_row: plan.src_w * c,
+            w_row: plan.kw * c,
+            c,
+        };
         let out = &mut dst[x * c..(x + 1) * c];
         let st = Store {
             residual: st.residual.map(|r| &r[x * c..(x + 1) * c]),
@@ -393,23 +429,35 @@ fn gather_row<const FMA: bool>(
         };
         let mut c0 = 0;
         while c0 + 4 * L <= c {
-            pixel_block::<FMA, 4, true>(taps, src, w, c0, L, out, st);
+            pixel_block::<FMA, 4, true>(&taps, src, w, c0, L, out, st);
             c0 += 4 * L;
         }
         while c0 + L <= c {
-            pixel_block::<FMA, 1, true>(taps, src, w, c0, L, out, st);
+            pixel_block::<FMA, 1, true>(&taps, src, w, c0, L, out, st);
             c0 += L;
         }
         if c0 < c {
-            pixel_block::<FMA, 1, false>(taps, src, w, c0, c - c0, out, st);
+            pixel_block::<FMA, 1, false>(&taps, src, w, c0, c - c0, out, st);
         }
     }
+}
+
+/// The taps of one destination pixel: its row taps times its column taps, with the strides
+/// that turn `(tap, source)` pairs into offsets.
+struct PixelTaps<'a> {
+    rows: &'a [(usize, usize)],
+    cols: &'a [(usize, usize)],
+    /// Floats per source row.
+    src_row: usize,
+    /// Floats per kernel row of the tap-major weight.
+    w_row: usize,
+    c: usize,
 }
 
 /// Channels `c0..` of one destination pixel: `NV` vectors, the last one of `last` lanes.
 #[inline(always)]
 fn pixel_block<const FMA: bool, const NV: usize, const FULL: bool>(
-    taps: &[(usize, usize)],
+    t: &PixelTaps,
     src: &[f32],
     w: &[f32],
     c0: usize,
@@ -418,12 +466,15 @@ fn pixel_block<const FMA: bool, const NV: usize, const FULL: bool>(
     st: Store,
 ) {
     let mut acc = [V::zero(); NV];
-    for &(so, wo) in taps {
-        for (v, a) in acc.iter_mut().enumerate() {
-            let o = c0 + v * L;
-            let xv = V::load::<FULL>(&src[so + o..], last);
-            let wv = V::load::<FULL>(&w[wo + o..], last);
-            *a = a.mul_add::<FMA>(xv, wv);
+    for &(ky, sy) in t.rows {
+        let (sr, wr) = (sy * t.src_row + c0, ky * t.w_row + c0);
+        for &(kx, sx) in t.cols {
+            let (so, wo) = (sr + sx * t.c, wr + kx * t.c);
+            for (v, a) in acc.iter_mut().enumerate() {
+                let xv = V::load::<FULL>(&src[so + v * L..], last);
+                let wv = V::load::<FULL>(&w[wo + v * L..], last);
+                *a = a.mul_add::<FMA>(xv, wv);
+            }
         }
     }
     for (v, a) in acc.iter().enumerate() {
@@ -482,35 +533,53 @@ impl TapRects {
     }
 }
 
-/// Adds one image's weight gradient `sum_p x[q(p, tap)] * dy[p]` to `part` (`[kk][c]`).
+/// Adds the weight gradient of `count` consecutive images, `sum_p x[q(p, tap)] * dy[p]`, to
+/// `part` (`[kk][c]`). Taps run outermost, so the images should fit in L2 together.
 #[inline(always)]
-fn wgrad_image<const FMA: bool>(t: &TapRects, x: &[f32], dy: &[f32], part: &mut [f32]) {
+fn wgrad_images<const FMA: bool>(
+    t: &TapRects,
+    count: usize,
+    x: &[f32],
+    dy: &[f32],
+    part: &mut [f32],
+) {
     let c = t.c;
     for &(k, ys, xs) in &t.rects {
+        if ys[0] == ys[1] || xs[0] == xs[1] {
+            continue;
+        }
         let p = &mut part[k * c..(k + 1) * c];
+        let b = TapBlock { k, ys, xs, count };
         let mut c0 = 0;
         while c0 + 4 * L <= c {
-            wgrad_block::<FMA, 4, true>(t, k, ys, xs, x, dy, c0, L, p);
+            wgrad_block::<FMA, 4, true>(t, &b, x, dy, c0, L, p);
             c0 += 4 * L;
         }
         while c0 + L <= c {
-            wgrad_block::<FMA, 1, true>(t, k, ys, xs, x, dy, c0, L, p);
+            wgrad_block::<FMA, 1, true>(t, &b, x, dy, c0, L, p);
             c0 += L;
         }
         if c0 < c {
-            wgrad_block::<FMA, 1, false>(t, k, ys, xs, x, dy, c0, c - c0, p);
+            wgrad_block::<FMA, 1, false>(t, &b, x, dy, c0, c - c0, p);
         }
     }
 }
 
-/// Channels `c0..` of tap `k`'s gradient over its rectangle, in two accumulators per vector
-/// (even and odd output columns) so that consecutive multiply-adds do not wait on each other.
-#[inline(always)]
-fn wgrad_block<const FMA: bool, const NV: usize, const FULL: bool>(
-    t: &TapRects,
+/// One tap's rectangle of output pixels (rows `ys`, columns `xs`) over `count` images.
+struct TapBlock {
     k: usize,
     ys: [usize; 2],
     xs: [usize; 2],
+    count: usize,
+}
+
+/// Channels `c0..` of one tap's gradient over its rectangle in every image, in two
+/// accumulators per vector (alternate pixels) so that consecutive multiply-adds do not wait on
+/// each other.
+#[inline(always)]
+fn wgrad_block<const FMA: bool, const NV: usize, const FULL: bool>(
+    t: &TapRects,
+    b: &TapBlock,
     x: &[f32],
     dy: &[f32],
     c0: usize,
@@ -518,18 +587,24 @@ fn wgrad_block<const FMA: bool, const NV: usize, const FULL: bool>(
     part: &mut [f32],
 ) {
     let (g, c) = (&t.g, t.c);
-    let (ky, kx) = (k / g.kw, k % g.kw);
+    let (ky, kx) = (b.k / g.kw, b.k % g.kw);
+    let (x_len, y_len) = (g.h * g.w * c, g.oh * g.ow * c);
     let mut acc = [[V::zero(); NV]; 2];
-    for oy in ys[0]..ys[1] {
-        let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
-        for ox in xs[0]..xs[1] {
-            let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
-            let (xo, yo) = ((iy * g.w + ix) * c + c0, (oy * g.ow + ox) * c + c0);
-            let a = &mut acc[ox & 1];
-            for (v, a) in a.iter_mut().enumerate() {
-                let xv = V::load::<FULL>(&x[xo + v * L..], last);
-                let dv = V::load::<FULL>(&dy[yo + v * L..], last);
-                *a = a.mul_add::<FMA>(xv, dv);
+    let mut j = 0;
+    for i in 0..b.count {
+        for oy in b.ys[0]..b.ys[1] {
+            let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
+            for ox in b.xs[0]..b.xs[1] {
+                let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
+                let xo = i * x_len + (iy * g.w + ix) * c + c0;
+                let yo = i * y_len + (oy * g.ow + ox) * c + c0;
+                let a = &mut acc[j & 1];
+                j += 1;
+                for (v, a) in a.iter_mut().enumerate() {
+                    let xv = V::load::<FULL>(&x[xo + v * L..], last);
+                    let dv = V::load::<FULL>(&dy[yo + v * L..], last);
+                    *a = a.mul_add::<FMA>(xv, dv);
+                }
             }
         }
     }
@@ -629,7 +704,11 @@ pub(crate) fn backward_data_isa(
     accumulate: bool,
 ) {
     assert!(supports(g), "depthwise geometry checked by the caller");
-    assert_eq!(dy.len(), n * g.out_len(), "depthwise output gradient length");
+    assert_eq!(
+        dy.len(),
+        n * g.out_len(),
+        "depthwise output gradient length"
+    );
     assert_eq!(dx.len(), n * g.in_len(), "depthwise input gradient length");
     assert_eq!(w_taps.len(), g.weight_len(), "depthwise weight length");
     let m = g.cog();
@@ -679,7 +758,11 @@ pub(crate) fn backward_weight_isa(
 ) {
     assert!(supports(g), "depthwise geometry checked by the caller");
     assert_eq!(x.len(), n * g.in_len(), "depthwise input length");
-    assert_eq!(dy.len(), n * g.out_len(), "depthwise output gradient length");
+    assert_eq!(
+        dy.len(),
+        n * g.out_len(),
+        "depthwise output gradient length"
+    );
     assert_eq!(dw.len(), g.weight_len(), "depthwise weight gradient length");
     let m = g.cog();
     let c = g.c_out;
@@ -696,17 +779,24 @@ pub(crate) fn backward_weight_isa(
     let part = wl + bl;
     let per = chunk_len(n);
     let n_chunks = n.div_ceil(per);
+    // Images summed together tap by tap: as many as fit in about 256 KiB.
+    let group = (65536 / (x_len + g.out_len()).max(1)).clamp(1, per);
     let mut partials = vec![0.0f32; n_chunks * part];
     partials
         .par_chunks_mut(part)
         .enumerate()
         .for_each(|(ci, pw)| {
             let (pw, pb) = pw.split_at_mut(wl);
-            for i in ci * per..((ci + 1) * per).min(n) {
-                let dyi = &dy[i * g.out_len()..(i + 1) * g.out_len()];
-                wgrad_image_isa(isa, &rects, &x[i * x_len..(i + 1) * x_len], dyi, pw);
+            let (i0, i1) = (ci * per, ((ci + 1) * per).min(n));
+            for j0 in (i0..i1).step_by(group) {
+                let j1 = (j0 + group).min(i1);
+                let (xs, dys) = (
+                    &x[j0 * x_len..j1 * x_len],
+                    &dy[j0 * g.out_len()..j1 * g.out_len()],
+                );
+                wgrad_images_isa(isa, &rects, j1 - j0, xs, dys, pw);
                 if bl > 0 {
-                    for r in dyi.chunks_exact(c) {
+                    for r in dys.chunks_exact(c) {
                         pb.iter_mut().zip(r).for_each(|(b, v)| *b += *v);
                     }
                 }
@@ -722,7 +812,10 @@ pub(crate) fn backward_weight_isa(
     if let Some(db) = db {
         db.fill(0.0);
         for ci in 0..n_chunks {
-            for (b, v) in db.iter_mut().zip(&partials[ci * part + wl..(ci + 1) * part]) {
+            for (b, v) in db
+                .iter_mut()
+                .zip(&partials[ci * part + wl..(ci + 1) * part])
+            {
                 *b += *v;
             }
         }
@@ -945,5 +1038,8 @@ mod tests {
         let mut back = vec![0.0; packed.len()];
         packed_from_taps(&g, &taps, &mut back);
         assert_eq!(back, packed);
+        let oihw: Vec<f32> = (0..g.weight_len()).map(|i| (i * 7 % 11) as f32).collect();
+        let via_packed = taps_from_packed(&g, &conv::pack_weight(&g, &oihw).w);
+        assert_eq!(pack_taps(&g, &oihw), via_packed);
     }
 }
