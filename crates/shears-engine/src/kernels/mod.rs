@@ -12,6 +12,7 @@ pub mod elementwise;
 pub(crate) mod gemm;
 pub mod linear;
 pub(crate) mod par;
+pub mod pointwise;
 pub mod pool;
 pub(crate) mod scratch;
 pub(crate) mod transpose;
