@@ -1,6 +1,7 @@
 //! Times the depthwise convolutions of MobileNetV2 (and two MnasNet 5x5 ones) at 32x32 inputs:
-//! the old direct loops (`ConvAlgo::Direct` in `kernels/conv.rs`) against the vectorised
-//! kernels of `kernels/depthwise.rs`, forward, backward data and backward weight, side by side
+//! the old direct loops (`ConvAlgo::Direct`, `kernels/conv/direct.rs`) against the vectorised
+//! kernels (`ConvAlgo::Depthwise`, `kernels/conv/depthwise.rs`, the default for these
+//! geometries), forward, backward data and backward weight, side by side
 //! in one process with the runs alternating, so a change of machine load hits both:
 //! `cargo run --release -p shears-engine --example dwconv_bench -- [THREADS] [BATCH...]`
 //! (defaults: 2 threads, batches 1 and 128). Prints one JSON object per layer, batch and pass
@@ -10,7 +11,6 @@
 use std::time::Instant;
 
 use shears_engine::kernels::conv::{self, ConvAlgo, ConvGeom};
-use shears_engine::kernels::depthwise;
 use shears_ir::Conv2d;
 
 /// `(channels, input side, kernel, stride)` of each distinct depthwise layer.
@@ -56,8 +56,14 @@ fn main() {
                 .with_groups(c)
                 .with_padding(k / 2)
                 .with_stride(s);
-            let g = ConvGeom::new(&conv, hw, hw)
-                .expect("geometry")
+            let g_new = ConvGeom::new(&conv, hw, hw).expect("geometry");
+            assert_eq!(
+                g_new.algo,
+                ConvAlgo::Depthwise,
+                "the default for depthwise convs"
+            );
+            let g = g_new
+                .clone()
                 .with_algo(ConvAlgo::Direct)
                 .expect("direct runs every geometry");
             let x: Vec<f32> = (0..n * g.in_len())
@@ -83,24 +89,23 @@ fn main() {
                         pool.install(&mut *f);
                         t0.elapsed().as_secs_f64() * 1e3
                     };
-                    let taps = depthwise::pack_taps(&g, &w);
                     let f = time(&mut || {
                         if new {
-                            depthwise::forward(&g, n, &x, &taps, Some(&bias), None, true, &mut y);
+                            conv::forward(&g_new, n, &x, &packed, Some(&bias), true, &mut y);
                         } else {
                             conv::forward(&g, n, &x, &packed, Some(&bias), true, &mut y);
                         }
                     });
                     let d = time(&mut || {
                         if new {
-                            depthwise::backward_data(&g, n, &dy, &taps, &mut dx, false);
+                            conv::backward_data(&g_new, n, &dy, &packed, &mut dx, false);
                         } else {
                             conv::backward_data(&g, n, &dy, &packed, &mut dx, false);
                         }
                     });
                     let wg = time(&mut || {
                         if new {
-                            depthwise::backward_weight(&g, n, &x, &dy, &mut dw, Some(&mut db));
+                            conv::backward_weight(&g_new, n, &x, &dy, &mut dw, Some(&mut db));
                         } else {
                             conv::backward_weight(&g, n, &x, &dy, &mut dw, Some(&mut db));
                         }

@@ -1,6 +1,6 @@
-//! Times the 1x1 convolutions of MobileNetV2 at 32x32 inputs: the per-image products the engine
-//! picks by default (`ConvGeom::default_algo`) against one product over the batch's rows
-//! (`kernels/pointwise.rs`), forward, backward data and backward weight, side by side in one
+//! Times the 1x1 convolutions of MobileNetV2 at 32x32 inputs: the per-image products (what
+//! `ConvGeom::default_algo` picks, or im2col where it now picks `ConvAlgo::Pointwise`) against
+//! one product over the batch's rows (`kernels/conv/pointwise.rs`), forward, backward data and backward weight, side by side in one
 //! process with the runs alternating:
 //! `cargo run --release -p shears-engine --example pointwise_bench -- [THREADS] [BATCH...]`
 //! (defaults: 2 threads, batches 1 and 128). Prints one JSON object per layer, batch and pass
@@ -8,8 +8,7 @@
 
 use std::time::Instant;
 
-use shears_engine::kernels::conv::{self, ConvGeom};
-use shears_engine::kernels::pointwise;
+use shears_engine::kernels::conv::{self, pointwise, ConvAlgo, ConvGeom};
 use shears_ir::Conv2d;
 
 /// `(c_in, c_out, map side)`.
@@ -52,6 +51,10 @@ fn main() {
     for &n in &batches {
         for &(ci, co, hw) in &LAYERS {
             let g = ConvGeom::new(&Conv2d::new(ci, co, 1), hw, hw).expect("geometry");
+            let g_old = match g.algo {
+                ConvAlgo::Pointwise => g.clone().with_algo(ConvAlgo::Im2col).expect("im2col"),
+                _ => g.clone(),
+            };
             let x: Vec<f32> = (0..n * g.in_len())
                 .map(|i| ((i * 7919) % 1999) as f32 / 1000.0 - 1.0)
                 .collect();
@@ -82,21 +85,21 @@ fn main() {
                         if new {
                             pointwise::forward(&g, n, &x, &p, Some(&bias), None, true, &mut y);
                         } else {
-                            conv::forward(&g, n, &x, &p, Some(&bias), true, &mut y);
+                            conv::forward(&g_old, n, &x, &p, Some(&bias), true, &mut y);
                         }
                     });
                     let d = time(&mut || {
                         if new {
                             pointwise::backward_data(&g, n, &dy, &p, &mut dx, false);
                         } else {
-                            conv::backward_data(&g, n, &dy, &p, &mut dx, false);
+                            conv::backward_data(&g_old, n, &dy, &p, &mut dx, false);
                         }
                     });
                     let wg = time(&mut || {
                         if new {
                             pointwise::backward_weight(&g, n, &x, &dy, &mut dw, Some(&mut db));
                         } else {
-                            conv::backward_weight(&g, n, &x, &dy, &mut dw, Some(&mut db));
+                            conv::backward_weight(&g_old, n, &x, &dy, &mut dw, Some(&mut db));
                         }
                     });
                     for (k, v) in [f, d, wg].into_iter().enumerate() {
@@ -113,7 +116,7 @@ fn main() {
                     (stats(t[k][0].clone()), stats(t[k][1].clone()));
                 println!(
                     "{{\"layer\": \"pw{ci}_{co}_{hw}x{hw}\", \"old_algo\": \"{:?}\", \"batch\": {n}, \"threads\": {threads}, \"pass\": \"{name}\", \"old_ms\": {old:.4}, \"new_ms\": {new:.4}, \"old_min_ms\": {old_min:.4}, \"new_min_ms\": {new_min:.4}, \"speedup\": {:.2}, \"speedup_min\": {:.2}, \"new_gmacs_min\": {:.2}, \"runs\": {runs}}}",
-                    g.algo,
+                    g_old.algo,
                     old / new,
                     old_min / new_min,
                     macs as f64 / new_min / 1e6

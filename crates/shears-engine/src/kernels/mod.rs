@@ -7,12 +7,10 @@
 
 pub mod bn;
 pub mod conv;
-pub mod depthwise;
 pub mod elementwise;
 pub(crate) mod gemm;
 pub mod linear;
 pub(crate) mod par;
-pub mod pointwise;
 pub mod pool;
 pub(crate) mod scratch;
 pub(crate) mod transpose;

@@ -20,15 +20,15 @@
 
 use rayon::prelude::*;
 
-use super::conv::ConvGeom;
-use super::par::{chunk_len, reduce_partials};
+use super::ConvGeom;
+use crate::kernels::par::{chunk_len, reduce_partials};
 
 /// Lanes per vector.
 const L: usize = 16;
 
 /// Whether the depthwise kernels run `g`: one input channel per group.
 pub fn supports(g: &ConvGeom) -> bool {
-    g.groups == g.c_in && g.c_out % g.c_in == 0
+    g.groups == g.c_in && g.c_out.is_multiple_of(g.c_in)
 }
 
 /// The tap-major weight `[kh * kw][c_out]` of a depthwise conv from PyTorch's OIHW layout
@@ -47,7 +47,7 @@ pub fn pack_taps(g: &ConvGeom, oihw: &[f32]) -> Vec<f32> {
 }
 
 /// The tap-major weight `[kh * kw][c_out]` of a depthwise conv from the engine's packed layout
-/// (`[groups][kh * kw][1][c_out / groups]`, see [`super::conv::PackedConv`]).
+/// (`[groups][kh * kw][1][c_out / groups]`, see [`super::PackedConv`]).
 pub fn taps_from_packed(g: &ConvGeom, packed: &[f32]) -> Vec<f32> {
     assert!(supports(g), "depthwise geometry checked by the caller");
     assert_eq!(
@@ -140,7 +140,8 @@ impl Axis {
     fn backward(n_in: usize, n_out: usize, k: usize, s: usize, d: usize, p: usize) -> Axis {
         Axis::build(n_in, k, |i, t| {
             let v = (i + p) as isize - (t * d) as isize;
-            (v >= 0 && v as usize % s == 0 && v as usize / s < n_out).then_some(v as usize / s)
+            (v >= 0 && (v as usize).is_multiple_of(s) && v as usize / s < n_out)
+                .then_some(v as usize / s)
         })
     }
 
@@ -734,7 +735,7 @@ pub(crate) fn backward_data_isa(
 }
 
 /// Backward weight of `n` images: `dw = sum_images x^T * dy` in the engine's packed layout
-/// (as [`super::conv::backward_weight`]), and `db = sum dy` when asked. Both overwrite their
+/// (as [`super::backward_weight`]), and `db = sum dy` when asked. Both overwrite their
 /// outputs; the sums are over fixed chunks of images reduced in order.
 pub fn backward_weight(
     g: &ConvGeom,

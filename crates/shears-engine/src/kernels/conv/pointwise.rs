@@ -12,9 +12,9 @@
 
 use rayon::prelude::*;
 
-use super::conv::{ConvGeom, PackedConv};
-use super::gemm::{sgemm, MatRef};
-use super::par::{chunk_len, reduce_partials};
+use super::{ConvGeom, PackedConv};
+use crate::kernels::gemm::{sgemm, MatRef};
+use crate::kernels::par::{chunk_len, reduce_partials};
 
 /// Whether `g` is a plain 1x1 conv these kernels run.
 pub fn supports(g: &ConvGeom) -> bool {
