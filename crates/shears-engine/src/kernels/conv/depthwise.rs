@@ -803,13 +803,18 @@ pub(crate) fn backward_weight_isa(
                 }
             }
         });
-    let mut dw_taps = vec![0.0f32; wl];
-    let mut wparts = Vec::with_capacity(n_chunks * wl);
-    for ci in 0..n_chunks {
-        wparts.extend_from_slice(&partials[ci * part..ci * part + wl]);
+    if n_chunks == 1 {
+        // One chunk (small batches): its partial is the sum, no reduction pass.
+        packed_from_taps(g, &partials[..wl], dw);
+    } else {
+        let mut dw_taps = vec![0.0f32; wl];
+        let mut wparts = Vec::with_capacity(n_chunks * wl);
+        for ci in 0..n_chunks {
+            wparts.extend_from_slice(&partials[ci * part..ci * part + wl]);
+        }
+        reduce_partials(&wparts, wl, &mut dw_taps, false);
+        packed_from_taps(g, &dw_taps, dw);
     }
-    reduce_partials(&wparts, wl, &mut dw_taps, false);
-    packed_from_taps(g, &dw_taps, dw);
     if let Some(db) = db {
         db.fill(0.0);
         for ci in 0..n_chunks {
