@@ -5,7 +5,7 @@
 //! run of `c` multiply-adds: `y[p][c..c + 16] += x[q][c..c + 16] * w[tap][c..c + 16]`, with
 //! the weights laid out tap-major (`[kh * kw][c_out]`, see [`taps_from_packed`]). Destination
 //! pixels gather from the taps that reach them, so forward and backward data are the same
-//! kernel over different tap tables ([`Gather`]) and no two threads write one element: both are
+//! kernel over different tap tables (`Gather`) and no two threads write one element: both are
 //! split over rows of the whole batch. The weight gradient sums, per tap, the products over the
 //! rectangle of output pixels where that tap lands inside the image; images are split in fixed
 //! chunks (`par::chunk_len`) whose partial sums are reduced in chunk order, so the result does
