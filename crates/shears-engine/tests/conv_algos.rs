@@ -77,6 +77,8 @@ fn check(conv: Conv2d, h: usize, w: usize, n: usize) {
         ConvAlgo::ShiftedT,
         ConvAlgo::Im2col,
         ConvAlgo::Direct,
+        ConvAlgo::Depthwise,
+        ConvAlgo::Pointwise,
     ] {
         let Some(g) = base.clone().with_algo(algo) else {
             continue;
@@ -131,6 +133,9 @@ fn stride1_few_channels() {
 fn one_by_one_plain_and_padded() {
     check(Conv2d::new(8, 4, 1), 5, 6, 19);
     check(Conv2d::new(8, 4, 1).with_padding(1), 4, 3, 3);
+    // Issue 16: many channels on tiny maps (one product over the batch's pixels).
+    check(Conv2d::new(40, 24, 1), 2, 2, 21);
+    check(Conv2d::new(33, 17, 1), 1, 1, 5);
 }
 
 #[test]
@@ -167,6 +172,22 @@ fn grouped() {
 fn depthwise_and_multiplier() {
     check(Conv2d::new(6, 6, 3).with_padding(1).with_groups(6), 6, 7, 3);
     check(Conv2d::new(4, 8, 3).with_padding(1).with_groups(4), 5, 5, 2);
+    // Issue 16: MobileNet/MnasNet shapes (channel tails of 8 lanes, 5x5, stride 2).
+    check(
+        Conv2d::new(40, 40, 5).with_padding(2).with_groups(40),
+        7,
+        7,
+        3,
+    );
+    check(
+        Conv2d::new(24, 24, 3)
+            .with_padding(1)
+            .with_stride(2)
+            .with_groups(24),
+        9,
+        8,
+        3,
+    );
 }
 
 #[test]
@@ -371,6 +392,8 @@ fn residual_epilogue_equals_conv_then_add() {
             ConvAlgo::ShiftedT,
             ConvAlgo::Im2col,
             ConvAlgo::Direct,
+            ConvAlgo::Depthwise,
+            ConvAlgo::Pointwise,
         ] {
             let Some(g) = ConvGeom::new(&conv, hw, hw).unwrap().with_algo(algo) else {
                 continue;

@@ -6,7 +6,7 @@ use crate::kernels::par::{chunk_len, reduce_partials};
 
 use super::mask_plan::MaskPlan;
 use super::shift_plan::ShiftPlan;
-use super::{direct, im2col, shifted, ConvAlgo, ConvGeom, PackedConv};
+use super::{depthwise, direct, im2col, pointwise, shifted, ConvAlgo, ConvGeom, PackedConv};
 
 /// The algorithm of the backward passes: a transposed conv on small maps (at most 100 pixels,
 /// where the untransposed pick is im2col too) runs them as im2col, which suits small maps
@@ -37,6 +37,8 @@ pub fn backward_data(
         ConvAlgo::Shifted | ConvAlgo::ShiftedT => shifted::backward_data(g, dy, w, dx, accumulate),
         ConvAlgo::Im2col => im2col::backward_data(g, dy, w, dx, accumulate),
         ConvAlgo::Direct => direct::backward_data(g, dy, w, dx, accumulate),
+        ConvAlgo::Depthwise => depthwise::backward_data(g, n, dy, &w.taps, dx, accumulate),
+        ConvAlgo::Pointwise => pointwise::backward_data(g, n, dy, w, dx, accumulate),
     }
 }
 
@@ -53,13 +55,18 @@ pub fn backward_weight(
     assert_eq!(x.len(), n * g.in_len(), "conv input length");
     assert_eq!(dy.len(), n * g.out_len(), "conv output gradient length");
     assert_eq!(dw.len(), g.weight_len(), "conv weight gradient length");
+    let algo = backward_algo(g);
+    match algo {
+        ConvAlgo::Depthwise => return depthwise::backward_weight(g, n, x, dy, dw, db),
+        ConvAlgo::Pointwise => return pointwise::backward_weight(g, n, x, dy, dw, db),
+        _ => {}
+    }
     let wl = g.weight_len();
     let bl = if db.is_some() { g.c_out } else { 0 };
     let part = wl + bl;
     let per = chunk_len(n);
     let n_chunks = n.div_ceil(per);
     let mut partials = vec![0.0f32; n_chunks * part];
-    let algo = backward_algo(g);
     let plan = algo.is_shifted().then(|| ShiftPlan::forward(g));
     partials
         .par_chunks_mut(part)
@@ -91,6 +98,9 @@ pub fn backward_weight(
                     ConvAlgo::Shifted | ConvAlgo::ShiftedT => {}
                     ConvAlgo::Im2col => im2col::im2col_weight_grad(g, xi, dyi, pw),
                     ConvAlgo::Direct => direct::direct_weight_grad(g, xi, dyi, pw),
+                    ConvAlgo::Depthwise | ConvAlgo::Pointwise => {
+                        unreachable!("depthwise and 1x1 weight gradients returned above")
+                    }
                 }
                 if bl > 0 {
                     for r in dyi.chunks_exact(g.c_out) {

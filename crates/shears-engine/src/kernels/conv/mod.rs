@@ -22,9 +22,14 @@
 //!   unpadded planes on maps up to 32x32 and zero-padded planes above. [`forward_chain`] runs a
 //!   conv pair (a residual block with its shortcut: [`forward_add`]'s sum in the epilogue)
 //!   without leaving that layout, and hands planes on to the next block.
-//! - **direct loops** for grouped convs with tiny groups (depthwise).
+//! - **vectorised depthwise loops** ([`ConvAlgo::Depthwise`], `depthwise.rs`) for depthwise convs
+//!   (one input channel per group): channels in the vector lanes, split over rows of the batch.
+//! - **1x1 products over the batch** ([`ConvAlgo::Pointwise`], `pointwise.rs`) for unpadded
+//!   stride-1 1x1 convs on small maps: one GEMM over all images' pixels in fixed row blocks.
+//! - **direct loops** for other grouped convs with tiny groups.
 //!
-//! Work is split over images (rayon); each product runs single-threaded. Weight gradients are
+//! Work is split over images (rayon); each product runs single-threaded (the depthwise and 1x1
+//! kernels split fixed blocks of rows of the whole batch instead). Weight gradients are
 //! summed per fixed chunk of images and the chunks reduced in order, so results do not depend
 //! on the thread count.
 //!
@@ -37,11 +42,13 @@
 
 mod backward;
 mod chain;
+pub mod depthwise;
 mod direct;
 mod epilogue;
 mod im2col;
 mod mask_plan;
 mod pack;
+pub mod pointwise;
 mod shift_plan;
 mod shifted;
 mod transposed;
@@ -104,8 +111,14 @@ pub enum ConvAlgo {
     ShiftedT,
     /// im2col in blocks of output pixels, one GEMM per block and group.
     Im2col,
-    /// Plain loops (grouped convs with tiny groups, e.g. depthwise).
+    /// Plain loops (grouped convs with tiny groups).
     Direct,
+    /// Depthwise convs (`groups == c_in`, any channel multiplier) vectorised over channels
+    /// ([`depthwise`]).
+    Depthwise,
+    /// Unpadded stride-1 1x1 convs with one group as one product over the batch's pixels
+    /// ([`pointwise`]).
+    Pointwise,
 }
 
 impl ConvAlgo {
@@ -148,6 +161,12 @@ impl ConvGeom {
         if algo == ConvAlgo::ShiftedT && self.groups != 1 {
             return None;
         }
+        if algo == ConvAlgo::Depthwise && !depthwise::supports(&self) {
+            return None;
+        }
+        if algo == ConvAlgo::Pointwise && !pointwise::supports(&self) {
+            return None;
+        }
         self.algo = algo;
         Some(self)
     }
@@ -185,7 +204,9 @@ impl ConvGeom {
     /// The algorithm that suits this geometry best.
     pub fn default_algo(&self) -> ConvAlgo {
         let mergeable = self.groups == 1 && self.dil[1] == 1;
-        if self.groups > 1 && (self.cig() < 4 || self.cog() < 4) {
+        if self.groups > 1 && depthwise::supports(self) {
+            ConvAlgo::Depthwise
+        } else if self.groups > 1 && (self.cig() < 4 || self.cog() < 4) {
             ConvAlgo::Direct
         } else if self.stride == [1, 1] && self.oh * self.ow > 100 && (mergeable || self.cig() >= 8)
         {
@@ -201,6 +222,10 @@ impl ConvGeom {
             // match im2col at full lanes and beat it by up to 20% at ragged channel counts
             // (`examples/conv_im2col.rs`); backward passes still run as im2col.
             ConvAlgo::ShiftedT
+        } else if pointwise::supports(self) {
+            // Small maps: one product over all images' pixels instead of one of at most 64
+            // rows per image (`examples/pointwise_bench.rs`).
+            ConvAlgo::Pointwise
         } else {
             ConvAlgo::Im2col
         }
@@ -300,6 +325,8 @@ pub fn forward_add(
         ConvAlgo::ShiftedT => transposed::forward_padded(g, x, w, ep_all, y),
         ConvAlgo::Im2col => im2col::forward(g, x, w, ep_all, y),
         ConvAlgo::Direct => direct::forward(g, x, w, ep_all, y),
+        ConvAlgo::Depthwise => depthwise::forward(g, n, x, &w.taps, bias, residual, relu, y),
+        ConvAlgo::Pointwise => pointwise::forward(g, n, x, w, bias, residual, relu, y),
     }
 }
 

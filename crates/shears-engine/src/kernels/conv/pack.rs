@@ -13,6 +13,9 @@ pub struct PackedConv {
     /// `[groups][c_out / groups][kh * kw][c_in / groups]`: the transpose of `w` per group (for
     /// im2col backward data, so that its product reads contiguous rows).
     pub(crate) wc: Vec<f32>,
+    /// `[kh * kw][c_out]`, tap-major, for depthwise geometries ([`super::depthwise`]); empty
+    /// otherwise.
+    pub(crate) taps: Vec<f32>,
 }
 
 /// Packs an OIHW weight into the kernels' layout.
@@ -40,7 +43,12 @@ pub fn pack_weight(g: &ConvGeom, oihw: &[f32]) -> PackedConv {
             }
         }
     }
-    PackedConv { w, wt, wc }
+    let taps = if super::depthwise::supports(g) {
+        super::depthwise::pack_taps(g, oihw)
+    } else {
+        Vec::new()
+    };
+    PackedConv { w, wt, wc, taps }
 }
 
 /// Converts a weight (or weight gradient) in the packed layout back to OIHW.
