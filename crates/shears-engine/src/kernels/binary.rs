@@ -108,6 +108,7 @@ impl BinaryGeom {
 }
 
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn apply<F: Fn(f32, f32) -> f32>(
     g: &BinaryGeom,
     a: &[f32],

@@ -17,7 +17,8 @@
 //! - `Broadcast` (a [`Op::Binary`] whose operand has one channel that every output channel
 //!   reads): the other operand links elementwise; the broadcast operand links to nothing and is
 //!   not prunable. A binary op whose result for a removed channel can neither be folded as a
-//!   constant nor forced to zero blocks its channels (see [`binary_blocker`]).
+//!   constant nor forced to zero blocks its channels: `Add` / `Sub` with such an operand or
+//!   a constant shared by all channels, and `Div` by the channels.
 //!
 //! The linked slots form *channels* (union-find over slots): removing a channel removes every
 //! slot it holds, and every edit that needs is expressible in the IR (conv / linear / BN
