@@ -322,7 +322,7 @@ fn reshape(
     }
     let known: usize = dims.iter().product();
     if let Some(i) = infer {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(node.corrupt(format!("cannot reshape {:?} to {target:?}", data.dims)));
         }
         dims[i] = numel / known;

@@ -216,6 +216,9 @@ pub(crate) fn param<'a>(
         .unwrap_or_else(|| panic!("weights were checked against the graph, yet {name} is missing"))
 }
 
+/// Per group and channel, the forced channels' largest constant ([`Constants::forced`]).
+type Forced = Vec<Vec<Option<f64>>>;
+
 /// The value every output slot of every node takes in the masked model if that slot's channel
 /// is removed (see the module docs), computed in f64 from the original weights. A removed
 /// channel's value depends only on its own slots, so one pass serves every plan.
@@ -273,7 +276,7 @@ impl Constants {
     fn force_unfoldable(
         &mut self,
         graph: &Graph,
-        force: &dyn Fn(&mut Vec<Vec<Option<f64>>>, NodeId, usize, f64),
+        force: &dyn Fn(&mut Forced, NodeId, usize, f64),
     ) {
         let c = self;
         for id in graph.ids() {
