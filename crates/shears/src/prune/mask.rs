@@ -273,11 +273,7 @@ impl Constants {
 
     /// Forces the channels whose nonzero constant reaches a padded conv or a padding-counting
     /// average pool ([`FoldMode::Exact`]).
-    fn force_unfoldable(
-        &mut self,
-        graph: &Graph,
-        force: &dyn Fn(&mut Forced, NodeId, usize, f64),
-    ) {
+    fn force_unfoldable(&mut self, graph: &Graph, force: &dyn Fn(&mut Forced, NodeId, usize, f64)) {
         let c = self;
         for id in graph.ids() {
             let node = graph.node(id);
