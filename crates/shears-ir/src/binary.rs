@@ -60,7 +60,8 @@ pub struct ConstOperand {
     pub left: bool,
 }
 
-/// Broadcasting elementwise arithmetic of two operands (see the [module docs](self)).
+/// Broadcasting elementwise arithmetic of two operands: equal-rank shapes, each axis equal or
+/// 1; a constant operand may broadcast onto the input but not widen it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binary {
     /// The arithmetic.
