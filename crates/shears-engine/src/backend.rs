@@ -6,6 +6,7 @@
 //! Every method that writes a gradient takes `accumulate`: `true` adds into the destination
 //! (an activation consumed by several nodes), `false` overwrites it.
 
+use crate::kernels::binary::{self, BinaryGeom};
 use crate::kernels::bn::{BnBackward, BnDx};
 use crate::kernels::conv::{ConvGeom, PackedConv};
 use crate::kernels::elementwise::ShortcutGeom;
@@ -211,6 +212,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         &self,
         g: &ShortcutGeom,
         n: usize,
+        dy: &[f32],
+        dx: &mut [f32],
+        accumulate: bool,
+    );
+    /// Broadcasting `a op b` (see [`binary::forward`]).
+    fn binary_forward(&self, g: &BinaryGeom, n: usize, a: &[f32], b: &[f32], y: &mut [f32]);
+    /// Gradient of one operand of a broadcasting binary op (see [`binary::backward`]).
+    #[allow(clippy::too_many_arguments)]
+    fn binary_backward(
+        &self,
+        g: &BinaryGeom,
+        side: binary::Side,
+        n: usize,
+        a: &[f32],
+        b: &[f32],
         dy: &[f32],
         dx: &mut [f32],
         accumulate: bool,
@@ -466,6 +482,22 @@ impl Backend for CpuBackend {
         accumulate: bool,
     ) {
         ew::shortcut_backward(g, n, dy, dx, accumulate)
+    }
+    fn binary_forward(&self, g: &BinaryGeom, n: usize, a: &[f32], b: &[f32], y: &mut [f32]) {
+        binary::forward(g, n, a, b, y)
+    }
+    fn binary_backward(
+        &self,
+        g: &BinaryGeom,
+        side: binary::Side,
+        n: usize,
+        a: &[f32],
+        b: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        accumulate: bool,
+    ) {
+        binary::backward(g, side, n, a, b, dy, dx, accumulate)
     }
     fn to_channels_first(
         &self,

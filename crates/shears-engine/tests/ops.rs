@@ -335,3 +335,67 @@ fn conv_bias_only_trainable_path() {
     let a = b.add("add", Op::Add, &[c, r]).unwrap();
     check_graph(&b.finish(&[a]).unwrap(), 2, Mode::Eval, 31);
 }
+
+/// Squeeze-excitation: whole-map average pool, 1x1 convs on the `[C, 1, 1]` map, a broadcast
+/// `Mul` with the trunk; a one-channel map broadcast over channels; the trunk `Add`ed to its
+/// own `[C, 1, 1]` squeeze; in eval and train mode.
+#[test]
+fn binary_broadcast_computed_operands() {
+    use shears_ir::{Binary, BinaryKind};
+    for (mode, seed) in [(Mode::Eval, 32), (Mode::Train, 33)] {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[6, 4, 5]).unwrap();
+        let t = b
+            .add("trunk", Conv2d::new(6, 6, 3).with_padding(1), &[x])
+            .unwrap();
+        let whole = Pool2d {
+            kernel: [4, 5],
+            stride: [1, 1],
+            padding: [0; 4],
+            count_include_pad: true,
+        };
+        let s = b.add("squeeze", Op::AvgPool2d(whole), &[t]).unwrap();
+        let s = b
+            .add("reduce", Conv2d::new(6, 3, 1).with_bias(true), &[s])
+            .unwrap();
+        let s = b.add("gate", Op::Relu, &[s]).unwrap();
+        let s = b
+            .add("expand", Conv2d::new(3, 6, 1).with_bias(true), &[s])
+            .unwrap();
+        let y = b
+            .add("scale", Binary::new(BinaryKind::Mul), &[s, t])
+            .unwrap();
+        let a = b.add("att", Conv2d::new(6, 1, 1), &[y]).unwrap();
+        let y = b
+            .add("attend", Binary::new(BinaryKind::Mul), &[y, a])
+            .unwrap();
+        let y = b
+            .add("shift", Binary::new(BinaryKind::Sub), &[y, s])
+            .unwrap();
+        let y = b
+            .add("plus", Binary::new(BinaryKind::Add), &[a, y])
+            .unwrap();
+        check_graph(&b.finish(&[y]).unwrap(), 2, mode, seed);
+    }
+}
+
+/// Constant operands on either side, per channel, shared, varying over the map, and on a
+/// vector; `Div` by a constant.
+#[test]
+fn binary_constant_operands() {
+    use shears_ir::{Binary, BinaryKind};
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[5, 3, 4]).unwrap();
+    let mul = Binary::with_constant(BinaryKind::Mul, vec![5, 1, 1], false);
+    let y = b.add("gamma", mul, &[x]).unwrap();
+    let sub = Binary::with_constant(BinaryKind::Sub, vec![1, 1, 1], true);
+    let y = b.add("shift", sub, &[y]).unwrap();
+    let add = Binary::with_constant(BinaryKind::Add, vec![5, 3, 4], false);
+    let y = b.add("plane", add, &[y]).unwrap();
+    let div = Binary::with_constant(BinaryKind::Div, vec![1, 3, 4], false);
+    let y = b.add("div", div, &[y]).unwrap();
+    let f = b.add("flat", Op::Flatten, &[y]).unwrap();
+    let v = Binary::with_constant(BinaryKind::Mul, vec![60], false);
+    let v = b.add("vec", v, &[f]).unwrap();
+    check_graph(&b.finish(&[v]).unwrap(), 2, Mode::Eval, 34);
+}

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::binary::Binary;
 use crate::IrError;
 
 /// 2-D convolution, PyTorch semantics (cross-correlation), weight `[c_out, c_in / groups, kh, kw]`.
@@ -248,6 +249,9 @@ pub enum Op {
     ShortcutA(ShortcutA),
     /// Identity.
     Identity,
+    /// Broadcasting elementwise arithmetic (`Add`, `Sub`, `Mul`, `Div`), with an optional
+    /// constant operand held as the `weight` parameter.
+    Binary(Binary),
 }
 
 /// What a parameter or buffer tensor of an op is.
@@ -320,6 +324,13 @@ pub enum ChannelMap {
         /// Features per input channel (`H * W`).
         per_channel: usize,
     },
+    /// Elementwise with channel broadcasting ([`Op::Binary`]): output channel `i` is channel `i`
+    /// of every input whose flag is false; an input whose flag is true has one channel that
+    /// every output channel reads, so it links to none of them.
+    Broadcast {
+        /// Per input, whether its single channel is broadcast over the output's channels.
+        channel_broadcast: Vec<bool>,
+    },
     /// Output channel `offset + i` is input channel `i`; the other output channels are constant
     /// zero (option-A shortcut).
     Pad {
@@ -348,6 +359,7 @@ impl Op {
             Op::Dropout { .. } => "dropout",
             Op::ShortcutA(_) => "shortcut_a",
             Op::Identity => "identity",
+            Op::Binary(_) => "binary",
         }
     }
 
@@ -356,6 +368,7 @@ impl Op {
         match self {
             Op::Input { .. } => (0, 0),
             Op::Add | Op::Concat => (2, usize::MAX),
+            Op::Binary(b) => (b.n_inputs(), b.n_inputs()),
             _ => (1, 1),
         }
     }
@@ -387,6 +400,11 @@ impl Op {
                     p(ParamKind::RunningVar, vec![n]),
                 ]
             }
+            Op::Binary(b) => b
+                .constant
+                .iter()
+                .map(|c| p(ParamKind::Weight, c.shape.clone()))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -472,7 +490,13 @@ impl Op {
                     return Err("shortcut_a stride must be positive".into());
                 }
             }
-            Op::Relu | Op::GlobalAvgPool | Op::Flatten | Op::Add | Op::Concat | Op::Identity => {}
+            Op::Relu
+            | Op::GlobalAvgPool
+            | Op::Flatten
+            | Op::Add
+            | Op::Concat
+            | Op::Identity
+            | Op::Binary(_) => {}
         }
         Ok(())
     }
@@ -579,6 +603,7 @@ impl Op {
                 out[0] = c;
                 Ok(out)
             }
+            Op::Binary(b) => b.output_shape(inputs),
             Op::ShortcutA(s) => {
                 let (c, h, w) = chw(inputs[0])?;
                 Ok(vec![
@@ -613,6 +638,14 @@ impl Op {
                 ChannelMap::Pad {
                     offset: s.pad_before,
                     out_channels: c + s.pad_before + s.pad_after,
+                }
+            }
+            Op::Binary(b) => {
+                let channel_broadcast = b.channel_broadcast(inputs);
+                if channel_broadcast.contains(&true) {
+                    ChannelMap::Broadcast { channel_broadcast }
+                } else {
+                    ChannelMap::Elementwise
                 }
             }
             _ => ChannelMap::Elementwise,
@@ -653,6 +686,12 @@ impl From<BatchNorm2d> for Op {
 impl From<Linear> for Op {
     fn from(l: Linear) -> Self {
         Op::Linear(l)
+    }
+}
+
+impl From<Binary> for Op {
+    fn from(b: Binary) -> Self {
+        Op::Binary(b)
     }
 }
 

@@ -314,3 +314,63 @@ fn hostile_sizes_are_errors_not_panics() {
         .replace("\"stride\":[2,2]", &format!("\"stride\":[{huge},{huge}]"));
     let _ = Graph::from_json(&bad); // any result but a panic
 }
+
+#[test]
+fn binary_ops_broadcast_and_map_channels() {
+    use shears_ir::{Binary, BinaryKind};
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", &[8, 5, 5]).unwrap();
+    let pool = shears_ir::Pool2d::new(5, 1);
+    let s = b.add("squeeze", Op::AvgPool2d(pool), &[x]).unwrap();
+    let m = b
+        .add("scale", Binary::new(BinaryKind::Mul), &[x, s])
+        .unwrap();
+    let att = b.add("att", Conv2d::new(8, 1, 1), &[m]).unwrap();
+    let a = b
+        .add("attend", Binary::new(BinaryKind::Mul), &[att, m])
+        .unwrap();
+    let gamma = Binary::with_constant(BinaryKind::Mul, vec![8, 1, 1], false);
+    let k = b.add("gamma", gamma, &[a]).unwrap();
+    let inv = Binary::with_constant(BinaryKind::Div, vec![1, 1, 1], true);
+    let d = b.add("inv", inv, &[k]).unwrap();
+    let g = b.finish(&[d]).unwrap();
+    assert_eq!(g.shape(s), &[8, 1, 1]);
+    assert_eq!(g.shape(m), &[8, 5, 5]);
+    assert_eq!(g.shape(a), &[8, 5, 5], "the one-channel map broadcasts");
+    assert_eq!(g.n_params(), 8 + 8 + 1);
+    let map = |i: NodeId| g.node(i).op.channel_map(&g.input_shapes(i));
+    assert_eq!(map(m), ChannelMap::Elementwise);
+    assert_eq!(
+        map(a),
+        ChannelMap::Broadcast {
+            channel_broadcast: vec![true, false]
+        }
+    );
+    assert_eq!(map(k), ChannelMap::Elementwise);
+    let names: Vec<String> = g.param_specs().into_iter().map(|(_, n, _)| n).collect();
+    assert_eq!(names, ["att.weight", "gamma.weight", "inv.weight"]);
+    let json = g.to_json();
+    assert!(
+        json.contains(r#""op":"binary","kind":"div","constant":{"shape":[1,1,1],"left":true}"#),
+        "{json}"
+    );
+    assert_eq!(Graph::from_json(&json).unwrap(), g);
+
+    // Shapes that do not broadcast, and constants that would widen the input, name the node.
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", &[8, 5, 5]).unwrap();
+    let y = b.input("other", &[4, 1, 1]).unwrap();
+    let err = b
+        .add("bad", Binary::new(BinaryKind::Add), &[x, y])
+        .unwrap_err();
+    assert!(
+        matches!(&err, IrError::Node { node, .. } if node == "bad"),
+        "{err}"
+    );
+    let z = b.input("plane", &[1, 5, 5]).unwrap();
+    let wide = Binary::with_constant(BinaryKind::Mul, vec![8, 5, 5], false);
+    let err = b.add("wide", wide, &[z]).unwrap_err();
+    assert!(err.to_string().contains("widen"), "{err}");
+    let flat = Binary::with_constant(BinaryKind::Mul, vec![8], false);
+    assert!(b.add("rank", flat, &[x]).is_err());
+}

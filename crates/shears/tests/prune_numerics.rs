@@ -186,11 +186,49 @@ fn forward_one(g: &Graph, w: &Weights, x: &[f64]) -> Vec<f64> {
                 }
                 out
             }
+            Op::Binary(bin) => {
+                let konst = bin
+                    .constant
+                    .as_ref()
+                    .map(|k| (k.shape.clone(), param(g, w, id, ParamKind::Weight)));
+                let operand =
+                    |k: usize| -> (Vec<usize>, Vec<f64>) { (ins[k].to_vec(), inp(k).clone()) };
+                let (a, b) = match &konst {
+                    Some(c) if bin.constant.as_ref().unwrap().left => (c.clone(), operand(0)),
+                    Some(c) => (operand(0), c.clone()),
+                    None => (operand(0), operand(1)),
+                };
+                broadcast_apply(bin.kind, out_shape, &a, &b)
+            }
         };
         assert_eq!(v.len(), out_shape.iter().product::<usize>(), "{}", n.name);
         vals.push(v);
     }
     vals.swap_remove(g.outputs()[0].0)
+}
+
+/// `a op b` with per-axis broadcasting (operands of the output's rank), row-major.
+fn broadcast_apply(
+    kind: shears_ir::BinaryKind,
+    out: &[usize],
+    a: &(Vec<usize>, Vec<f64>),
+    b: &(Vec<usize>, Vec<f64>),
+) -> Vec<f64> {
+    let numel: usize = out.iter().product();
+    let at = |(shape, data): &(Vec<usize>, Vec<f64>), mut i: usize| -> f64 {
+        let mut off = 0;
+        let mut stride = 1;
+        for ax in (0..out.len()).rev() {
+            let c = i % out[ax];
+            i /= out[ax];
+            if shape[ax] != 1 {
+                off += c * stride;
+            }
+            stride *= shape[ax];
+        }
+        data[off]
+    };
+    (0..numel).map(|i| kind.apply(at(a, i), at(b, i))).collect()
 }
 
 /// The reference forward over a batch `[N, ...]`, in the shape `verify_with` expects.
@@ -746,4 +784,275 @@ fn verification_fails_loudly() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("engine exploded"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// broadcasting binary ops: squeeze-excitation, layer scale, spatial attention
+
+/// Sets every binary op's constant operand to random values in `[lo, hi]`.
+fn randomize_operands(g: &Graph, w: &mut Weights, seed: u64, lo: f32, hi: f32) {
+    let mut rng = Rng::new(seed);
+    for id in g.ids() {
+        if let Op::Binary(b) = &g.node(id).op {
+            if b.constant.is_some() {
+                let name = g.node(id).param_name(ParamKind::Weight);
+                for x in w.get_mut(&name).unwrap().data_mut() {
+                    *x = rng.uniform(lo, hi);
+                }
+            }
+        }
+    }
+}
+
+/// conv 3x3 → BN → ReLU → squeeze-excitation (whole-map average pool `[8, 1, 1]` → 1x1 conv →
+/// ReLU → 1x1 conv → ReLU, standing in for the gate) → `Mul` with the trunk → `consumer` → BN
+/// → ReLU → global pool → linear.
+fn se_graph(consumer: Conv2d) -> Graph {
+    use shears_ir::{Binary, BinaryKind};
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", &[3, 6, 6]).unwrap();
+    let t = b.add("stem", conv(3, 8, 3).with_padding(1), &[x]).unwrap();
+    let t = b.add("stem_bn", BatchNorm2d::new(8), &[t]).unwrap();
+    let t = b.add("stem_relu", Op::Relu, &[t]).unwrap();
+    let squeeze = Op::AvgPool2d(Pool2d::new(6, 1));
+    let s = b.add("se.pool", squeeze, &[t]).unwrap();
+    let s = b
+        .add("se.reduce", conv(8, 4, 1).with_bias(true), &[s])
+        .unwrap();
+    let s = b.add("se.relu", Op::Relu, &[s]).unwrap();
+    let s = b
+        .add("se.expand", conv(4, 8, 1).with_bias(true), &[s])
+        .unwrap();
+    let s = b.add("se.gate", Op::Relu, &[s]).unwrap();
+    let y = b
+        .add("se.scale", Binary::new(BinaryKind::Mul), &[t, s])
+        .unwrap();
+    let c_out = consumer.out_channels;
+    let y = b.add("head", consumer, &[y]).unwrap();
+    let y = b.add("head_bn", BatchNorm2d::new(c_out), &[y]).unwrap();
+    let y = b.add("head_relu", Op::Relu, &[y]).unwrap();
+    let p = b.add("gap", Op::GlobalAvgPool, &[y]).unwrap();
+    let fc = Linear {
+        in_features: c_out,
+        out_features: 3,
+        bias: true,
+    };
+    let o = b.add("fc", fc, &[p]).unwrap();
+    b.finish(&[o]).unwrap()
+}
+
+/// `(role, node)` of a group's members.
+fn roles(g: &Graph, grp: &prune::Group) -> Vec<(Role, String)> {
+    grp.members
+        .iter()
+        .map(|m| (m.role, g.node(m.node).name.clone()))
+        .collect()
+}
+
+#[test]
+fn squeeze_excitation_couples_the_gate_with_the_trunk() {
+    let g = se_graph(conv(8, 6, 3).with_padding(1));
+    let dg = DepGraph::build(&g).unwrap();
+    let trunk = dg.find_root(&g, "stem").next().unwrap();
+    assert!(trunk.prunable && trunk.size == 8);
+    assert_eq!(
+        roles(&g, trunk),
+        [
+            (Role::OutChannels, "stem".to_string()),
+            (Role::BnChannels, "stem_bn".into()),
+            (Role::InChannels, "se.reduce".into()),
+            (Role::OutChannels, "se.expand".into()),
+            (Role::InChannels, "head".into()),
+        ]
+    );
+    let inner = dg.find_root(&g, "se.reduce").next().unwrap();
+    assert!(inner.prunable);
+    assert_eq!(
+        roles(&g, inner),
+        [
+            (Role::OutChannels, "se.reduce".to_string()),
+            (Role::InChannels, "se.expand".into()),
+        ]
+    );
+    let text = dg.describe(&g);
+    assert!(text.contains("out  se.expand  0..8"), "{text}");
+}
+
+#[test]
+fn squeeze_excitation_pruned_equals_masked() {
+    // A padded consumer forces the trunk's nonzero constants to zero; a valid one folds the
+    // product of the trunk's and the gate's constants exactly.
+    for (consumer, forced) in [
+        (conv(8, 6, 3).with_padding(1), true),
+        (conv(8, 6, 3), false),
+    ] {
+        let g = se_graph(consumer);
+        let dg = DepGraph::build(&g).unwrap();
+        let mut w = torch_init(&g, 3);
+        randomize_bn(&g, &mut w, 4);
+        for b in ["se.reduce.bias", "se.expand.bias"] {
+            w.get_mut(b).unwrap().data_mut().fill(0.4);
+        }
+        let x = input(&g, 3, 5);
+        let (mut n_zeroed, mut n_folds) = (0, 0);
+        for seed in 0..12 {
+            let mut plan = random_plan(&g, &dg, seed, |_| true);
+            let (p, d) = check(&g, &w, &plan, &x);
+            assert!(p.report.is_exact(), "seed {seed}");
+            assert!(d <= 1e-5, "seed {seed}: max diff {d:e}");
+            n_zeroed += p.report.zeroed_channels;
+            n_folds += p.report.folds.len();
+            plan.fold = FoldMode::Interior;
+            check(&g, &w, &plan, &x);
+        }
+        assert_eq!(n_zeroed > 0, forced, "forced channels");
+        assert!(n_folds > 0, "the plans fold constants");
+    }
+}
+
+/// conv 3x3 → BN → ReLU → `x * gamma` (`gamma` `[8, 1, 1]`, a layer scale) → `+ beta`
+/// (`[8, 1, 1]`) → consumer conv 1x1 → global pool → linear.
+fn layer_scale_graph() -> Graph {
+    use shears_ir::{Binary, BinaryKind};
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", &[3, 5, 5]).unwrap();
+    let t = b.add("stem", conv(3, 8, 3).with_padding(1), &[x]).unwrap();
+    let t = b.add("stem_bn", BatchNorm2d::new(8), &[t]).unwrap();
+    let t = b.add("stem_relu", Op::Relu, &[t]).unwrap();
+    let mul = Binary::with_constant(BinaryKind::Mul, vec![8, 1, 1], false);
+    let t = b.add("gamma", mul, &[t]).unwrap();
+    let add = Binary::with_constant(BinaryKind::Add, vec![8, 1, 1], true);
+    let t = b.add("beta", add, &[t]).unwrap();
+    let t = b.add("head", conv(8, 4, 1), &[t]).unwrap();
+    let p = b.add("gap", Op::GlobalAvgPool, &[t]).unwrap();
+    let fc = Linear {
+        in_features: 4,
+        out_features: 3,
+        bias: false,
+    };
+    let o = b.add("fc", fc, &[p]).unwrap();
+    b.finish(&[o]).unwrap()
+}
+
+#[test]
+fn constant_operands_are_cut_with_their_channels() {
+    let g = layer_scale_graph();
+    let dg = DepGraph::build(&g).unwrap();
+    let trunk = dg.find_root(&g, "stem").next().unwrap();
+    let operands: Vec<String> = roles(&g, trunk)
+        .into_iter()
+        .filter(|(r, _)| *r == Role::Operand)
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(operands, ["gamma", "beta"]);
+    let mut w = torch_init(&g, 1);
+    randomize_bn(&g, &mut w, 2);
+    randomize_operands(&g, &mut w, 3, -1.0, 1.5);
+    let x = input(&g, 2, 4);
+    let mut plan = Plan::empty(&g);
+    plan.groups.push(PlanGroup {
+        group_id: trunk.id,
+        root: "stem".into(),
+        removed: vec![1, 5, 6],
+    });
+    let (p, d) = check(&g, &w, &plan, &x);
+    assert!(p.report.is_exact() && d <= 1e-5, "max diff {d:e}");
+    assert_eq!(p.weights.get("gamma.weight").unwrap().shape(), &[5, 1, 1]);
+    assert_eq!(p.weights.get("beta.weight").unwrap().shape(), &[5, 1, 1]);
+    let kept = [0, 2, 3, 4, 7];
+    let orig = w.get("gamma.weight").unwrap().data();
+    let cut = p.weights.get("gamma.weight").unwrap().data();
+    assert!(kept.iter().zip(cut).all(|(&k, &v)| orig[k] == v));
+    assert!(
+        !p.report.folds.is_empty(),
+        "(x_c * gamma_c + beta_c) folds into head"
+    );
+    let cost = prune::predict_cost(&g, &w, &dg, &plan).unwrap();
+    assert_eq!(cost.params, p.graph.n_params());
+}
+
+#[test]
+fn varying_operands_force_or_block() {
+    use shears_ir::{Binary, BinaryKind};
+    // Spatial attention: the trunk times a one-channel map. A removed trunk channel times the
+    // map is no constant: it is forced to zero, and the map's own channel is not prunable.
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", &[3, 5, 5]).unwrap();
+    let t = b.add("stem", conv(3, 6, 3).with_padding(1), &[x]).unwrap();
+    let t = b.add("stem_bn", BatchNorm2d::new(6), &[t]).unwrap();
+    let t = b.add("stem_relu", Op::Relu, &[t]).unwrap();
+    let a = b.add("att", conv(6, 1, 1).with_bias(true), &[t]).unwrap();
+    let y = b
+        .add("attend", Binary::new(BinaryKind::Mul), &[t, a])
+        .unwrap();
+    let y = b.add("head", conv(6, 4, 1), &[y]).unwrap();
+    let p = b.add("gap", Op::GlobalAvgPool, &[y]).unwrap();
+    let fc = Linear {
+        in_features: 4,
+        out_features: 2,
+        bias: false,
+    };
+    let o = b.add("fc", fc, &[p]).unwrap();
+    let g = b.finish(&[o]).unwrap();
+    let dg = DepGraph::build(&g).unwrap();
+    let att = dg.find_root(&g, "att").next().unwrap();
+    assert!(!att.prunable);
+    assert!(
+        att.why_not.as_deref().unwrap().contains("broadcast"),
+        "{att:?}"
+    );
+    let trunk = dg.find_root(&g, "stem").next().unwrap();
+    assert!(trunk.prunable);
+    let mut w = torch_init(&g, 1);
+    randomize_bn(&g, &mut w, 2);
+    let mut plan = Plan::empty(&g);
+    plan.groups.push(PlanGroup {
+        group_id: trunk.id,
+        root: "stem".into(),
+        removed: vec![0, 3],
+    });
+    for fold in [FoldMode::Exact, FoldMode::Interior] {
+        plan.fold = fold;
+        let (p, d) = check(&g, &w, &plan, &input(&g, 2, 3));
+        assert!(p.report.is_exact() && d <= 1e-5, "{fold}: {d:e}");
+        assert_eq!(p.report.zeroed_channels, 2, "{fold}");
+    }
+
+    // Where forcing cannot give 0 the channels are not prunable: adding a varying or shared
+    // operand, dividing by the channels.
+    let blocked = |op: Binary, constant_shape: Option<Vec<usize>>| {
+        let mut b = GraphBuilder::new();
+        let x = b.input("input", &[3, 4, 4]).unwrap();
+        let t = b.add("stem", conv(3, 6, 1), &[x]).unwrap();
+        let y = match constant_shape {
+            Some(_) => b.add("op", op, &[t]).unwrap(),
+            None => {
+                let a = b.add("att", conv(3, 1, 1), &[x]).unwrap();
+                b.add("op", op, &[t, a]).unwrap()
+            }
+        };
+        let y = b.add("head", conv(6, 2, 1), &[y]).unwrap();
+        let g = b.finish(&[y]).unwrap();
+        let dg = DepGraph::build(&g).unwrap();
+        let grp = dg.find_root(&g, "stem").next().unwrap().clone();
+        grp.why_not
+    };
+    let add = Binary::new(BinaryKind::Add);
+    assert!(blocked(add, None).unwrap().contains("varies"));
+    let shared = Binary::with_constant(BinaryKind::Sub, vec![1, 1, 1], false);
+    assert!(blocked(shared, Some(vec![1, 1, 1]))
+        .unwrap()
+        .contains("shared"));
+    let plane = Binary::with_constant(BinaryKind::Add, vec![6, 4, 4], false);
+    assert!(blocked(plane, Some(vec![6, 4, 4]))
+        .unwrap()
+        .contains("varies"));
+    let inv = Binary::with_constant(BinaryKind::Div, vec![6, 1, 1], true);
+    assert!(blocked(inv, Some(vec![6, 1, 1]))
+        .unwrap()
+        .contains("divides"));
+    let scale = Binary::with_constant(BinaryKind::Div, vec![6, 1, 1], false);
+    assert_eq!(blocked(scale, Some(vec![6, 1, 1])), None);
+    let mul = Binary::new(BinaryKind::Mul);
+    assert_eq!(blocked(mul, None), None);
 }

@@ -211,7 +211,7 @@ impl Network {
 
     /// Takes the gradient buffer of node `j` to write into: the existing one (accumulate) or
     /// a fresh one (overwrite).
-    fn grad_dst(
+    pub(super) fn grad_dst(
         &mut self,
         grads: &mut [Option<Vec<f32>>],
         n: usize,
@@ -223,7 +223,13 @@ impl Network {
         }
     }
 
-    fn insert_grad(&self, out: &mut Gradients, id: NodeId, kind: ParamKind, data: Vec<f32>) {
+    pub(super) fn insert_grad(
+        &self,
+        out: &mut Gradients,
+        id: NodeId,
+        kind: ParamKind,
+        data: Vec<f32>,
+    ) {
         let i = self
             .params
             .slot_of(id, kind)
@@ -381,6 +387,7 @@ impl Network {
                     self.unary_backward(id, b, &dy, grads);
                 }
             }
+            Op::Binary(_) => self.binary_backward(id, b, &dy, grads, out),
         }
         Ok(Some(dy))
     }
@@ -591,15 +598,15 @@ impl Network {
 }
 
 /// What every step's backward reads from the tape.
-struct BwdCtx<'a> {
-    n: usize,
+pub(super) struct BwdCtx<'a> {
+    pub(super) n: usize,
     mode: Mode,
     vals: &'a [Option<Vec<f32>>],
     saved: &'a [Saved],
-    needg: &'a [bool],
+    pub(super) needg: &'a [bool],
     req: &'a [bool],
     /// Per node, whether the weight and the bias want gradients.
-    pw: &'a [[bool; 2]],
+    pub(super) pw: &'a [[bool; 2]],
 }
 
 /// Sums of the rows of a `[rows, c]` matrix, in row order.
@@ -612,6 +619,6 @@ fn column_sums(x: &[f32], c: usize) -> Vec<f32> {
 }
 
 /// The value of node `v` that the tape kept for backward.
-fn kept<'v>(b: &BwdCtx<'v>, v: NodeId) -> &'v [f32] {
+pub(super) fn kept<'v>(b: &BwdCtx<'v>, v: NodeId) -> &'v [f32] {
     b.vals[v.0].as_deref().expect("value kept for backward")
 }

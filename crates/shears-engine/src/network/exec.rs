@@ -246,6 +246,10 @@ impl Network {
                 be.shortcut_forward(g, n, val(0), y);
             }
             Op::Identity => be.copy_or_add(val(0), y, false),
+            Op::Binary(_) => {
+                let xs: Vec<&[f32]> = (0..node.inputs.len()).map(val).collect();
+                self.binary_forward(id, n, &xs, y);
+            }
         }
         Ok(())
     }

@@ -17,6 +17,7 @@
 //! - `profile.rs`: timing.
 
 mod backward;
+mod binary;
 mod exec;
 mod fold;
 mod forward;

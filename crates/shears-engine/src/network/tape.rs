@@ -5,6 +5,7 @@ use shears_ir::{NodeId, Op, ParamKind};
 use super::forward::{Pass, Val};
 use super::step::Step;
 use super::{Mode, Network};
+use crate::kernels::binary;
 
 /// A batch norm's statistics and affine factors, per channel, as its forward used them.
 #[derive(Clone, Debug, Default)]
@@ -84,6 +85,12 @@ impl Network {
             if let Some(v) = kept {
                 keep[v.0] = true;
                 first_user[v.0] = first_user[v.0].min(si);
+            }
+            if matches!(&node.op, Op::Binary(b) if binary::reads_operands(b.kind)) {
+                for &v in &node.inputs {
+                    keep[v.0] = true;
+                    first_user[v.0] = first_user[v.0].min(si);
+                }
             }
         }
         for (v, &si) in first_user.iter().enumerate() {

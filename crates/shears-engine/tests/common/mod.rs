@@ -269,6 +269,41 @@ pub fn ref_forward(
                 }
                 y
             }
+            Op::Binary(bin) => {
+                // (per-sample shape, data, per-image stride: 0 for a constant).
+                let computed = |k: usize| (in_shape(k), ins[k], in_shape(k).iter().product());
+                let (a, b) = match &bin.constant {
+                    Some(c) => {
+                        let k = (c.shape.clone(), p(ParamKind::Weight).unwrap(), 0usize);
+                        if c.left {
+                            (k, computed(0))
+                        } else {
+                            (computed(0), k)
+                        }
+                    }
+                    None => (computed(0), computed(1)),
+                };
+                let per: usize = out_shape.iter().product();
+                let at =
+                    |(shape, data, stride): &(Vec<usize>, &[f64], usize), nn: usize, i: usize| {
+                        let (mut i, mut off, mut step) = (i, 0, 1);
+                        for ax in (0..out_shape.len()).rev() {
+                            let c = i % out_shape[ax];
+                            i /= out_shape[ax];
+                            if shape[ax] != 1 {
+                                off += c * step;
+                            }
+                            step *= shape[ax];
+                        }
+                        data[nn * stride + off]
+                    };
+                (0..n * per)
+                    .map(|e| {
+                        bin.kind
+                            .apply(at(&a, e / per, e % per), at(&b, e / per, e % per))
+                    })
+                    .collect()
+            }
         };
     }
     vals

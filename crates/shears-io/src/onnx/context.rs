@@ -3,9 +3,9 @@
 //!
 //! Every ONNX value is either a constant (an initializer or a `Constant` output), a graph input
 //! not referenced yet, or an activation computed by a pending node. An activation carries its
-//! ONNX per-sample dims, which differ from the shears shape of its node in one case only: after
-//! a global average pool ONNX keeps `[C, 1, 1]` where shears has `[C]`, until a flatten,
-//! reshape or squeeze drops the ones (and becomes no node at all).
+//! ONNX per-sample dims, which differ from the shears shape of its node in one case only: a
+//! keep-dims global pool that a flatten, reshape or squeeze turned into a shears global pool
+//! (`[C]`, where ONNX still holds `[C, 1, 1]` for the pool's own output name).
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -217,6 +217,11 @@ impl Ctx {
             None => Ok(None),
             Some(_) => self.constant(node, i).map(Some),
         }
+    }
+
+    /// What value `name` stands for, without creating anything.
+    pub fn value(&self, name: &str) -> Option<&Value> {
+        self.values.get(name)
     }
 
     /// Whether input `i` of `node` is a constant.

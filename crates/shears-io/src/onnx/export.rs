@@ -187,6 +187,7 @@ fn lower(cx: &mut ExportCtx, node: &Node, inputs: &[String], out: &str) {
         Op::Dropout { p } => ops::identity::export_dropout(cx, node, *p, inputs, out),
         Op::ShortcutA(s) => ops::shortcut::export(cx, node, s, inputs, out),
         Op::Identity => ops::identity::export_identity(cx, node, inputs, out),
+        Op::Binary(b) => ops::binary::export(cx, node, b, inputs, out),
     }
 }
 

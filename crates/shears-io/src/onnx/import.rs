@@ -4,7 +4,9 @@
 //! 2. **Convert**: bind initializers and graph inputs, then hand each node, in file order, to
 //!    its converter from the [registry](super::registry) after checking the op's spec.
 //!    Converters infer the shape of every node they make (so an error names the ONNX node)
-//!    and may fold a node into its producer (`MatMul` + `Add`, `Slice` + `Pad`).
+//!    and may fold a node into its producer (`MatMul` + `Add`, `Slice` + `Pad`). A node whose
+//!    inputs are all constants (a static shape subgraph: `Shape`, `Gather`, `Concat`, ...)
+//!    is evaluated instead ([`fold`](super::fold)).
 //! 3. **Build**: run the pending nodes through [`GraphBuilder`], which re-infers and checks
 //!    every shape, and name the weights after the final nodes.
 //! 4. **Finalize**: when the file embeds a shears graph JSON that describes the same
@@ -18,6 +20,7 @@ use prost::Message;
 use shears_ir::{Graph, GraphBuilder, Node, NodeId, Op, Weights, GRAPH_FORMAT};
 
 use super::context::{bounded_numel, Ctx, Fusion, Value};
+use super::fold;
 use super::node::NodeView;
 use super::proto::{dtype, GraphProto, ModelProto, ValueInfoProto};
 use super::registry;
@@ -261,7 +264,9 @@ fn convert(graph: GraphProto, opset: u64) -> Result<(Ctx, Vec<usize>), ImportErr
         if n_out < spec.outputs.0.max(1) || n_out > spec.outputs.1 {
             return Err(node.corrupt(format!("{n_out} outputs")));
         }
-        (spec.convert)(&mut ctx, node)?;
+        if !fold::try_fold(&mut ctx, node)? {
+            (spec.convert)(&mut ctx, node)?;
+        }
     }
     for name in &input_names {
         ctx.resolve_act(name);

@@ -12,15 +12,17 @@
 //! | `Conv2d` | `Conv` (`pads` = `[top, left, bottom, right]`) | `auto_pad` `SAME_*`/`VALID` |
 //! | `BatchNorm2d` | `BatchNormalization` (inference) | |
 //! | `Relu` | `Relu` | |
-//! | `MaxPool2d`, `AvgPool2d` | `MaxPool`, `AveragePool` (`count_include_pad`) | `ceil_mode` when it changes nothing |
+//! | `MaxPool2d`, `AvgPool2d` | `MaxPool`, `AveragePool` (`count_include_pad`) | `ceil_mode` when it changes nothing; `GlobalAveragePool` and `ReduceMean` (`keepdims`) not flattened: a whole-map `AvgPool2d` (`[C, 1, 1]`) |
 //! | `GlobalAvgPool` | `GlobalAveragePool` + `Flatten` | `ReduceMean` over axes 2 and 3 |
 //! | `Linear` | `Gemm` (`transB = 1`) | `Gemm` with `transB = 0`; `MatMul` + `Add` |
 //! | `Flatten` | `Flatten` (`axis = 1`) | `Reshape` to `[N, -1]`; `Squeeze` after a global pool |
 //! | `Add` | `Add` (2 inputs), `Sum` (more) | |
+//! | `Binary` | `Add`, `Sub`, `Mul`, `Div`; a constant operand is the `weight` initializer | broadcasting operands, constants of shape `[1, C, 1, 1]`, `[C, 1, 1]`, scalars |
 //! | `Concat` | `Concat` (`axis = 1`) | |
 //! | `Dropout` | `Dropout` with its ratio, inference | `Dropout` without ratio |
 //! | `ShortcutA` | `Slice` (steps on H, W) + `Pad` (channels) | one `Slice` per axis |
 //! | `Identity` | `Identity` | `Constant`, initializers as inputs |
+//! | | | static shape subgraphs, evaluated at import: `Shape`, `Gather`, `Unsqueeze`, `Squeeze`, `Concat`, `Cast`, `Reshape` and `Add` / `Sub` / `Mul` / `Div` of constants |
 //!
 //! Anything else is refused with [`IoError::Unsupported`]
 //! (`onnx op <OpType> (node <name>)` for an unknown operator); a malformed or truncated file
@@ -53,12 +55,15 @@
 
 mod context;
 mod export;
+mod fold;
 mod import;
 mod node;
 mod ops;
 mod proto;
 mod registry;
 mod tensor;
+#[cfg(test)]
+mod test_model;
 
 use std::path::Path;
 

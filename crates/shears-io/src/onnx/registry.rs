@@ -41,12 +41,19 @@ pub(crate) const REGISTRY: &[OpSpec] = &[
     ops::flatten::SQUEEZE,
     ops::add::ADD,
     ops::add::SUM,
+    ops::binary::MUL,
+    ops::binary::SUB,
+    ops::binary::DIV,
     ops::concat::CONCAT,
     ops::identity::IDENTITY,
     ops::identity::DROPOUT,
     ops::shortcut::SLICE,
     ops::shortcut::PAD,
     ops::constant::CONSTANT,
+    ops::constant::SHAPE,
+    ops::constant::GATHER,
+    ops::constant::UNSQUEEZE,
+    ops::constant::CAST,
 ];
 
 /// The spec of `op_type`, if supported.

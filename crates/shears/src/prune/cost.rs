@@ -74,6 +74,13 @@ enum LayerKind {
         bias: bool,
     },
     Bn,
+    /// A binary op's constant operand: `per_channel` values per output channel when it follows
+    /// the channels, else `total` values whatever is removed.
+    Operand {
+        per_channel: u64,
+        total: u64,
+        follows: bool,
+    },
 }
 
 impl CostModel {
@@ -126,6 +133,16 @@ impl CostModel {
                     (LayerKind::Linear { bias: l.bias }, Some(inp), folds)
                 }
                 Op::BatchNorm2d(_) => (LayerKind::Bn, None, Vec::new()),
+                Op::Binary(b) => {
+                    let Some(k) = &b.constant else { continue };
+                    let total: usize = k.shape.iter().product();
+                    let kind = LayerKind::Operand {
+                        per_channel: (total / k.shape[0]) as u64,
+                        total: total as u64,
+                        follows: k.shape[0] == graph.shape(id)[0],
+                    };
+                    (kind, None, Vec::new())
+                }
                 _ => continue,
             };
             widths[id.0] = Some(dg.channels(id).to_vec());
@@ -177,6 +194,11 @@ impl CostModel {
                     params += inp * out + if bias || folded() { out } else { 0 };
                 }
                 LayerKind::Bn => params += 2 * out,
+                LayerKind::Operand {
+                    per_channel,
+                    total,
+                    follows,
+                } => params += if follows { out * per_channel } else { total },
             }
         }
         Cost { macs, params }

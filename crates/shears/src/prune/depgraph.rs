@@ -14,6 +14,11 @@
 //!   independent, except for a depthwise conv (`groups == in == out`), whose output `i` is
 //!   linked to its input `i`;
 //! - `Source` (graph input): slots originate there and are never prunable.
+//! - `Broadcast` (a [`Op::Binary`] whose operand has one channel that every output channel
+//!   reads): the other operand links elementwise; the broadcast operand links to nothing and is
+//!   not prunable. A binary op whose result for a removed channel can neither be folded as a
+//!   constant nor forced to zero blocks its channels: `Add` / `Sub` with such an operand or
+//!   a constant shared by all channels, and `Div` by the channels.
 //!
 //! The linked slots form *channels* (union-find over slots): removing a channel removes every
 //! slot it holds, and every edit that needs is expressible in the IR (conv / linear / BN
@@ -60,6 +65,9 @@ pub enum Role {
     /// Zero-padded output slots of an option-A shortcut: removing them shrinks `pad_before` /
     /// `pad_after`.
     ShortcutPad,
+    /// Channels of a [`Op::Binary`]'s constant operand (its `weight`, axis 0, and the shape the
+    /// op records), e.g. ConvNeXt's layer scale `gamma * x`.
+    Operand,
 }
 
 impl Role {
@@ -71,6 +79,7 @@ impl Role {
             Role::BnChannels => "bn",
             Role::Depthwise => "depthwise",
             Role::ShortcutPad => "pad",
+            Role::Operand => "operand",
         }
     }
 }
@@ -107,7 +116,8 @@ pub struct Group {
     pub root: NodeId,
     /// Number of channels (root indices `0..size`, ordered by their index at the root).
     pub size: usize,
-    /// Every conv, linear, BN and shortcut the group touches, in topological order.
+    /// Every conv, linear, BN, shortcut and constant operand the group touches, in
+    /// topological order.
     pub members: Vec<Member>,
     /// Whether the group's channels may be removed.
     pub prunable: bool,
@@ -261,6 +271,26 @@ impl DepGraph {
                         }
                     }
                 }
+                ChannelMap::Broadcast { channel_broadcast } => {
+                    for (&inp, &bc) in node.inputs.iter().zip(&channel_broadcast) {
+                        if bc {
+                            reasons.push(format!(
+                                "its one channel is broadcast over the channels of {:?}",
+                                node.name
+                            ));
+                            block(
+                                &mut blocked,
+                                base[inp.0]..base[inp.0 + 1],
+                                reasons.len() - 1,
+                            );
+                            continue;
+                        }
+                        check_width(inp, c)?;
+                        for i in 0..c {
+                            uf.union(b + i, base[inp.0] + i);
+                        }
+                    }
+                }
                 ChannelMap::Concat { offsets } => {
                     for (&inp, &off) in node.inputs.iter().zip(&offsets) {
                         for i in 0..width(inp) {
@@ -295,6 +325,15 @@ impl DepGraph {
                     for i in 0..ci {
                         uf.union(b + offset + i, base[inp.0] + i);
                     }
+                }
+            }
+        }
+        for id in graph.ids() {
+            let node = graph.node(id);
+            if let Op::Binary(bin) = &node.op {
+                if let Some(why) = binary_blocker(bin, &graph.input_shapes(id)) {
+                    reasons.push(format!("{:?} {why}", node.name));
+                    block(&mut blocked, base[id.0]..base[id.0 + 1], reasons.len() - 1);
                 }
             }
         }
@@ -407,6 +446,17 @@ impl DepGraph {
                         add(ch, Role::BnChannels, i, &groups);
                     }
                 }
+                Op::Binary(bin) => {
+                    let follows = bin
+                        .constant
+                        .as_ref()
+                        .is_some_and(|k| k.shape[0] == width(id));
+                    if follows {
+                        for (i, &ch) in channels[id.0].iter().enumerate() {
+                            add(ch, Role::Operand, i, &groups);
+                        }
+                    }
+                }
                 Op::ShortcutA(s) => {
                     let ci = width(node.inputs[0]);
                     for (i, &ch) in channels[id.0].iter().enumerate() {
@@ -517,6 +567,88 @@ impl DepGraph {
             }
         }
         s
+    }
+}
+
+/// How one operand of a [`Op::Binary`] behaves when an output channel is removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OperandClass {
+    /// A computed input on the output's channels: the removed channel, constant in the masked
+    /// model.
+    Removed,
+    /// A constant parameter that is uniform over H and W (`[C, 1, 1]`, `[1, 1, 1]`, `[F]`):
+    /// a constant, per channel or shared.
+    Fixed,
+    /// Not a spatial constant: a computed input broadcast over channels, or a constant that
+    /// varies over H and W.
+    Varying,
+}
+
+/// The classes of a binary op's `(left, right)` operands given its computed inputs' shapes.
+pub(crate) fn operand_classes(
+    bin: &shears_ir::Binary,
+    inputs: &[&[usize]],
+) -> (OperandClass, OperandClass) {
+    let computed = |broadcast: bool| {
+        if broadcast {
+            OperandClass::Varying
+        } else {
+            OperandClass::Removed
+        }
+    };
+    match &bin.constant {
+        Some(k) => {
+            let kc = if k.shape[1..].iter().all(|&d| d == 1) {
+                OperandClass::Fixed
+            } else {
+                OperandClass::Varying
+            };
+            if k.left {
+                (kc, OperandClass::Removed)
+            } else {
+                (OperandClass::Removed, kc)
+            }
+        }
+        None => {
+            let bc = bin.channel_broadcast(inputs);
+            (computed(bc[0]), computed(bc[1]))
+        }
+    }
+}
+
+/// Why the channels of a binary op cannot be removed, if they cannot: the masked model's value
+/// of a removed channel must either be a spatial constant (folded downstream) or become exactly
+/// 0 when the channel is forced to zero ([`super::mask`]).
+///
+/// - `Add` / `Sub` with an operand that is not a spatial constant (`x_c + v` varies), or with a
+///   constant shared by all channels (a forced channel would be that constant, not 0);
+/// - `Div` by a removed channel (a forced one would divide by 0).
+///
+/// `Mul` is always prunable: a removed channel times a varying operand is forced to zero.
+pub(crate) fn binary_blocker(bin: &shears_ir::Binary, inputs: &[&[usize]]) -> Option<String> {
+    use shears_ir::BinaryKind;
+    let (l, r) = operand_classes(bin, inputs);
+    let shared_const = bin
+        .constant
+        .as_ref()
+        .is_some_and(|k| k.shape[0] == 1 && inputs[0][0] > 1);
+    match bin.kind {
+        BinaryKind::Add | BinaryKind::Sub
+            if l == OperandClass::Varying || r == OperandClass::Varying =>
+        {
+            Some(format!(
+                "{}s an operand that varies over the map or the channels",
+                bin.kind.name()
+            ))
+        }
+        BinaryKind::Add | BinaryKind::Sub if shared_const => Some(format!(
+            "{}s a constant shared by all channels",
+            bin.kind.name()
+        )),
+        BinaryKind::Div if r == OperandClass::Removed => {
+            Some("divides by its channels".to_string())
+        }
+        _ => None,
     }
 }
 

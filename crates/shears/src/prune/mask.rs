@@ -13,7 +13,9 @@
 //! `bias` (or 0) at its producers; `(c - mean) / sqrt(var + eps) * gamma + beta` after a batch
 //! norm; `max(0, c)` after ReLU; unchanged through max pooling, global pooling, dropout,
 //! identity, flatten, concat and the non-padded part of an option-A shortcut; the sum of the
-//! branches' constants after `Add`; 0 at a shortcut's pad slots. Surgery removes the channel and
+//! branches' constants after `Add`; 0 at a shortcut's pad slots; `a op b` after a broadcasting
+//! [`Op::Binary`] whose operands are constants there (the removed channel, or a constant
+//! parameter uniform over H and W). Surgery removes the channel and
 //! adds its constant contribution to each consumer's bias ([`super::surgery`]), which is
 //! exact for linear layers and for convolutions whose window never reads the zero padding, and
 //! exact everywhere when the constant is 0 (the common case of a channel whose weights, bias
@@ -33,6 +35,13 @@
 //! reports the analytical size of each border deviation in
 //! [`super::SurgeryReport::approximations`].
 //!
+//! A removed channel that meets a binary op's *varying* operand (a channel-broadcast input, or
+//! a constant that varies over H and W) is no spatial constant there: `x_c * v`. It is forced
+//! to zero in both fold modes (then `0 * v = 0`, and `0 / v = 0`); the dependency graph makes
+//! the binary ops where that would not give 0 non-prunable
+//! ([`super::depgraph`]). A forced channel's constant-operand slice is zeroed too (except as a
+//! divisor), so that `0 + 0`, `0 - 0` and `0 * 0` stay 0.
+//!
 //! Whether a channel is forced depends only on the channel (its constants and its consumers),
 //! not on the rest of the plan, so the masked model, the surgery and the cost prediction agree
 //! for every plan.
@@ -43,7 +52,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use shears_ir::{Graph, NodeId, Op, ParamKind, Tensor, Weights};
 
-use super::depgraph::{is_depthwise, DepGraph, Role};
+use super::depgraph::{is_depthwise, operand_classes, DepGraph, OperandClass, Role};
 use super::error::{PruneError, Result};
 use super::plan::Plan;
 
@@ -160,6 +169,15 @@ pub fn mask_weights_with(
                         zero(m.node, ParamKind::Weight, &m.idxs[r]);
                         zero(m.node, ParamKind::Bias, &m.idxs[r]);
                     }
+                    Role::Operand if forced => {
+                        let divisor = matches!(
+                            &graph.node(m.node).op,
+                            Op::Binary(b) if b.kind == shears_ir::BinaryKind::Div
+                        );
+                        if !divisor {
+                            zero(m.node, ParamKind::Weight, &m.idxs[r]);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -198,6 +216,9 @@ pub(crate) fn param<'a>(
         .unwrap_or_else(|| panic!("weights were checked against the graph, yet {name} is missing"))
 }
 
+/// Per group and channel, the forced channels' largest constant ([`Constants::forced`]).
+type Forced = Vec<Vec<Option<f64>>>;
+
 /// The value every output slot of every node takes in the masked model if that slot's channel
 /// is removed (see the module docs), computed in f64 from the original weights. A removed
 /// channel's value depends only on its own slots, so one pass serves every plan.
@@ -209,26 +230,51 @@ pub(crate) struct Constants {
     /// on a nonzero constant (none for forced channels).
     pub(crate) pool_border: Vec<(NodeId, usize, f64)>,
     /// `forced[group][idx]`: for a channel that the masked model forces to zero when it is
-    /// removed ([`FoldMode::Exact`]), the largest |constant| it would have had at a consumer
-    /// that cannot take it exactly.
+    /// removed, the largest |constant| it would have had at a consumer that cannot take it
+    /// exactly.
     pub(crate) forced: Vec<Vec<Option<f64>>>,
+    /// Binary ops where a removed channel meets a varying operand: `(node, slot, |constant of
+    /// the removed operand|)`; forced to zero in both fold modes.
+    pub(crate) varying: Vec<(NodeId, usize, f64)>,
 }
 
 impl Constants {
-    /// The constants under `mode`: [`Constants::raw`], then in [`FoldMode::Exact`] every
-    /// channel with a nonzero constant at a padded conv or a padding-counting average pool is
-    /// forced to zero.
+    /// The constants under `mode`: [`Constants::raw`], then every channel that meets a varying
+    /// binary operand, and in [`FoldMode::Exact`] every channel with a nonzero constant at a
+    /// padded conv or a padding-counting average pool, is forced to zero.
     pub(crate) fn compute(graph: &Graph, weights: &Weights, dg: &DepGraph, mode: FoldMode) -> Self {
         let mut c = Self::raw(graph, weights);
         c.forced = dg.groups().iter().map(|g| vec![None; g.size]).collect();
-        if mode == FoldMode::Interior {
-            return c;
-        }
         let force = |forced: &mut Vec<Vec<Option<f64>>>, node: NodeId, slot: usize, v: f64| {
             let ch = dg.channels(node)[slot];
             let f = &mut forced[ch.group][ch.idx];
             *f = Some(f.unwrap_or(0.0).max(v.abs()));
         };
+        for &(node, slot, v) in &c.varying {
+            force(&mut c.forced, node, slot, v);
+        }
+        if mode == FoldMode::Exact {
+            c.force_unfoldable(graph, &force);
+        }
+        for id in graph.ids() {
+            for (s, ch) in dg.channels(id).iter().enumerate() {
+                if c.forced[ch.group][ch.idx].is_some() {
+                    c.value[id.0][s] = 0.0;
+                }
+            }
+        }
+        let forced = &c.forced;
+        c.pool_border.retain(|&(node, slot, _)| {
+            let ch = dg.channels(node)[slot];
+            forced[ch.group][ch.idx].is_none()
+        });
+        c
+    }
+
+    /// Forces the channels whose nonzero constant reaches a padded conv or a padding-counting
+    /// average pool ([`FoldMode::Exact`]).
+    fn force_unfoldable(&mut self, graph: &Graph, force: &dyn Fn(&mut Forced, NodeId, usize, f64)) {
+        let c = self;
         for id in graph.ids() {
             let node = graph.node(id);
             let Op::Conv2d(cv) = &node.op else { continue };
@@ -248,25 +294,13 @@ impl Constants {
             let v = c.value[graph.node(node).inputs[0].0][slot];
             force(&mut c.forced, node, slot, v);
         }
-        for id in graph.ids() {
-            for (s, ch) in dg.channels(id).iter().enumerate() {
-                if c.forced[ch.group][ch.idx].is_some() {
-                    c.value[id.0][s] = 0.0;
-                }
-            }
-        }
-        let forced = &c.forced;
-        c.pool_border.retain(|&(node, slot, _)| {
-            let ch = dg.channels(node)[slot];
-            forced[ch.group][ch.idx].is_none()
-        });
-        c
     }
 
     /// The constants of the unforced masked model (only producer weights zeroed).
     fn raw(graph: &Graph, weights: &Weights) -> Constants {
         let mut value: Vec<Vec<f64>> = Vec::with_capacity(graph.len());
         let mut pool_border = Vec::new();
+        let mut varying = Vec::new();
         for id in graph.ids() {
             let node = graph.node(id);
             let c = graph.shape(id)[0];
@@ -332,6 +366,12 @@ impl Constants {
                     v.extend(std::iter::repeat_n(0.0, s.pad_after));
                     v
                 }
+                Op::Binary(b) => {
+                    let ins: Vec<&[f64]> = (0..node.inputs.len()).map(|k| &input(k)[..]).collect();
+                    let (v, vary) = binary_constants(graph, weights, id, b, &ins);
+                    varying.extend(vary.into_iter().map(|(s, x)| (id, s, x)));
+                    v
+                }
             };
             assert_eq!(
                 v.len(),
@@ -345,8 +385,56 @@ impl Constants {
             value,
             pool_border,
             forced: Vec::new(),
+            varying,
         }
     }
+}
+
+/// The removed-channel values at a binary op's output, and the slots where a removed channel
+/// meets a varying operand (with the removed operand's |constant|; their value is 0, what
+/// forcing gives).
+fn binary_constants(
+    graph: &Graph,
+    weights: &Weights,
+    id: NodeId,
+    b: &shears_ir::Binary,
+    ins: &[&[f64]],
+) -> (Vec<f64>, Vec<(usize, f64)>) {
+    let c = graph.shape(id)[0];
+    let shapes = graph.input_shapes(id);
+    let (lc, rc) = operand_classes(b, &shapes);
+    let konst = b
+        .constant
+        .as_ref()
+        .map(|_| to_f64(param(graph, weights, id, ParamKind::Weight)));
+    // The computed inputs in operand order.
+    let (li, ri) = match &b.constant {
+        Some(k) if k.left => (None, Some(0)),
+        Some(_) => (Some(0), None),
+        None => (Some(0), Some(1)),
+    };
+    let at = |class: OperandClass, inp: Option<usize>, ch: usize| -> Option<f64> {
+        match (class, inp) {
+            (OperandClass::Removed, Some(k)) => Some(ins[k][ch]),
+            (OperandClass::Fixed, None) => {
+                let k = konst.as_ref().expect("a constant operand has a weight");
+                Some(if k.len() == 1 { k[0] } else { k[ch] })
+            }
+            _ => None,
+        }
+    };
+    let mut value = Vec::with_capacity(c);
+    let mut varying = Vec::new();
+    for ch in 0..c {
+        match (at(lc, li, ch), at(rc, ri, ch)) {
+            (Some(x), Some(y)) => value.push(b.kind.apply(x, y)),
+            (x, y) => {
+                varying.push((ch, x.or(y).unwrap_or(0.0).abs()));
+                value.push(0.0);
+            }
+        }
+    }
+    (value, varying)
 }
 
 /// Whether a conv's window ever reads its zero padding (then a constant input is not a

@@ -3,8 +3,8 @@
 //! Data in, data out: surgery reads the graph and weights and writes a smaller graph and
 //! weights; it never runs the model. For each group that loses channels, one patch labelled
 //! `prune group <id> (<root>)` shrinks every member (conv in / out channels, depthwise groups,
-//! BN features, linear in / out features, option-A pad counts; concat, flatten and pass-through
-//! ops follow through shape inference), and every member's tensors are sliced on the matching
+//! BN features, linear in / out features, option-A pad counts, binary ops' constant operands;
+//! concat, flatten and pass-through ops follow through shape inference), and every member's tensors are sliced on the matching
 //! axis.
 //!
 //! **Constant folding.** A removed channel is a constant `c` in the masked model (see
@@ -250,7 +250,9 @@ pub fn apply_plan_with(
             orig.sort_unstable();
             let e = edits.entry(m.node).or_default();
             match m.role {
-                Role::OutChannels | Role::Depthwise | Role::BnChannels => e.out = orig,
+                Role::OutChannels | Role::Depthwise | Role::BnChannels | Role::Operand => {
+                    e.out = orig
+                }
                 Role::InChannels => e.inp = orig,
                 Role::ShortcutPad => e.pad = orig,
             }
@@ -478,8 +480,18 @@ fn edit_node(
             s.pad_after -= e.pad.len() - front;
             Op::ShortcutA(s)
         }
+        Op::Binary(b) => {
+            let mut b = b.clone();
+            slice_param(w, &pname(ParamKind::Weight), 0, &out_cur);
+            let k = b
+                .constant
+                .as_mut()
+                .expect("operand members have a constant operand");
+            k.shape[0] -= out_cur.len();
+            Op::Binary(b)
+        }
         op => unreachable!(
-            "group members are convs, linears, BNs and shortcuts, not {}",
+            "group members are convs, linears, BNs, shortcuts and binary operands, not {}",
             op.type_name()
         ),
     }

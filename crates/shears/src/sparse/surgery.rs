@@ -391,6 +391,11 @@ fn dead_channel_plan(g: &Graph, w: &Weights, dg: &DepGraph) -> Plan {
                         zero_at(p(ParamKind::Weight), idxs, 1)
                             && zero_at(p(ParamKind::Bias), idxs, 1)
                     }
+                    Role::Operand => {
+                        let k = p(ParamKind::Weight).expect("weight");
+                        let row = k.len() / g.shape(m.node)[0];
+                        zero_at(Some(k), idxs, row)
+                    }
                     Role::InChannels | Role::ShortcutPad => true,
                 }
             });

@@ -11,7 +11,7 @@ use std::f64::consts::TAU;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use shears_ir::{Graph, Op, ParamKind, ParamSpec, Tensor, Weights};
+use shears_ir::{BinaryKind, Graph, Op, ParamKind, ParamSpec, Tensor, Weights};
 
 use super::Arch;
 
@@ -115,7 +115,12 @@ fn init_param(op: &Op, spec: &ParamSpec, scheme: InitScheme, rng: &mut Draws) ->
             (S::TorchvisionDenseNet, Op::Linear(_)) => Dist::Const(0.0),
             _ => torch_default,
         },
-        // Only conv, linear and BN own tensors, and conv / linear only weight and bias.
+        // A binary op's constant operand starts as the identity of its arithmetic.
+        (Op::Binary(b), Weight) => match b.kind {
+            BinaryKind::Mul | BinaryKind::Div => Dist::Const(1.0),
+            BinaryKind::Add | BinaryKind::Sub => Dist::Const(0.0),
+        },
+        // Only conv, linear, BN and binary ops own tensors; conv / linear only weight and bias.
         _ => Dist::Const(0.0),
     };
     let n: usize = spec.shape.iter().product();

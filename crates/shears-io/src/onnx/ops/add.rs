@@ -1,16 +1,18 @@
 //! `Add` and `Sum`, to and from the n-ary [`Op::Add`].
 //!
-//! shears adds tensors of equal shape only: broadcasting adds are refused, except the
-//! `Add` of a constant vector after a `MatMul`, which becomes that linear layer's bias.
+//! An `Add` of two computed values of equal shape is an [`Op::Add`]; the `Add` of a constant
+//! vector after a `MatMul` becomes that linear layer's bias; any other `Add` (broadcasting, or
+//! of a constant) is a broadcasting [`Op::Binary`] ([`super::binary`]). `Sum` adds values of
+//! equal shape only.
 
-use shears_ir::{Node, Op};
+use shears_ir::{BinaryKind, Node, Op};
 
 use super::super::context::Ctx;
 use super::super::export::ExportCtx;
 use super::super::node::NodeView;
 use super::super::registry::OpSpec;
 use super::super::ImportError;
-use super::linear;
+use super::{binary, linear};
 
 /// `Add(A, B)` of two computed values of equal shape, or a linear bias.
 pub(crate) const ADD: OpSpec = OpSpec {
@@ -50,7 +52,14 @@ fn add_values(ctx: &mut Ctx, node: NodeView<'_>, n: usize) -> Result<(), ImportE
 fn convert_add(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
     let constant = [ctx.is_constant(node, 0), ctx.is_constant(node, 1)];
     match constant {
-        [false, false] => add_values(ctx, node, 2),
+        [false, false] => {
+            let (a, b) = (ctx.act(node, 0)?, ctx.act(node, 1)?);
+            if a.dims == b.dims {
+                add_values(ctx, node, 2)
+            } else {
+                binary::convert(ctx, node, BinaryKind::Add)
+            }
+        }
         [true, true] => Err(node.unsupported("adding two constants")),
         _ => {
             let (xi, ci) = if constant[1] { (0, 1) } else { (1, 0) };
@@ -60,10 +69,7 @@ fn convert_add(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
             if linear::fuse_bias(ctx, node, &x, x_name, &c)? {
                 Ok(())
             } else {
-                Err(node.unsupported(format!(
-                    "adding constant {:?} (only a MatMul's bias is supported)",
-                    c.name
-                )))
+                binary::convert(ctx, node, BinaryKind::Add)
             }
         }
     }

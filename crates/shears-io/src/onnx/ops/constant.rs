@@ -1,4 +1,6 @@
-//! `Constant`: binds its output to a constant tensor, for other converters to read.
+//! `Constant`: binds its output to a constant tensor, for other converters to read; and the
+//! shape operators (`Shape`, `Gather`, `Unsqueeze`, `Cast`) that only exist in static shape
+//! subgraphs, which the import evaluates before any converter sees them.
 
 use std::rc::Rc;
 
@@ -16,6 +18,50 @@ pub(crate) const CONSTANT: OpSpec = OpSpec {
     outputs: (1, 1),
     convert,
 };
+
+/// `Shape(x)`: evaluated at import ([`crate::onnx`]'s `fold`), never a node.
+pub(crate) const SHAPE: OpSpec = OpSpec {
+    op_type: "Shape",
+    min_opset: 1,
+    inputs: (1, 1),
+    outputs: (1, 1),
+    convert: not_static,
+};
+
+/// `Gather(data, indices)` of constants: evaluated at import.
+pub(crate) const GATHER: OpSpec = OpSpec {
+    op_type: "Gather",
+    min_opset: 1,
+    inputs: (2, 2),
+    outputs: (1, 1),
+    convert: not_static,
+};
+
+/// `Unsqueeze(data[, axes])` of constants: evaluated at import.
+pub(crate) const UNSQUEEZE: OpSpec = OpSpec {
+    op_type: "Unsqueeze",
+    min_opset: 1,
+    inputs: (1, 2),
+    outputs: (1, 1),
+    convert: not_static,
+};
+
+/// `Cast(x)` of a constant: evaluated at import.
+pub(crate) const CAST: OpSpec = OpSpec {
+    op_type: "Cast",
+    min_opset: 1,
+    inputs: (1, 1),
+    outputs: (1, 1),
+    convert: not_static,
+};
+
+/// The converter of the shape operators, reached only when their inputs are not all known.
+fn not_static(_: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
+    Err(node.unsupported(format!(
+        "{} of a computed value (only static shape subgraphs, evaluated at import, are supported)",
+        node.op_type()
+    )))
+}
 
 fn convert(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
     let name = node.output(0).unwrap_or_default().to_string();

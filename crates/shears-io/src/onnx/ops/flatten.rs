@@ -1,18 +1,20 @@
 //! `Flatten`, `Reshape` to `[N, features]` and `Squeeze`, to and from [`Op::Flatten`].
 //!
-//! Flattening a value that is already a vector in shears (the `[C, 1, 1]` ONNX keeps after a
-//! global pool) makes no node; flattening a feature map, or a vector that ONNX also holds as
-//! one, makes a shears `Flatten`.
+//! Flattening the keep-dims global pool it alone consumes turns that pool into a shears global
+//! pool and makes no node (see [`super::pool`]), as does flattening a value that is already a
+//! vector in shears; flattening a feature map, or a vector that ONNX also holds as one, makes a
+//! shears `Flatten`.
 
 use shears_ir::{Node, Op};
 
 use super::super::context::{Act, Ctx};
 use super::super::export::ExportCtx;
+use super::super::fold;
 use super::super::node::NodeView;
 use super::super::proto::AttributeProto;
 use super::super::registry::OpSpec;
 use super::super::ImportError;
-use super::axis;
+use super::{axis, pool};
 
 /// `Flatten(X)` with `axis = 1`.
 pub(crate) const FLATTEN: OpSpec = OpSpec {
@@ -44,7 +46,10 @@ pub(crate) const SQUEEZE: OpSpec = OpSpec {
 /// Binds the output of `node` to `x` flattened to `[N, features]`.
 fn to_vector(ctx: &mut Ctx, node: NodeView<'_>, x: Act) -> Result<(), ImportError> {
     let numel: usize = x.dims.iter().product();
-    if x.dims == ctx.shape(x.node) {
+    let name = node.input(0).expect("the converter resolved input 0");
+    if let Some(idx) = pool::collapse_keepdims(ctx, node, &x, name)? {
+        ctx.define_act(node, idx, vec![numel])
+    } else if x.dims == ctx.shape(x.node) {
         let idx = ctx.push(node, None, Op::Flatten, &[x.node], Vec::new())?;
         ctx.define_act(node, idx, vec![numel])
     } else if ctx.shape(x.node) == [numel] {
@@ -101,6 +106,7 @@ fn convert_reshape(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError>
         match v {
             0 => copy(i),
             v if i == 0 && ctx.batch.is_some_and(|b| b as i64 == v) => Some(BATCH),
+            fold::BATCH_DIM if i == 0 => Some(BATCH),
             v => Some(v),
         }
     };
@@ -151,7 +157,9 @@ fn convert_squeeze(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError>
         .filter(|a| !drop.contains(a))
         .map(|a| x.dims[a - 1])
         .collect();
-    if dims == ctx.shape(x.node) || dims == x.dims {
+    if dims.len() == 1 && x.dims.len() == 3 && x.dims == ctx.shape(x.node) {
+        to_vector(ctx, node, x)
+    } else if dims == ctx.shape(x.node) || dims == x.dims {
         ctx.define_act(node, x.node, dims)
     } else {
         Err(node.unsupported(format!(

@@ -4,6 +4,7 @@
 
 pub(crate) mod add;
 pub(crate) mod batch_norm;
+pub(crate) mod binary;
 pub(crate) mod concat;
 pub(crate) mod constant;
 pub(crate) mod conv;

@@ -2,12 +2,15 @@
 //! and from [`Pool2d`] and [`Op::GlobalAvgPool`].
 //!
 //! A shears global pool yields a `[C]` vector where ONNX keeps `[C, 1, 1]`; the export
-//! therefore writes `GlobalAveragePool` followed by `Flatten`, and on import the flatten,
-//! reshape or squeeze that drops the ones makes no node.
+//! therefore writes `GlobalAveragePool` followed by `Flatten`. On import `GlobalAveragePool`
+//! (and `ReduceMean` with `keepdims`) first becomes an average pool whose window is the whole
+//! map, `[C, 1, 1]` as in ONNX, so that a squeeze-excitation block can run 1x1 convs and a
+//! broadcasting `Mul` on it; a flatten, reshape or squeeze that is its only consumer turns it
+//! into a global pool ([`collapse_keepdims`]) and makes no node.
 
 use shears_ir::{Node, Op, Pool2d};
 
-use super::super::context::Ctx;
+use super::super::context::{Act, Ctx};
 use super::super::export::ExportCtx;
 use super::super::node::NodeView;
 use super::super::proto::AttributeProto;
@@ -99,10 +102,47 @@ fn convert_avg(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
     ctx.define_act(node, idx, dims)
 }
 
+/// The average pool over the whole `h` x `w` map: `[C, H, W]` to `[C, 1, 1]`.
+fn whole_map(h: usize, w: usize) -> Pool2d {
+    Pool2d {
+        kernel: [h, w],
+        stride: [1, 1],
+        padding: [0; 4],
+        count_include_pad: true,
+    }
+}
+
+/// Pushes the keep-dims global pool of feature map `x`.
+fn push_keepdims(ctx: &mut Ctx, node: NodeView<'_>, x: &Act) -> Result<(), ImportError> {
+    let pool = whole_map(x.dims[1], x.dims[2]);
+    let idx = ctx.push(node, None, Op::AvgPool2d(pool), &[x.node], Vec::new())?;
+    ctx.define_act(node, idx, vec![x.dims[0], 1, 1])
+}
+
+/// If `x` is a keep-dims global pool ([`whole_map`]) whose value `name` has no other use,
+/// turns it into an [`Op::GlobalAvgPool`] (`[C]`) and returns its node.
+pub(crate) fn collapse_keepdims(
+    ctx: &mut Ctx,
+    node: NodeView<'_>,
+    x: &Act,
+    name: &str,
+) -> Result<Option<usize>, ImportError> {
+    let pending = &ctx.nodes()[x.node];
+    let Op::AvgPool2d(p) = &pending.op else {
+        return Ok(None);
+    };
+    let in_shape = ctx.shape(pending.inputs[0]);
+    let whole = in_shape.len() == 3 && *p == whole_map(in_shape[1], in_shape[2]);
+    if !whole || ctx.uses(name) != 1 {
+        return Ok(None);
+    }
+    ctx.refit(node, x.node, Op::GlobalAvgPool, Vec::new())?;
+    Ok(Some(x.node))
+}
+
 fn convert_global(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
     let x = ctx.feature_map(node, 0)?;
-    let idx = ctx.push(node, None, Op::GlobalAvgPool, &[x.node], Vec::new())?;
-    ctx.define_act(node, idx, vec![x.dims[0], 1, 1])
+    push_keepdims(ctx, node, &x)
 }
 
 fn convert_reduce_mean(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
@@ -127,14 +167,11 @@ fn convert_reduce_mean(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportEr
         )));
     }
     let x = ctx.feature_map(node, 0)?;
-    let keep = node.attr_int("keepdims", 1)? != 0;
+    if node.attr_int("keepdims", 1)? != 0 {
+        return push_keepdims(ctx, node, &x);
+    }
     let idx = ctx.push(node, None, Op::GlobalAvgPool, &[x.node], Vec::new())?;
-    let dims = if keep {
-        vec![x.dims[0], 1, 1]
-    } else {
-        vec![x.dims[0]]
-    };
-    ctx.define_act(node, idx, dims)
+    ctx.define_act(node, idx, vec![x.dims[0]])
 }
 
 fn window_attrs(p: &Pool2d) -> Vec<AttributeProto> {
