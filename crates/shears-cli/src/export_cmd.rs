@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use shears::model::save_model;
+use shears::model::{model_metadata, save_model};
 use shears_io::{export_onnx, OnnxExportOptions};
 
 use crate::args::ExportArgs;
@@ -22,7 +22,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let model = open_model(&a.model)?;
     let mut written = Vec::new();
     if let Some(path) = &a.onnx {
-        let mut opts = OnnxExportOptions::new();
+        let mut opts = OnnxExportOptions::new().with_metadata(model_metadata(&model));
         if let Some(b) = a.batch {
             opts = opts.with_batch(b);
         }
