@@ -750,7 +750,8 @@ pub struct ExportArgs {
     #[command(flatten)]
     /// The model.
     pub model: ModelOpts,
-    /// Write ONNX here (opset and ops as the io crate's exporter writes them).
+    /// Write ONNX here (opset and ops as the io crate's exporter writes them; preprocessing,
+    /// architecture and dataset go into its metadata_props).
     #[arg(long, value_name = "FILE")]
     pub onnx: Option<PathBuf>,
     /// Fix the batch size in the ONNX input and output shapes (default: a symbolic batch `N`).

@@ -477,3 +477,75 @@ pub fn save_model(path: &Path, model: &Model) -> Result<(), Error> {
     shears_io::save_model(path, &model.graph, &model.weights, &model_metadata(model))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(mean: f32) -> (Preprocess, PreprocessOrigin) {
+        let p = Preprocess {
+            scale: 1.0,
+            mean: vec![mean; 3],
+            std: vec![2.0; 3],
+        };
+        (p, PreprocessOrigin::all(PreprocessSource::Metadata))
+    }
+
+    #[test]
+    fn each_field_comes_from_the_first_source_that_has_it() {
+        let none = PreprocessOverride::default();
+        let arch = Some(Arch::ResNet20);
+        let (p, o) = resolve_preprocess(&none, None, None, Some(3)).unwrap();
+        assert_eq!(p, default_preprocess(Some(3)));
+        assert_eq!(o, PreprocessOrigin::all(PreprocessSource::Default));
+        assert_eq!(p.mean, IMAGENET_MEAN.to_vec());
+        let (p, o) = resolve_preprocess(&none, None, arch, Some(3)).unwrap();
+        assert_eq!(p, Arch::ResNet20.preprocessing());
+        assert_eq!(o.mean, PreprocessSource::Arch(Arch::ResNet20));
+        let (p, o) = resolve_preprocess(&none, Some(&stored(0.25)), arch, Some(3)).unwrap();
+        assert_eq!((p.mean[0], o.std), (0.25, PreprocessSource::Metadata));
+        let flags = PreprocessOverride {
+            scale: Some(0.5),
+            mean: Some(vec![0.1]),
+            std: None,
+        };
+        let (p, o) = resolve_preprocess(&flags, Some(&stored(0.25)), arch, Some(3)).unwrap();
+        assert_eq!((p.scale, p.mean.clone()), (0.5, vec![0.1; 3]));
+        assert_eq!((p.std[0], o.std), (2.0, PreprocessSource::Metadata));
+        assert_eq!(
+            (o.scale, o.mean),
+            (PreprocessSource::Flags, PreprocessSource::Flags)
+        );
+        assert!(!o.uses_default());
+        let (_, o) = resolve_preprocess(&flags, None, None, Some(3)).unwrap();
+        assert_eq!(o.defaulted(), vec!["std"]);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_naming_them() {
+        let bad = |flags: PreprocessOverride, needle: &str| {
+            let e = resolve_preprocess(&flags, None, None, Some(3)).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e} lacks {needle:?}");
+        };
+        let with = |scale, mean, std| PreprocessOverride { scale, mean, std };
+        bad(
+            with(None, Some(vec![0.1, 0.2]), None),
+            "--mean 0.1,0.2: 2 values",
+        );
+        bad(with(None, None, Some(vec![1.0, 0.0, 1.0])), "--std 1,0,1");
+        bad(with(None, None, Some(vec![f32::NAN])), "--std NaN");
+        bad(with(Some(f32::INFINITY), None, None), "--scale inf");
+        bad(with(Some(0.0), None, None), "--scale 0");
+        // A one-channel model's default has one mean; the ImageNet three do not fit it.
+        assert_eq!(default_preprocess(Some(1)).mean, vec![0.0]);
+        let stored = (
+            default_preprocess(Some(3)),
+            PreprocessOrigin::all(PreprocessSource::Metadata),
+        );
+        let e = resolve_preprocess(&PreprocessOverride::default(), Some(&stored), None, Some(1));
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("metadata shears.preprocess"));
+    }
+}
