@@ -15,7 +15,7 @@ use shears::progress::Verbosity;
 use shears_data::Split;
 
 use crate::args::{DataOpts, ModelOpts};
-use crate::commands::{bad, data_dir, network, open_model, parse_dataset};
+use crate::commands::{bad, data_dir, network, open_model_for_data, parse_dataset};
 use crate::output::{print_json, Table};
 
 /// `shears analyze lsa` arguments.
@@ -162,7 +162,7 @@ pub fn run(a: LsaArgs) -> Result<()> {
     } else {
         Verbosity::Normal
     };
-    let model = open_model(&a.model)?;
+    let model = open_model_for_data(&a.model)?;
     let target = match &a.target {
         Some(name) => find_node(&model.graph, name).map_err(|e| bad(e.to_string()))?,
         None => classifier_input(&model.graph).map_err(|e| bad(e.to_string()))?,

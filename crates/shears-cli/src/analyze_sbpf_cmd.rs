@@ -24,7 +24,7 @@ use shears_ir::{Graph, Weights};
 
 use crate::analyze_sweep_cmd::{eval_set, uptime, SubsetOpts};
 use crate::args::{MacsBudgetOpts, ModelOpts};
-use crate::commands::{bad, data_dir, open_model, parse_arch, parse_dataset};
+use crate::commands::{bad, data_dir, open_model, open_model_for_data, parse_arch, parse_dataset};
 use crate::output::{print_json, Table};
 
 /// `shears analyze sbpf` arguments.
@@ -129,7 +129,7 @@ fn budget_of(a: &SbpfArgs) -> Result<Option<Budget>> {
 
 /// Run `shears analyze sbpf`.
 pub fn run(a: SbpfArgs) -> Result<()> {
-    let model = open_model(&a.model)?;
+    let model = open_model_for_data(&a.model)?;
     let damage: Damage = a
         .damage
         .parse()
@@ -199,6 +199,7 @@ pub fn run(a: SbpfArgs) -> Result<()> {
         let other = open_model(&ModelOpts {
             model: path.clone(),
             arch: arch.map(str::to_string),
+            ..Default::default()
         })?;
         if let Some(s) = arch {
             parse_arch(s)?;
@@ -306,6 +307,7 @@ pub fn run(a: SbpfArgs) -> Result<()> {
             graph: res.graph,
             weights: res.weights,
             preprocess: model.preprocess.clone(),
+            preprocess_origin: model.preprocess_origin,
             arch: None,
             metadata: model.metadata.clone(),
             report: Default::default(),

@@ -16,7 +16,7 @@ use shears::prune::{Criterion, DepGraph, FoldMode, Reduction};
 use shears_data::Split;
 
 use crate::args::{DataOpts, MacsBudgetOpts, ModelOpts};
-use crate::commands::{bad, data_dir, open_model, parse_dataset};
+use crate::commands::{bad, data_dir, open_model_for_data, parse_dataset};
 use crate::output::{print_json, Table};
 
 /// `shears analyze sweep` arguments.
@@ -138,7 +138,7 @@ pub(crate) fn eval_set(o: &SubsetOpts, model: &shears::model::Model) -> Result<E
 
 /// Run `shears analyze sweep`.
 pub fn run(a: SweepArgs) -> Result<()> {
-    let model = open_model(&a.model)?;
+    let model = open_model_for_data(&a.model)?;
     let criterion: Criterion = a.criterion.parse().map_err(|e| bad(format!("{e}")))?;
     for &r in &a.ratios {
         if !(r > 0.0 && r < 1.0) {

@@ -23,14 +23,72 @@ pub struct DataOpts {
 }
 
 /// Options shared by commands that load a model.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct ModelOpts {
-    /// Model file: .safetensors (with or without an embedded graph), .th/.pth/.pt (PyTorch).
+    /// Model file: .safetensors (with or without an embedded graph), .onnx, .th/.pth/.pt
+    /// (PyTorch).
     #[arg(value_name = "MODEL")]
     pub model: PathBuf,
     /// Zoo architecture of the file when it carries no graph (e.g. resnet56, lenet5, vgg16).
     #[arg(long, value_name = "NAME")]
     pub arch: Option<String>,
+    /// Per-sample input shape, for an ONNX model whose input dims are symbolic (as
+    /// `torch.onnx.export(dynamic_axes=...)` writes); the batch dim may stay symbolic.
+    #[arg(long, value_name = "C,H,W", value_delimiter = ',')]
+    pub input_shape: Option<Vec<usize>>,
+    #[command(flatten)]
+    /// Input preprocessing.
+    pub preprocess: PreprocessOpts,
+}
+
+/// Input preprocessing, `x[c] = (pixel * scale - mean[c]) / std[c]`, for commands that feed
+/// images to a model. Each flag overrides the model file's `shears.preprocess` metadata, which
+/// overrides its zoo architecture's; with none of them the default is scale 1/255 and the
+/// ImageNet mean and std (what torchvision models expect), and a note on stderr says so.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PreprocessOpts {
+    /// Per-channel means subtracted after scaling: comma-separated, one per input channel, or
+    /// one value for all channels (e.g. 0.485,0.456,0.406).
+    #[arg(
+        long,
+        value_name = "M,...",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviations divided by after the mean: comma-separated or one
+    /// value (e.g. 0.229,0.224,0.225); finite and non-zero.
+    #[arg(long, value_name = "S,...", value_delimiter = ',')]
+    pub std: Option<Vec<f32>>,
+    /// Factor on raw pixel values (0..255) before the mean: 1/255 or 0.00392 maps them to
+    /// 0..1, 1 keeps them raw.
+    #[arg(long, value_name = "F", value_parser = parse_scale, allow_hyphen_values = true)]
+    pub scale: Option<f32>,
+}
+
+impl PreprocessOpts {
+    /// The library's form of these flags.
+    pub fn to_override(&self) -> shears::model::PreprocessOverride {
+        shears::model::PreprocessOverride {
+            scale: self.scale,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
+    }
+}
+
+/// `--scale`: a number or a fraction `A/B`.
+fn parse_scale(s: &str) -> Result<f32, String> {
+    let num = |t: &str| {
+        t.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{s:?} is not a number or a fraction like 1/255"))
+    };
+    let v = match s.split_once('/') {
+        Some((a, b)) => num(a)? / num(b)?,
+        None => num(s)?,
+    };
+    Ok(v as f32)
 }
 
 /// The subcommands.
@@ -59,6 +117,9 @@ pub enum Command {
     Prune(PruneArgs),
     /// Write a model as ONNX (--onnx) and/or as self-describing safetensors (--safetensors).
     Export(ExportArgs),
+    /// Run a model on your own tensor: --input X.npy (NCHW, already preprocessed unless
+    /// --preprocess), --output Y.npy (the model's output, f32).
+    Run(RunArgs),
     /// Sensitivity analysis: LSA feature study, SBPF damage-based layer sensitiveness, sweeps.
     Analyze(AnalyzeArgs),
     /// Recover a pruned model's accuracy: BN recalibration, CASM reconstruction, fine-tuning.
@@ -305,6 +366,9 @@ pub struct TrainArgs {
     /// Start from these weights instead of a fresh initialisation.
     #[arg(long, value_name = "MODEL")]
     pub init: Option<PathBuf>,
+    #[command(flatten)]
+    /// Input preprocessing (saved with the model).
+    pub preprocess: PreprocessOpts,
     /// VGG classifier when training a VGG from scratch (--arch vgg11/13/16/19, no --init):
     /// `cifar` (one Linear, the default) or `imagenet` (torchvision's Linear-ReLU-Dropout x2
     /// then Linear, 4096 wide).
@@ -650,6 +714,35 @@ pub struct PruneArgs {
     pub json: bool,
 }
 
+/// `shears run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelOpts,
+    /// Input tensor (.npy: <f4, <f8, <f2 or |u1, C order) of shape [N, C, H, W], or [C, H, W]
+    /// for one sample: NCHW as the model's input expects, already preprocessed unless
+    /// --preprocess is given.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Where to write the model's output tensor (.npy, <f4, batch axis first), atomically.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The input holds raw pixels: apply the model's preprocessing first (--scale, --mean,
+    /// --std, else the file's, else the default).
+    #[arg(long)]
+    pub preprocess: bool,
+    /// Samples per forward pass.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub batch: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object (shapes, time) instead of a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `shears export`.
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("target").args(["onnx", "safetensors"]).multiple(true).required(true)))]
@@ -657,7 +750,8 @@ pub struct ExportArgs {
     #[command(flatten)]
     /// The model.
     pub model: ModelOpts,
-    /// Write ONNX here (opset and ops as the io crate's exporter writes them).
+    /// Write ONNX here (opset and ops as the io crate's exporter writes them; preprocessing,
+    /// architecture and dataset go into its metadata_props).
     #[arg(long, value_name = "FILE")]
     pub onnx: Option<PathBuf>,
     /// Fix the batch size in the ONNX input and output shapes (default: a symbolic batch `N`).

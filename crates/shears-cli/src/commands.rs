@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde_json::json;
 use shears::eval::{evaluate, EvalConfig};
-use shears::model::{load_model, save_model, Model};
+use shears::model::{load_model_with, save_model, Model, ModelLoadOptions};
 use shears::progress::Verbosity;
 use shears::train::{train, CheckpointConfig, TrainConfig};
 use shears::zoo::Arch;
@@ -76,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench(a),
         Command::Prune(a) => crate::prune_cmd::run(a),
         Command::Export(a) => crate::export_cmd::run(a),
+        Command::Run(a) => crate::run_cmd::run(a),
         Command::Analyze(a) => match a.command {
             AnalyzeCommand::Lsa(a) => crate::analyze_lsa_cmd::run(a),
             AnalyzeCommand::Sbpf(a) => crate::analyze_sbpf_cmd::run(a),
@@ -113,17 +114,71 @@ pub(crate) fn data_dir(opts: &DataOpts) -> PathBuf {
     PathBuf::from("data")
 }
 
-/// Loads a model file, or builds a zoo architecture with fresh weights for `zoo:NAME`.
+/// Loads a model file, or builds a zoo architecture with fresh weights for `zoo:NAME`, with
+/// the preprocessing flags applied over the model's own.
 pub(crate) fn open_model(opts: &ModelOpts) -> Result<Model> {
     let arch = opts.arch.as_deref().map(parse_arch).transpose()?;
+    let values = opts.preprocess.to_override();
     if let Some(name) = opts.model.to_str().and_then(|s| s.strip_prefix("zoo:")) {
         let arch = parse_arch(name)?;
-        return Ok(Model::fresh(arch, &arch.default_config(), 0)?);
+        let mut model = Model::fresh(arch, &arch.default_config(), 0)?;
+        model.override_preprocess(&values)?;
+        return Ok(model);
     }
     if !opts.model.exists() {
         return Err(bad(format!("{}: no such file", opts.model.display())));
     }
-    Ok(load_model(&opts.model, arch)?)
+    let load = ModelLoadOptions {
+        arch,
+        preprocess: values,
+        input_shape: opts.input_shape.clone(),
+    };
+    Ok(load_model_with(&opts.model, &load)?)
+}
+
+/// [`open_model`] for a command that feeds data to the model: also says on stderr when the
+/// preprocessing is a guess ([`note_default_preprocess`]).
+pub(crate) fn open_model_for_data(opts: &ModelOpts) -> Result<Model> {
+    let model = open_model(opts)?;
+    note_default_preprocess(&opts.model, &model);
+    Ok(model)
+}
+
+/// One line on stderr naming the default preprocessing values in use, if any, and the flags
+/// that change them.
+pub(crate) fn note_default_preprocess(path: &Path, model: &Model) {
+    let fields = model.preprocess_origin.defaulted();
+    if fields.is_empty() {
+        return;
+    }
+    let p = &model.preprocess;
+    let list = |v: &[f32]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let values: Vec<String> = fields
+        .iter()
+        .map(|&f| match f {
+            "scale" if (p.scale - 1.0 / 255.0).abs() < 1e-9 => "scale 1/255".to_string(),
+            "scale" => format!("scale {}", p.scale),
+            "mean" => format!("mean {}", list(&p.mean)),
+            _ => format!("std {}", list(&p.std)),
+        })
+        .collect();
+    let flags: Vec<String> = fields.iter().map(|f| format!("--{f}")).collect();
+    let why = match model.input_channels() {
+        None | Some(3) => "the ImageNet statistics torchvision models expect",
+        Some(_) => "pixels scaled to 0..1",
+    };
+    eprintln!(
+        "note: {} names no input preprocessing; using the default {} ({why}); set {} to \
+         change it",
+        path.display(),
+        values.join(", "),
+        flags.join(", ")
+    );
 }
 
 pub(crate) fn network(model: &Model, threads: Option<usize>) -> Result<Network> {
@@ -144,6 +199,7 @@ fn info(a: InfoArgs) -> Result<()> {
             "arch": model.arch.map(|x| x.to_string()),
             "summary": s,
             "preprocess": model.preprocess,
+            "preprocess_origin": model.preprocess_origin,
             "load_report": model.report.summary(),
         }));
         return Ok(());
@@ -187,7 +243,7 @@ fn info(a: InfoArgs) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let model = open_model(&a.model)?;
+    let model = open_model_for_data(&a.model)?;
     let name = parse_dataset(&a.data)?;
     let dir = data_dir(&a.data_opts);
     let split = if a.train_split {
@@ -267,9 +323,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         ));
     }
     let mut model = match (&a.init, arch) {
-        (Some(p), arch) => open_model(&ModelOpts {
+        (Some(p), arch) => open_model_for_data(&ModelOpts {
             model: p.clone(),
             arch: arch.map(|x| x.to_string()),
+            preprocess: a.preprocess.clone(),
+            ..Default::default()
         })?,
         (None, Some(arch)) => {
             let mut cfg = arch.default_config();
@@ -285,7 +343,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
                 Some(VggHeadArg::Imagenet) => cfg.vgg_head = shears::zoo::VggHead::ImageNet,
                 Some(VggHeadArg::Cifar) | None => cfg.vgg_head = shears::zoo::VggHead::Cifar,
             }
-            Model::fresh(arch, &cfg, a.seed)?
+            let mut model = Model::fresh(arch, &cfg, a.seed)?;
+            model.override_preprocess(&a.preprocess.to_override())?;
+            model
         }
         (None, None) => {
             return Err(bad(

@@ -125,6 +125,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             open_model(&ModelOpts {
                 model: p.clone(),
                 arch: Some(arch.to_string()),
+                ..Default::default()
             })?,
             p.display().to_string(),
             0,

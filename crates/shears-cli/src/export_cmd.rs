@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use shears::model::save_model;
+use shears::model::{
+    model_metadata, save_model, META_ARCH, META_DATASET, META_PREPROCESS, META_PREPROCESS_DEFAULTED,
+};
 use shears_io::{export_onnx, OnnxExportOptions};
 
 use crate::args::ExportArgs;
@@ -22,7 +24,16 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let model = open_model(&a.model)?;
     let mut written = Vec::new();
     if let Some(path) = &a.onnx {
-        let mut opts = OnnxExportOptions::new();
+        // What a runtime user needs to feed the model, not the pruning and training records.
+        let keep = [
+            META_PREPROCESS,
+            META_PREPROCESS_DEFAULTED,
+            META_ARCH,
+            META_DATASET,
+        ];
+        let mut meta = model_metadata(&model);
+        meta.retain(|k, _| keep.contains(&k.as_str()));
+        let mut opts = OnnxExportOptions::new().with_metadata(meta);
         if let Some(b) = a.batch {
             opts = opts.with_batch(b);
         }

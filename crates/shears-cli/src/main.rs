@@ -16,6 +16,7 @@ mod export_cmd;
 mod output;
 mod prune_cmd;
 mod recover_cmd;
+mod run_cmd;
 
 use std::process::ExitCode;
 

@@ -272,6 +272,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
         return Err(bad("--latency-iters 0: measure at least one run"));
     }
     let model = open_model(&a.model)?;
+    if a.data.is_some() || matches!(a.criterion, Some(CriterionArg::Taylor | CriterionArg::Lsa)) {
+        crate::commands::note_default_preprocess(&a.model.model, &model);
+    }
     let graph = &model.graph;
     if graph.inputs().len() != 1 || graph.outputs().len() != 1 {
         return Err(bad(format!(
@@ -429,6 +432,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         graph: pruned.graph.clone(),
         weights: pruned.weights.clone(),
         preprocess: model.preprocess.clone(),
+        preprocess_origin: model.preprocess_origin,
         arch: model.arch,
         metadata: model.metadata.clone(),
         report: Default::default(),
@@ -851,6 +855,7 @@ fn from_skeleton(a: &PruneArgs, model: &Model) -> Result<()> {
         graph: pr.graph.clone(),
         weights: pr.weights.clone(),
         preprocess: model.preprocess.clone(),
+        preprocess_origin: model.preprocess_origin,
         arch: model.arch,
         metadata: meta,
         report: Default::default(),

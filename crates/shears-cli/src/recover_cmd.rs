@@ -25,7 +25,7 @@ use shears_data::{Dataset, DatasetName, Split};
 use shears_engine::{DistillConfig, Network};
 
 use crate::args::{DataOpts, ModelOpts, OptimOpts};
-use crate::commands::{bad, data_dir, network, open_model, parse_dataset};
+use crate::commands::{bad, data_dir, network, open_model, open_model_for_data, parse_dataset};
 use crate::output::{print_json, thousands};
 
 /// Metadata key of the recovery history of a model.
@@ -41,6 +41,9 @@ pub struct CommonOpts {
     /// Zoo architecture of PRUNED when the file carries no graph.
     #[arg(long, value_name = "NAME")]
     pub arch: Option<String>,
+    #[command(flatten)]
+    /// Input preprocessing (saved with the recovered model).
+    pub preprocess: crate::args::PreprocessOpts,
     /// Dataset: mnist, fashion-mnist, cifar10, cifar100 (default: the one recorded in PRUNED).
     #[arg(long, value_name = "NAME")]
     pub data: Option<String>,
@@ -216,9 +219,11 @@ struct Setup {
 }
 
 fn setup(c: &CommonOpts) -> Result<Setup> {
-    let model = open_model(&ModelOpts {
+    let model = open_model_for_data(&ModelOpts {
         model: c.pruned.clone(),
         arch: c.arch.clone(),
+        preprocess: c.preprocess.clone(),
+        ..Default::default()
     })?;
     let data = match (&c.data, model.metadata.get(META_DATASET)) {
         (Some(d), _) => d.clone(),
@@ -430,6 +435,7 @@ pub fn run_casm(a: CasmArgs) -> Result<()> {
     let orig = open_model(&ModelOpts {
         model: a.original.clone(),
         arch: a.original_arch.clone().or_else(|| c.arch.clone()),
+        ..Default::default()
     })?;
     if orig.graph.inputs().len() != 1
         || s.model.graph.shape(s.model.graph.inputs()[0])
@@ -564,6 +570,7 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
             let t = open_model(&ModelOpts {
                 model: p.clone(),
                 arch: a.teacher_arch.clone(),
+                ..Default::default()
             })?;
             if t.graph.outputs().len() != 1
                 || t.graph.shape(t.graph.outputs()[0])

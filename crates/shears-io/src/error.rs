@@ -72,6 +72,21 @@ pub enum IoError {
         /// The IR's complaint.
         source: shears_ir::IrError,
     },
+    /// An ONNX graph input whose per-sample dims are symbolic or unknown (as
+    /// `torch.onnx.export(dynamic_axes=...)` writes for H and W) and no input shape was given.
+    #[error(
+        "{}: graph input {input:?} has dims {dims}, with symbolic or unknown sizes besides the \
+         batch; give the per-sample shape with --input-shape C,H,W",
+        path.display()
+    )]
+    UnknownInputShape {
+        /// The file.
+        path: PathBuf,
+        /// The graph input.
+        input: String,
+        /// Its dims as the file spells them (`[N, 3, H, W]`).
+        dims: String,
+    },
     /// A valid file that uses a feature this crate does not implement.
     #[error("{}: {what}", path.display())]
     Unsupported {

@@ -59,6 +59,7 @@
 
 mod error;
 mod model;
+mod npy;
 pub mod onnx;
 mod pickle;
 mod pytorch;
@@ -67,7 +68,11 @@ mod report;
 mod safetensors;
 
 pub use error::IoError;
-pub use model::{load, save_model, Format, LoadedModel, FORMAT_KEY, FORMAT_VERSION, GRAPH_KEY};
+pub use model::{
+    load, load_with, save_model, Format, LoadOptions, LoadedModel, FORMAT_KEY, FORMAT_VERSION,
+    GRAPH_KEY,
+};
+pub use npy::{npy_bytes, read_npy, read_npy_bytes, write_npy};
 pub use onnx::{export_onnx, import_onnx, OnnxExportOptions};
 pub use pytorch::{read_pytorch, read_pytorch_bytes, PthCheckpoint, PthOptions};
 pub use remap::{Remap, RemapRule};

@@ -100,12 +100,27 @@ pub struct LoadedModel {
     pub format: Format,
 }
 
+/// Options of [`load_with`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The per-sample input shape (e.g. `[3, 224, 224]`) for an ONNX model whose input has
+    /// symbolic or unknown dims besides the batch; it must agree with the dims the file
+    /// fixes. Default `None`: such a model is [`IoError::UnknownInputShape`]. Other formats
+    /// ignore it (their graph, if any, fixes the shape).
+    pub input_shape: Option<Vec<usize>>,
+}
+
 /// Loads weights, and the graph when the file embeds one, from any supported format.
 ///
 /// A self-describing model is checked strictly against its own graph, so a `LoadedModel` with
 /// a graph always has exactly the weights that graph needs. An ONNX model is converted by
 /// [`crate::onnx::import_onnx`]; its metadata holds the file's `metadata_props`.
 pub fn load(path: &Path) -> Result<LoadedModel, IoError> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// [`load`] with options (the input shape of an ONNX model with dynamic dims).
+pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, IoError> {
     let format = Format::infer(path)?;
     match format {
         Format::SafeTensors => {
@@ -155,7 +170,7 @@ pub fn load(path: &Path) -> Result<LoadedModel, IoError> {
                 format,
             })
         }
-        Format::Onnx => crate::onnx::load(path),
+        Format::Onnx => crate::onnx::load(path, opts.input_shape.as_deref()),
     }
 }
 

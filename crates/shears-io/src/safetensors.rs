@@ -391,7 +391,9 @@ pub fn write_safetensors(
     })
 }
 
-fn write_atomic(
+/// Writes `path` atomically: `body` writes to `<path>.tmp-<pid>` in the same directory, which
+/// is fsynced and renamed over `path`; on error the temporary file is removed.
+pub(crate) fn write_atomic(
     path: &Path,
     body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> Result<(), IoError> {

@@ -6,7 +6,7 @@
 //! shortcut: `Slice` + `Pad`). The graph JSON goes into `metadata_props` under
 //! [`GRAPH_KEY`] so that an import restores names and op details exactly.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,9 @@ pub struct OnnxExportOptions {
     /// Whether to embed the shears graph JSON in `metadata_props` under `shears.graph`
     /// (default true), which lets an import restore node names exactly.
     pub embed_graph: bool,
+    /// Extra `metadata_props` entries (e.g. `shears.preprocess`), written in key order;
+    /// default none. A `shears.graph` entry here is ignored (see `embed_graph`).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl Default for OnnxExportOptions {
@@ -46,6 +49,7 @@ impl Default for OnnxExportOptions {
         OnnxExportOptions {
             batch: None,
             embed_graph: true,
+            metadata: BTreeMap::new(),
         }
     }
 }
@@ -59,6 +63,12 @@ impl OnnxExportOptions {
     /// Fixes the batch size.
     pub fn with_batch(mut self, batch: usize) -> Self {
         self.batch = Some(batch);
+        self
+    }
+
+    /// Adds these entries to the file's `metadata_props`.
+    pub fn with_metadata(mut self, metadata: BTreeMap<String, String>) -> Self {
+        self.metadata = metadata;
         self
     }
 
@@ -284,6 +294,16 @@ fn encode(
         metadata_props.push(StringStringEntryProto {
             key: Some(GRAPH_KEY.to_string()),
             value: Some(graph.to_json()),
+        });
+    }
+    for (k, v) in opts
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != GRAPH_KEY)
+    {
+        metadata_props.push(StringStringEntryProto {
+            key: Some(k.clone()),
+            value: Some(v.clone()),
         });
     }
     let model = ModelProto {

@@ -38,23 +38,24 @@ use crate::IoError;
 /// [`IoError::Unsupported`] naming the op and node. Never panics on any input.
 pub fn import_onnx(path: &Path) -> Result<(Graph, Weights), IoError> {
     let bytes = std::fs::read(path).map_err(|e| IoError::io(path, e))?;
-    import(&bytes)
+    import(&bytes, None)
         .map(|m| (m.graph, m.weights))
         .map_err(|e| e.into_io(path))
 }
 
 /// [`import_onnx`] on bytes in memory; `origin` names them in errors.
 pub fn import_onnx_bytes(bytes: &[u8], origin: &str) -> Result<(Graph, Weights), IoError> {
-    import(bytes)
+    import(bytes, None)
         .map(|m| (m.graph, m.weights))
         .map_err(|e| e.into_io(Path::new(origin)))
 }
 
-/// The ONNX side of [`crate::load`]: the model with its metadata (`metadata_props` other than
-/// the embedded graph, plus `onnx.producer` when the file names one).
-pub(crate) fn load(path: &Path) -> Result<LoadedModel, IoError> {
+/// The ONNX side of [`crate::load_with`]: the model with its metadata (`metadata_props` other
+/// than the embedded graph, plus `onnx.producer` when the file names one). `input_shape` is
+/// the per-sample input shape for symbolic or unknown dims (see [`crate::LoadOptions`]).
+pub(crate) fn load(path: &Path, input_shape: Option<&[usize]>) -> Result<LoadedModel, IoError> {
     let bytes = std::fs::read(path).map_err(|e| IoError::io(path, e))?;
-    let m = import(&bytes).map_err(|e| e.into_io(path))?;
+    let m = import(&bytes, input_shape).map_err(|e| e.into_io(path))?;
     Ok(LoadedModel {
         graph: Some(m.graph),
         weights: m.weights,
@@ -70,9 +71,9 @@ struct Imported {
     metadata: BTreeMap<String, String>,
 }
 
-fn import(bytes: &[u8]) -> Result<Imported, ImportError> {
+fn import(bytes: &[u8], input_shape: Option<&[usize]>) -> Result<Imported, ImportError> {
     let parsed = parse(bytes)?;
-    let (ctx, outputs) = convert(parsed.graph, parsed.opset)?;
+    let (ctx, outputs) = convert(parsed.graph, parsed.opset, input_shape)?;
     let (graph, weights) = build(ctx, &outputs)?;
     let (graph, weights) = match &parsed.embedded {
         Some(json) => restore(graph, weights, json),
@@ -143,7 +144,15 @@ fn parse(bytes: &[u8]) -> Result<Parsed, ImportError> {
 }
 
 /// The per-sample dims and the batch size (if fixed) of a graph input.
-fn input_dims(v: &ValueInfoProto, name: &str) -> Result<(Vec<usize>, Option<usize>), ImportError> {
+///
+/// The batch axis may be symbolic. Other symbolic or unknown dims are taken from
+/// `input_shape` (the per-sample shape the caller gives, e.g. `[3, 224, 224]`), which must
+/// also agree with every fixed dim; without it they are [`ImportError::UnknownInputShape`].
+fn input_dims(
+    v: &ValueInfoProto,
+    name: &str,
+    input_shape: Option<&[usize]>,
+) -> Result<(Vec<usize>, Option<usize>), ImportError> {
     let unsupported = |msg: &str| ImportError::Unsupported(format!("graph input {name:?}: {msg}"));
     let t = v
         .r#type
@@ -166,15 +175,60 @@ fn input_dims(v: &ValueInfoProto, name: &str) -> Result<(Vec<usize>, Option<usiz
         .dim_value
         .and_then(|v| usize::try_from(v).ok())
         .filter(|&v| v > 0);
+    let shown = || {
+        let d: Vec<String> = dims
+            .iter()
+            .map(|d| match (d.dim_value, d.dim_param.as_deref()) {
+                (Some(v), _) => v.to_string(),
+                (None, Some(p)) if !p.is_empty() => p.to_string(),
+                _ => "?".to_string(),
+            })
+            .collect();
+        format!("[{}]", d.join(", "))
+    };
+    if let Some(given) = input_shape {
+        if given.len() != dims.len() - 1 {
+            return Err(unsupported(&format!(
+                "dims {} take {} per-sample sizes, the input shape given has {} ({given:?})",
+                shown(),
+                dims.len() - 1,
+                given.len()
+            )));
+        }
+    }
     let mut per_sample = Vec::with_capacity(dims.len() - 1);
-    for d in &dims[1..] {
-        let v = d
-            .dim_value
-            .and_then(|v| usize::try_from(v).ok())
-            .filter(|&v| v > 0 && v <= MAX_DIM)
-            .ok_or_else(|| {
-                unsupported("a non-batch dimension that is symbolic, unknown or out of range")
-            })?;
+    for (i, d) in dims[1..].iter().enumerate() {
+        let fixed = match d.dim_value {
+            Some(v) => Some(
+                usize::try_from(v)
+                    .ok()
+                    .filter(|&v| v > 0 && v <= MAX_DIM)
+                    .ok_or_else(|| unsupported(&format!("dimension {v} is out of range")))?,
+            ),
+            None => None,
+        };
+        let v = match (fixed, input_shape.map(|g| g[i])) {
+            (Some(f), Some(g)) if f != g => {
+                return Err(unsupported(&format!(
+                    "dims {}: the input shape given ({:?}) has {g} where the model fixes {f}",
+                    shown(),
+                    input_shape.unwrap_or_default()
+                )))
+            }
+            (Some(f), _) => f,
+            (None, Some(g)) if g > 0 && g <= MAX_DIM => g,
+            (None, Some(g)) => {
+                return Err(unsupported(&format!(
+                    "input shape size {g} is out of range"
+                )))
+            }
+            (None, None) => {
+                return Err(ImportError::UnknownInputShape {
+                    input: name.to_string(),
+                    dims: shown(),
+                })
+            }
+        };
         per_sample.push(v);
     }
     if bounded_numel(&per_sample).is_none() {
@@ -185,7 +239,11 @@ fn input_dims(v: &ValueInfoProto, name: &str) -> Result<(Vec<usize>, Option<usiz
 
 /// Phase 2: constants, inputs, then every node through its converter. Returns the context
 /// and the pending-node index of each graph output.
-fn convert(graph: GraphProto, opset: u64) -> Result<(Ctx, Vec<usize>), ImportError> {
+fn convert(
+    graph: GraphProto,
+    opset: u64,
+    input_shape: Option<&[usize]>,
+) -> Result<(Ctx, Vec<usize>), ImportError> {
     let mut values = HashMap::new();
     for t in graph.initializer {
         let t = decode(t)?;
@@ -211,7 +269,7 @@ fn convert(graph: GraphProto, opset: u64) -> Result<(Ctx, Vec<usize>), ImportErr
             // An initializer listed as an input too (IR < 4): it stays a constant.
             continue;
         }
-        let (dims, b) = input_dims(v, &name)?;
+        let (dims, b) = input_dims(v, &name, input_shape)?;
         batch = match (input_names.is_empty(), batch, b) {
             (true, _, b) => b,
             (false, Some(x), Some(y)) if x == y => Some(x),

@@ -89,6 +89,13 @@ pub(crate) enum ImportError {
     Corrupt(String),
     /// A valid model that shears cannot represent.
     Unsupported(String),
+    /// A graph input with symbolic or unknown per-sample dims and no input shape given.
+    UnknownInputShape {
+        /// The graph input.
+        input: String,
+        /// Its dims as the file spells them (`[N, 3, H, W]`).
+        dims: String,
+    },
 }
 
 impl ImportError {
@@ -96,6 +103,11 @@ impl ImportError {
         match self {
             ImportError::Corrupt(msg) => IoError::corrupt(path, msg),
             ImportError::Unsupported(what) => IoError::unsupported(path, what),
+            ImportError::UnknownInputShape { input, dims } => IoError::UnknownInputShape {
+                path: path.to_path_buf(),
+                input,
+                dims,
+            },
         }
     }
 }
