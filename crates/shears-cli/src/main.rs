@@ -16,6 +16,7 @@ mod export_cmd;
 mod output;
 mod prune_cmd;
 mod recover_cmd;
+mod runtime_opts;
 
 use std::process::ExitCode;
 
