@@ -595,7 +595,7 @@ pub enum FoldArg {
 #[derive(Args, Debug)]
 #[command(group(
     ArgGroup::new("amount")
-        .args(["ratio", "target_macs", "target_params", "speedup", "ratios_from"])
+        .args(["ratio", "target_macs", "target_params", "speedup", "ratios_from", "target_latency"])
         .multiple(false)
 ))]
 pub struct PruneArgs {
@@ -693,10 +693,13 @@ pub struct PruneArgs {
     /// LSA: training images whose sensitivities are aggregated.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub lsa_images: usize,
-    /// Timed runs per latency measurement at batch 64 (5x as many at batch 1), after warm-up;
-    /// the median is reported.
-    #[arg(long, value_name = "N", default_value_t = 20)]
-    pub latency_iters: usize,
+    /// At most N timed runs per model and batch size (default: as many as --latency-budget
+    /// allows).
+    #[arg(long, value_name = "N")]
+    pub latency_iters: Option<usize>,
+    #[command(flatten)]
+    /// Where latency is measured: runtime, library, budget, batch.
+    pub runtime: crate::runtime_opts::RuntimeOpts,
     /// Skip the latency measurements.
     #[arg(long)]
     pub no_latency: bool,

@@ -57,6 +57,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(se) = cause.downcast_ref::<shears::Error>() {
             return match se {
                 shears::Error::Engine(_) => 1,
+                shears::Error::Runtime(r) if !r.is_bad_input() => 1,
                 shears::Error::Prune(pe) => prune_exit_code(pe),
                 _ => 2,
             };

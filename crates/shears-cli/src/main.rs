@@ -17,6 +17,7 @@ mod output;
 mod prune_cmd;
 mod recover_cmd;
 mod run_cmd;
+mod runtime_opts;
 
 use std::process::ExitCode;
 

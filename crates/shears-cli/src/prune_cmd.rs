@@ -3,7 +3,8 @@
 //! `prune` turns its arguments into a [`shears::prune::AllocConfig`] (or reads a plan), calls
 //! the library to score, allocate and cut, then verifies, evaluates, measures and saves. Every
 //! number it prints comes from the library: costs from the graphs, latency from
-//! [`shears::report::compare_latency`] (before and after in alternating warm blocks), accuracy from [`shears::eval::evaluate`].
+//! [`shears::runtime::compare`] (before and after in alternating warm blocks under a time
+//! budget, in shears' engine or ONNX Runtime), accuracy from [`shears::eval::evaluate`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -20,7 +21,8 @@ use shears::prune::{
     self, input_batch, taylor_grads, verify, AllocConfig, Criterion, DepGraph, FoldMode,
     GradConfig, Plan, Reduction, ScoreContext, Strategy, Verification, VERIFY_TOLERANCE,
 };
-use shears::report::{compare_latency, random_inputs, summarize, Latency, LATENCY_BLOCK};
+use shears::report::{random_inputs, summarize, Latency};
+use shears::runtime::{self as rt, Budget, Runtime, RuntimeKind};
 use shears_data::{Dataset, Split};
 use shears_ir::Graph;
 
@@ -137,6 +139,11 @@ fn alloc_config(a: &PruneArgs, graph: &Graph) -> Result<AllocConfig> {
         }
         Strategy::TargetMacs {
             keep_fraction: 1.0 / x,
+        }
+    } else if a.runtime.target_latency.is_some() {
+        // Replaced by the latency allocation once the groups are scored.
+        Strategy::PerGroup {
+            ratios: BTreeMap::new(),
         }
     } else if let Some(path) = &a.ratios_from {
         let text = std::fs::read_to_string(path)
@@ -268,9 +275,10 @@ pub fn run(a: PruneArgs) -> Result<()> {
             "--verify-images 0: verification needs at least one image",
         ));
     }
-    if a.latency_iters == 0 {
+    if a.latency_iters == Some(0) {
         return Err(bad("--latency-iters 0: measure at least one run"));
     }
+    let budget = a.runtime.budget(a.latency_iters)?;
     let model = open_model(&a.model)?;
     if a.data.is_some() || matches!(a.criterion, Some(CriterionArg::Taylor | CriterionArg::Lsa)) {
         crate::commands::note_default_preprocess(&a.model.model, &model);
@@ -288,6 +296,15 @@ pub fn run(a: PruneArgs) -> Result<()> {
     if a.from_skeleton {
         return from_skeleton(&a, &model);
     }
+    // Opened first, so that a missing runtime fails before any work.
+    let target_latency = a.runtime.target_latency()?;
+    let runtime = if a.no_latency && target_latency.is_none() {
+        None
+    } else {
+        Some(a.runtime.open(a.threads)?)
+    };
+    let mut latency_alloc: Option<LatencyTarget> = None;
+    let mut guard_note: Option<String> = None;
     let dataset = a.data.as_deref().map(parse_dataset).transpose()?;
     let dir = data_dir(&a.data_opts);
     let test_set: Option<Dataset> = match dataset {
@@ -314,7 +331,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
             a.criterion
                 .expect("clap requires --criterion without --plan-in"),
         );
-        let cfg = alloc_config(&a, graph)?;
+        let mut cfg = alloc_config(&a, graph)?;
         let reduction = match a.reduction {
             ReductionArg::Mean => Reduction::Mean,
             ReductionArg::Sum => Reduction::Sum,
@@ -386,7 +403,33 @@ pub fn run(a: PruneArgs) -> Result<()> {
             ctx = ctx.with_grads(g);
         }
         let t = Instant::now();
-        let plan = prune::plan_with(&ctx, &dg, criterion.as_ref(), &cfg)?;
+        if let (Some(keep), Some(rt)) = (target_latency, &runtime) {
+            let (strategy, target) =
+                latency_target(&a, rt, &ctx, &dg, criterion.as_ref(), keep, &say)?;
+            cfg.strategy = strategy;
+            latency_alloc = Some(target);
+        }
+        let mut plan = prune::plan_with(&ctx, &dg, criterion.as_ref(), &cfg)?;
+        let target = matches!(
+            cfg.strategy,
+            Strategy::TargetMacs { .. } | Strategy::TargetParams { .. }
+        );
+        if let Some(rt) = runtime
+            .as_ref()
+            .filter(|r| target && r.kind() == RuntimeKind::OnnxRuntime)
+        {
+            let g = Guard {
+                runtime: rt,
+                ctx: &ctx,
+                dg: &dg,
+                criterion: criterion.as_ref(),
+                batches: [1, a.runtime.latency_batch],
+                budget: &budget,
+            };
+            let (p, note) = g.never_slower(plan, &cfg, &say)?;
+            plan = p;
+            guard_note = note;
+        }
         (plan, t.elapsed().as_secs_f64(), Some(cfg))
     };
     if let Some(ws) = plan.config.get("warnings").and_then(Value::as_array) {
@@ -471,25 +514,21 @@ pub fn run(a: PruneArgs) -> Result<()> {
         None => None,
     };
 
-    // Latency, before and after back to back at each batch size.
-    let latency: Vec<LatencyPair> = if a.no_latency {
-        Vec::new()
-    } else {
-        let mut v = Vec::new();
-        for (batch, iters) in [(1usize, 5 * a.latency_iters), (64, a.latency_iters)] {
-            say(&format!("latency: batch {batch}, {iters} runs each"));
-            let (before, after) =
-                compare_latency(&mut before_net, &mut after_net, batch, 3, iters)?;
-            v.push(LatencyPair {
-                batch,
-                speedup: ratio(before.median_ms, after.median_ms),
-                before,
-                after,
-            });
-        }
-        v
+    // Latency, before and after in alternating blocks at each batch size.
+    let latency: Vec<LatencyPair> = match &runtime {
+        None => Vec::new(),
+        Some(r) => latency_pairs(
+            r,
+            (graph, &model.weights),
+            (&pruned.graph, &pruned.weights),
+            &[1, a.runtime.latency_batch],
+            &budget,
+            &say,
+        )?,
     };
-    let threads = before_net.num_threads();
+    let threads = runtime
+        .as_ref()
+        .map_or_else(|| before_net.num_threads(), Runtime::threads);
 
     // Save the pruned model, self-describing.
     let mut out_model = after_model;
@@ -560,6 +599,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
                      "reduction": ratio(before.macs as f64, after.macs as f64)},
             "layers": layer_costs(graph, &pruned.graph),
             "latency": latency,
+            "runtime": runtime.as_ref().map(runtime_json),
+            "latency_target": latency_alloc,
+            "latency_guard": guard_note,
             "threads": threads,
             "timing": {
                 "taylor_grads_s": grad_seconds,
@@ -649,13 +691,34 @@ pub fn run(a: PruneArgs) -> Result<()> {
         ]);
     }
     print!("{}", t.render());
-    if !latency.is_empty() {
+    if let Some(r) = runtime.as_ref().filter(|_| !latency.is_empty()) {
+        let runs: Vec<String> = latency
+            .iter()
+            .map(|l| format!("{} (batch {})", l.before.iters, l.batch))
+            .collect();
         println!(
-            "latency: median of {} (batch 1) and {} (batch 64) timed runs after 3 warm-up runs, \
-             before and after in alternating blocks of {LATENCY_BLOCK} (each warmed by one \
-             untimed run), {threads} threads",
-            5 * a.latency_iters,
-            a.latency_iters
+            "latency: {} {}, {threads} threads; median of {} timed runs ({} s budget per model \
+             and batch) after {} warm-up runs, before and after in alternating blocks (each \
+             warmed by one untimed run)",
+            r.kind(),
+            r.version(),
+            runs.join(" and "),
+            budget.seconds,
+            budget.warmup
+        );
+    }
+    if let Some(n) = &guard_note {
+        println!("latency guard: {n}");
+    }
+    if let Some(t) = &latency_alloc {
+        println!(
+            "latency target: keep {} of the latency at batch {}; the tables ({} layer shapes, {}) \
+             predict {:.4}",
+            t.keep,
+            t.batch,
+            t.layer_shapes,
+            t.cache.display(),
+            t.allocation.predicted_fraction()
         );
     }
     if let Some(acc) = &accuracy {
@@ -695,6 +758,183 @@ pub fn run(a: PruneArgs) -> Result<()> {
     }
     println!("wrote {}", a.output.display());
     Ok(())
+}
+
+/// MLAS (ONNX Runtime's CPU kernels) blocks channels by up to 16.
+const ORT_CHANNEL_BLOCK: usize = 16;
+
+/// The "never slower than the original" guard of MACs and parameter targets in ONNX Runtime.
+struct Guard<'a> {
+    runtime: &'a Runtime,
+    ctx: &'a ScoreContext<'a>,
+    dg: &'a DepGraph,
+    criterion: &'a dyn prune::Importance,
+    batches: [usize; 2],
+    budget: &'a Budget,
+}
+
+impl Guard<'_> {
+    /// The batch at which `plan`'s model is slower than the original, with its speed-up.
+    fn slower(&self, plan: &Plan) -> Result<Option<(usize, f64)>> {
+        let (g, w) = (self.ctx.graph, self.ctx.weights);
+        let p = prune::prune(g, w, plan)?;
+        let mut before = self.runtime.prepare(g, w)?;
+        let mut after = self.runtime.prepare(&p.graph, &p.weights)?;
+        for &batch in &self.batches {
+            let (b, a) = rt::compare(&mut before, &mut after, g, batch, self.budget)?;
+            if a.median_ms > b.median_ms {
+                return Ok(Some((batch, b.median_ms / a.median_ms)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `plan` if its model is not slower than the original at any batch; else the plan with
+    /// kept widths rounded up to multiples of 8, then of [`ORT_CHANNEL_BLOCK`] (solved for the
+    /// same target), the first that is not; else the empty plan (the original model). The note
+    /// says which, with the measured speed-ups.
+    fn never_slower(
+        &self,
+        plan: Plan,
+        cfg: &AllocConfig,
+        say: &dyn Fn(&str),
+    ) -> Result<(Plan, Option<String>)> {
+        say("latency guard: is the pruned model slower than the original in onnxruntime?");
+        let Some((b1, s1)) = self.slower(&plan)? else {
+            return Ok((plan, None));
+        };
+        let mut note = format!("the plan ran {s1:.2}x at batch {b1} (slower than the original)");
+        for q in [ORT_CHANNEL_BLOCK / 2, ORT_CHANNEL_BLOCK] {
+            if cfg.round_to.is_some_and(|r| r >= q) {
+                continue;
+            }
+            let rounded = AllocConfig {
+                round_to: Some(q),
+                ..cfg.clone()
+            };
+            let p2 = match prune::plan_with(self.ctx, self.dg, self.criterion, &rounded) {
+                Ok(p) => p,
+                Err(e @ prune::PruneError::Unreachable { .. }) => {
+                    note.push_str(&format!("; rounded to multiples of {q}: {e}"));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            say(&format!(
+                "latency guard: re-solved with widths rounded to {q}"
+            ));
+            match self.slower(&p2)? {
+                None => {
+                    note.push_str(&format!(
+                        "; re-solved with kept widths rounded up to multiples of {q}: not slower"
+                    ));
+                    return Ok((p2, Some(note)));
+                }
+                Some((b2, s2)) => note.push_str(&format!(
+                    "; rounded to multiples of {q} it ran {s2:.2}x at batch {b2}"
+                )),
+            }
+        }
+        let mut empty = Plan::empty(self.ctx.graph);
+        empty.criterion = plan.criterion.clone();
+        empty.fold = plan.fold;
+        note.push_str("; kept the original model (nothing pruned)");
+        Ok((empty, Some(note)))
+    }
+}
+
+/// What `--target-latency` decided, for the report.
+#[derive(Serialize)]
+struct LatencyTarget {
+    /// Fraction of the latency asked to be kept.
+    keep: f64,
+    /// The batch the tables were timed at.
+    batch: usize,
+    /// Layer shapes in the tables.
+    layer_shapes: usize,
+    /// The cache file of the tables.
+    cache: std::path::PathBuf,
+    /// Widths chosen and the tables' estimate.
+    allocation: rt::LatencyAllocation,
+}
+
+/// `--target-latency KEEP`: the runtime's latency tables of the model (from the cache, the
+/// missing shapes timed), then the per-group widths that keep the most importance under them.
+fn latency_target(
+    a: &PruneArgs,
+    runtime: &Runtime,
+    ctx: &ScoreContext,
+    dg: &DepGraph,
+    criterion: &dyn prune::Importance,
+    keep: f64,
+    say: &dyn Fn(&str),
+) -> Result<(Strategy, LatencyTarget)> {
+    let batch = a.runtime.latency_batch;
+    let dir = a.runtime.cache_dir();
+    let budget = a.runtime.table_budget()?;
+    let progress = |s: &rt::LayerShape| {
+        say(&format!(
+            "latency table: {} {}x{} in {}x{} at batch {batch} in {}",
+            if s.linear { "linear" } else { "conv" },
+            s.in_channels,
+            s.out_channels,
+            s.in_hw[0],
+            s.in_hw[1],
+            runtime.kind()
+        ))
+    };
+    let tables = rt::tables_for(runtime, ctx.graph, batch, &budget, Some(&dir), &progress)?;
+    let (strategy, allocation) =
+        rt::latency_strategy(ctx, dg, criterion, &tables, keep, &a.ignore)?;
+    Ok((
+        strategy,
+        LatencyTarget {
+            keep,
+            batch,
+            layer_shapes: tables.layers.len(),
+            cache: dir.join(tables.key.file_name()),
+            allocation,
+        },
+    ))
+}
+
+/// Times the model before and after pruning in `runtime` at each of `batches`.
+fn latency_pairs(
+    runtime: &Runtime,
+    before: (&Graph, &shears_ir::Weights),
+    after: (&Graph, &shears_ir::Weights),
+    batches: &[usize],
+    budget: &Budget,
+    say: &dyn Fn(&str),
+) -> Result<Vec<LatencyPair>> {
+    let mut b = runtime.prepare(before.0, before.1)?;
+    let mut p = runtime.prepare(after.0, after.1)?;
+    let mut v = Vec::new();
+    for &batch in batches {
+        say(&format!(
+            "latency: {} batch {batch}, about {} s per model",
+            runtime.kind(),
+            budget.seconds
+        ));
+        let (before, after) = rt::compare(&mut b, &mut p, before.0, batch, budget)?;
+        v.push(LatencyPair {
+            batch,
+            speedup: ratio(before.median_ms, after.median_ms),
+            before,
+            after,
+        });
+    }
+    Ok(v)
+}
+
+/// The runtime latency was measured in, for the JSON report.
+fn runtime_json(r: &Runtime) -> Value {
+    json!({
+        "name": r.kind(),
+        "version": r.version(),
+        "threads": r.threads(),
+        "library": r.library().map(|l| &l.path),
+    })
 }
 
 fn describe_alloc(cfg: &AllocConfig) -> String {

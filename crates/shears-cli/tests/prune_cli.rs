@@ -97,7 +97,7 @@ fn prune_resnet20_to_half_the_macs_verifies_reloads_and_replays() {
     assert!(before > 85.0, "{before}");
     let lat = r["latency"].as_array().unwrap();
     assert_eq!(lat.len(), 2);
-    assert_eq!(lat[1]["batch"], 64);
+    assert_eq!(lat[1]["batch"], 32);
     assert!(lat[0]["before"]["median_ms"].as_f64().unwrap() > 0.0);
     let layers = r["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 20); // 19 convs and the classifier

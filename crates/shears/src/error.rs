@@ -20,6 +20,9 @@ pub enum Error {
     /// Pruning failed (invalid plan, impossible budget, failed verification).
     #[error(transparent)]
     Prune(#[from] crate::prune::PruneError),
+    /// A runtime could not be loaded or failed to run a model.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
     /// A zoo architecture could not be built.
     #[error(transparent)]
     Zoo(#[from] crate::zoo::ZooError),

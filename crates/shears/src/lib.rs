@@ -27,6 +27,7 @@ pub mod progress;
 pub mod prune;
 pub mod recover;
 pub mod report;
+pub mod runtime;
 pub mod sparse;
 pub mod train;
 pub mod zoo;

@@ -137,7 +137,7 @@ fn check_latency_args(batch: usize, iters: usize) -> Result<(), Error> {
 }
 
 /// Summarises timed runs (milliseconds).
-fn latency_of(batch: usize, mut ts: Vec<f64>) -> Latency {
+pub(crate) fn latency_of(batch: usize, mut ts: Vec<f64>) -> Latency {
     let iters = ts.len();
     ts.sort_by(f64::total_cmp);
     let median = if iters % 2 == 1 {
