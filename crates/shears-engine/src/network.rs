@@ -1599,7 +1599,7 @@ impl Network {
                             None
                         }
                     }
-                    (Op::BatchNorm2d(_), _) => inp,
+                    (Op::BatchNorm2d(_) | Op::Act(_), _) => inp,
                     (Op::Relu, Step::Op(id)) => Some(id),
                     (Op::Add, Step::AddRelu { relu, .. }) => Some(relu),
                     _ => None,
@@ -1979,6 +1979,7 @@ impl Network {
                     )?;
                 }
                 Op::Relu => be.relu_forward(val(0), &mut y),
+                Op::Act(a) => be.act_forward(*a, val(0), &mut y),
                 Op::MaxPool2d(_) => {
                     let Geo::Pool(g) = &self.geo[id.0] else {
                         unreachable!("pool geometry")
@@ -2468,6 +2469,13 @@ impl Network {
                             }
                             let (mut dx, acc) = self.grad_dst(grads, n, in0);
                             be.relu_backward(val(id), &dy, &mut dx, acc);
+                            grads[in0.0] = Some(dx);
+                        }
+                    }
+                    Op::Act(a) => {
+                        if need0 {
+                            let (mut dx, acc) = self.grad_dst(grads, n, in0);
+                            be.act_backward(*a, val(in0), &dy, &mut dx, acc);
                             grads[in0.0] = Some(dx);
                         }
                     }

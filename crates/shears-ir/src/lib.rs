@@ -25,11 +25,13 @@
 //! ```
 #![deny(missing_docs)]
 
+mod activation;
 mod graph;
 mod ops;
 mod patch;
 mod tensor;
 
+pub use activation::Activation;
 pub use graph::{Graph, GraphBuilder, Node, NodeId, GRAPH_FORMAT};
 pub use ops::{
     BatchNorm2d, ChannelMap, Conv2d, Linear, Op, ParamKind, ParamSpec, Pool2d, ShortcutA,
