@@ -23,8 +23,12 @@ fn every_activation_forward_and_backward() {
     for (i, a) in [
         Activation::Relu6,
         Activation::Clip {
-            min: -0.4,
-            max: 0.3,
+            min: Some(-0.4),
+            max: Some(0.3),
+        },
+        Activation::Clip {
+            min: None,
+            max: Some(0.2),
         },
         Activation::HardSwish,
         Activation::HardSigmoid {

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 pub enum Activation {
     /// `min(max(x, 0), 6)` (ONNX `Clip(0, 6)`, MobileNetV2).
     Relu6,
-    /// `min(max(x, min), max)`; an absent bound is infinite.
+    /// `min(max(x, min), max)`.
     Clip {
-        /// Lower bound (`-inf` when unbounded).
-        min: f32,
-        /// Upper bound (`+inf` when unbounded).
-        max: f32,
+        /// Lower bound; `None` when unbounded below.
+        min: Option<f32>,
+        /// Upper bound; `None` when unbounded above.
+        max: Option<f32>,
     },
     /// `x * relu6(x + 3) / 6` (MobileNetV3).
     HardSwish,
@@ -66,7 +66,9 @@ impl Activation {
     /// excludes 0.
     pub fn keeps_zero(&self) -> bool {
         match *self {
-            Activation::Clip { min, max } => min <= 0.0 && max >= 0.0,
+            Activation::Clip { min, max } => {
+                min.is_none_or(|m| m <= 0.0) && max.is_none_or(|m| m >= 0.0)
+            }
             Activation::HardSigmoid { beta, .. } => beta <= 0.0,
             Activation::Sigmoid => false,
             Activation::Relu6
@@ -77,14 +79,19 @@ impl Activation {
         }
     }
 
-    /// Checks the parameters: finite slopes and offsets, `min <= max` and no NaN bound.
+    /// Checks the parameters: finite slopes, offsets and bounds, `min <= max`.
     pub fn check(&self) -> Result<(), String> {
         match *self {
             Activation::Clip { min, max } => {
-                if min.is_nan() || max.is_nan() || min > max {
+                if min.is_some_and(|m| !m.is_finite()) || max.is_some_and(|m| !m.is_finite()) {
                     return Err(format!(
-                        "clip bounds [{min}, {max}] must satisfy min <= max"
+                        "clip bounds {min:?}, {max:?} must be finite (None for no bound)"
                     ));
+                }
+                if let (Some(lo), Some(hi)) = (min, max) {
+                    if lo > hi {
+                        return Err(format!("clip bounds [{lo}, {hi}] must satisfy min <= max"));
+                    }
                 }
             }
             Activation::HardSigmoid { alpha, beta } => {

@@ -15,10 +15,17 @@ fn activation_keeps_shape_and_links_channels() {
 #[test]
 fn activation_parameters_are_checked() {
     let bad = [
-        Activation::Clip { min: 1.0, max: 0.0 },
         Activation::Clip {
-            min: f32::NAN,
-            max: 1.0,
+            min: Some(1.0),
+            max: Some(0.0),
+        },
+        Activation::Clip {
+            min: Some(f32::NAN),
+            max: None,
+        },
+        Activation::Clip {
+            min: None,
+            max: Some(f32::INFINITY),
         },
         Activation::LeakyRelu { alpha: f32::NAN },
         Activation::HardSigmoid {
@@ -31,8 +38,8 @@ fn activation_parameters_are_checked() {
         assert!(err.contains(a.name()), "{err}");
     }
     let unbounded = Activation::Clip {
-        min: f32::NEG_INFINITY,
-        max: 6.0,
+        min: None,
+        max: Some(6.0),
     };
     assert!(Op::Act(unbounded).check_config().is_ok());
 }
@@ -44,8 +51,12 @@ fn activations_round_trip_through_json() {
     for (i, a) in [
         Activation::Relu6,
         Activation::Clip {
-            min: -1.5,
-            max: 2.0,
+            min: Some(-1.5),
+            max: Some(2.0),
+        },
+        Activation::Clip {
+            min: None,
+            max: Some(3.0),
         },
         Activation::HardSwish,
         Activation::HardSigmoid {

@@ -173,8 +173,8 @@ fn activations_keeping_zero_prune_exactly() {
     for a in [
         Activation::Relu6,
         Activation::Clip {
-            min: -0.5,
-            max: 0.5,
+            min: Some(-0.5),
+            max: Some(0.5),
         },
         Activation::HardSwish,
         Activation::Silu,
@@ -200,7 +200,10 @@ fn activations_moving_zero_make_their_channels_unprunable() {
             alpha: 0.2,
             beta: 0.5,
         },
-        Activation::Clip { min: 0.5, max: 2.0 },
+        Activation::Clip {
+            min: Some(0.5),
+            max: None,
+        },
     ] {
         let g = act_graph(a);
         let dg = DepGraph::build(&g).unwrap();

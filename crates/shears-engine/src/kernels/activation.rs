@@ -78,6 +78,14 @@ fn clamp<T: Real>(x: T, lo: T, hi: T) -> T {
     }
 }
 
+fn lower<T: Real>(b: Option<f32>) -> T {
+    T::of(b.map_or(f64::NEG_INFINITY, f64::from))
+}
+
+fn upper<T: Real>(b: Option<f32>) -> T {
+    T::of(b.map_or(f64::INFINITY, f64::from))
+}
+
 fn sigmoid<T: Real>(x: T) -> T {
     T::of(1.0) / (T::of(1.0) + (-x).exp())
 }
@@ -86,7 +94,7 @@ fn value<T: Real>(a: Activation, x: T) -> T {
     let (zero, one) = (T::of(0.0), T::of(1.0));
     match a {
         Activation::Relu6 => clamp(x, zero, T::of(6.0)),
-        Activation::Clip { min, max } => clamp(x, T::of(min.into()), T::of(max.into())),
+        Activation::Clip { min, max } => clamp(x, lower(min), upper(max)),
         Activation::HardSwish => x * clamp(x + T::of(3.0), zero, T::of(6.0)) / T::of(6.0),
         Activation::HardSigmoid { alpha, beta } => {
             clamp(T::of(alpha.into()) * x + T::of(beta.into()), zero, one)
@@ -121,7 +129,7 @@ fn derivative<T: Real>(a: Activation, x: T) -> T {
             }
         }
         Activation::Clip { min, max } => {
-            if x >= T::of(min.into()) && x <= T::of(max.into()) {
+            if x >= lower(min) && x <= upper(max) {
                 one
             } else {
                 zero
@@ -252,8 +260,8 @@ mod tests {
     const ALL: [Activation; 9] = [
         Activation::Relu6,
         Activation::Clip {
-            min: -0.5,
-            max: 1.5,
+            min: Some(-0.5),
+            max: Some(1.5),
         },
         Activation::HardSwish,
         Activation::HardSigmoid {

@@ -280,7 +280,10 @@ pub fn ref_act(a: Activation, x: f64) -> f64 {
     let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
     match a {
         Activation::Relu6 => x.clamp(0.0, 6.0),
-        Activation::Clip { min, max } => x.clamp(min as f64, max as f64),
+        Activation::Clip { min, max } => x.clamp(
+            min.map_or(f64::NEG_INFINITY, f64::from),
+            max.map_or(f64::INFINITY, f64::from),
+        ),
         Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
         Activation::HardSigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
         Activation::Sigmoid => sig(x),

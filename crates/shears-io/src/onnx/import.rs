@@ -346,7 +346,10 @@ fn same_computation(a: &Op, b: &Op) -> bool {
 /// `relu6` for `clip` to `[0, 6]` (the import reads `Clip(0, 6)` as `relu6`).
 fn canonical(a: Activation) -> Activation {
     match a {
-        Activation::Clip { min, max } if min == 0.0 && max == 6.0 => Activation::Relu6,
+        Activation::Clip {
+            min: Some(lo),
+            max: Some(hi),
+        } if lo == 0.0 && hi == 6.0 => Activation::Relu6,
         a => a,
     }
 }

@@ -130,20 +130,17 @@ fn convert_clip(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
         };
         (bound(1)?, bound(2)?)
     } else {
-        // Opset 6 defaults to the float range, which clamps nothing finite.
-        let lo = node.attr_float("min", f32::MIN)?;
-        let hi = node.attr_float("max", f32::MAX)?;
         (
-            (lo != f32::MIN).then_some(lo),
-            (hi != f32::MAX).then_some(hi),
+            Some(node.attr_float("min", f32::MIN)?),
+            Some(node.attr_float("max", f32::MAX)?),
         )
     };
+    // An infinite bound, or the float range (opset 6's defaults), is no bound.
+    let bound = |b: Option<f32>| b.filter(|v| v.is_nan() || v.abs() < f32::MAX);
+    let (min, max) = (bound(min), bound(max));
     let op = match (min, max) {
         (Some(lo), Some(hi)) if lo == 0.0 && hi == 6.0 => Op::Act(Activation::Relu6),
-        _ => Op::Act(Activation::Clip {
-            min: min.unwrap_or(f32::NEG_INFINITY),
-            max: max.unwrap_or(f32::INFINITY),
-        }),
+        _ => Op::Act(Activation::Clip { min, max }),
     };
     push_act(ctx, node, op)
 }
@@ -357,7 +354,7 @@ pub(crate) fn export(cx: &mut ExportCtx, node: &Node, a: Activation, inputs: &[S
         cx.node(op, name, vec![x.clone()], out, attrs)
     };
     match a {
-        Activation::Relu6 => export_clip(cx, name, &x, 0.0, 6.0, out),
+        Activation::Relu6 => export_clip(cx, name, &x, Some(0.0), Some(6.0), out),
         Activation::Clip { min, max } => export_clip(cx, name, &x, min, max, out),
         Activation::HardSwish => gated(
             cx,
@@ -387,13 +384,19 @@ fn hard_sigmoid_attrs(alpha: f32, beta: f32) -> Vec<AttributeProto> {
     ]
 }
 
-fn export_clip(cx: &mut ExportCtx, name: &str, x: &str, min: f32, max: f32, out: &str) {
+fn export_clip(
+    cx: &mut ExportCtx,
+    name: &str,
+    x: &str,
+    min: Option<f32>,
+    max: Option<f32>,
+    out: &str,
+) {
     let mut inputs = vec![x.to_string()];
     for (v, what) in [(min, "min"), (max, "max")] {
-        inputs.push(if v.is_infinite() {
-            String::new()
-        } else {
-            cx.const_f32_scalar(&format!("{name}::{what}"), v)
+        inputs.push(match v {
+            Some(v) => cx.const_f32_scalar(&format!("{name}::{what}"), v),
+            None => String::new(),
         });
     }
     while inputs.last().is_some_and(String::is_empty) {
@@ -593,8 +596,8 @@ mod tests {
                 6,
                 node("Clip", "y", &["x"], vec![f("max", 2.5)]),
                 Activation::Clip {
-                    min: f32::NEG_INFINITY,
-                    max: 2.5,
+                    min: None,
+                    max: Some(2.5),
                 },
             ),
         ];
@@ -611,8 +614,8 @@ mod tests {
         assert_eq!(ops(&g.unwrap()), [Op::Act(Activation::Relu6)]);
         let g = import(13, vec![node("Clip", "y", &["x", "c0"], vec![])], &[0.0]);
         let clip = Activation::Clip {
-            min: 0.0,
-            max: f32::INFINITY,
+            min: Some(0.0),
+            max: None,
         };
         assert_eq!(ops(&g.unwrap()), [Op::Act(clip)]);
         let g = import(
@@ -622,8 +625,8 @@ mod tests {
         )
         .unwrap();
         let clip = Activation::Clip {
-            min: f32::NEG_INFINITY,
-            max: 1.0,
+            min: None,
+            max: Some(1.0),
         };
         assert_eq!(ops(&g), [Op::Act(clip)]);
     }
