@@ -59,6 +59,9 @@ fn random_plan(g: &Graph, dg: &DepGraph, seed: u64) -> Plan {
         }
         let mut removed = idx[..k.min(grp.size - 1)].to_vec();
         removed.sort_unstable();
+        if removed.is_empty() {
+            continue;
+        }
         plan.groups.push(PlanGroup {
             group_id: grp.id,
             root: g.node(grp.root).name.clone(),

@@ -301,12 +301,12 @@ mod tests {
             forward(a, &x, &mut y);
             let mut dx = vec![1.0; x.len()];
             backward(a, &x, &dy, &mut dx, true);
-            for i in 0..x.len() {
-                let xv = f64::from(x[i]);
+            for (((&xv, &yv), &dyv), &dxv) in x.iter().zip(&y).zip(&dy).zip(&dx) {
+                let xv = f64::from(xv);
                 let want = apply_f64(a, xv);
-                assert!((f64::from(y[i]) - want).abs() <= 1e-6 * (1.0 + want.abs()));
-                let dwant = 1.0 + f64::from(dy[i]) * derivative_f64(a, xv);
-                assert!((f64::from(dx[i]) - dwant).abs() <= 1e-5, "{a:?} at {xv}");
+                assert!((f64::from(yv) - want).abs() <= 1e-6 * (1.0 + want.abs()));
+                let dwant = 1.0 + f64::from(dyv) * derivative_f64(a, xv);
+                assert!((f64::from(dxv) - dwant).abs() <= 1e-5, "{a:?} at {xv}");
             }
         }
     }
