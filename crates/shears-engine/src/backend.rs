@@ -11,7 +11,8 @@ use crate::kernels::bn::{BnBackward, BnDx};
 use crate::kernels::conv::{ConvGeom, PackedConv};
 use crate::kernels::elementwise::ShortcutGeom;
 use crate::kernels::pool::PoolGeom;
-use crate::kernels::{bn, conv, elementwise as ew, linear, pool};
+use crate::kernels::{activation, bn, conv, elementwise as ew, linear, pool};
+use shears_ir::Activation;
 
 /// The kernels the executor needs. All slices are host f32, channels-last.
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -110,6 +111,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn relu_forward(&self, x: &[f32], y: &mut [f32]);
     /// ReLU backward from the ReLU's output `y`.
     fn relu_backward(&self, y: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool);
+    /// Forward of another unary activation.
+    fn act_forward(&self, a: Activation, x: &[f32], y: &mut [f32]);
+    /// Backward of another unary activation, from its input `x`.
+    fn act_backward(&self, a: Activation, x: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool);
     /// Max pooling forward, optionally recording the argmax.
     fn max_pool_forward(
         &self,
@@ -359,6 +364,12 @@ impl Backend for CpuBackend {
     }
     fn relu_backward(&self, y: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
         ew::relu_backward(y, dy, dx, accumulate)
+    }
+    fn act_forward(&self, a: Activation, x: &[f32], y: &mut [f32]) {
+        activation::forward(a, x, y)
+    }
+    fn act_backward(&self, a: Activation, x: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
+        activation::backward(a, x, dy, dx, accumulate)
     }
     fn max_pool_forward(
         &self,

@@ -353,6 +353,7 @@ fn binary_broadcast_computed_operands() {
             stride: [1, 1],
             padding: [0; 4],
             count_include_pad: true,
+            ceil_mode: false,
         };
         let s = b.add("squeeze", Op::AvgPool2d(whole), &[t]).unwrap();
         let s = b

@@ -25,12 +25,14 @@
 //! ```
 #![deny(missing_docs)]
 
+mod activation;
 mod binary;
 mod graph;
 mod ops;
 mod patch;
 mod tensor;
 
+pub use activation::Activation;
 pub use binary::{broadcast_shape, Binary, BinaryKind, ConstOperand};
 pub use graph::{Graph, GraphBuilder, Node, NodeId, GRAPH_FORMAT};
 pub use ops::{

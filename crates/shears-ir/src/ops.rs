@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::binary::Binary;
-use crate::IrError;
+use crate::{Activation, IrError};
 
 /// 2-D convolution, PyTorch semantics (cross-correlation), weight `[c_out, c_in / groups, kh, kw]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +149,12 @@ pub struct Pool2d {
     /// pooling when `count_include_pad` is set.
     pub padding: [usize; 4],
     /// Average pooling only: whether padded cells count in the divisor (PyTorch default true).
+    /// As in PyTorch, a window is clipped to the padded extent before counting.
     pub count_include_pad: bool,
+    /// Whether the output size rounds up (PyTorch / ONNX `ceil_mode`): a last, partial window
+    /// is added where it starts inside the image or its top / left padding. Default false.
+    #[serde(default)]
+    pub ceil_mode: bool,
 }
 
 impl Pool2d {
@@ -160,6 +165,7 @@ impl Pool2d {
             stride: [s, s],
             padding: [0; 4],
             count_include_pad: true,
+            ceil_mode: false,
         }
     }
 
@@ -169,21 +175,36 @@ impl Pool2d {
         self
     }
 
-    /// Output spatial size (floor mode), or `None` if the window does not fit.
+    /// Sets whether the output size rounds up.
+    pub fn with_ceil_mode(mut self, ceil: bool) -> Self {
+        self.ceil_mode = ceil;
+        self
+    }
+
+    /// Output spatial size, or `None` if the window does not fit.
     pub fn output_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let ph = h
-            .checked_add(self.padding[0])?
-            .checked_add(self.padding[2])?;
-        let pw = w
-            .checked_add(self.padding[1])?
-            .checked_add(self.padding[3])?;
-        if ph < self.kernel[0] || pw < self.kernel[1] || self.stride.contains(&0) {
+        Some((self.output_len(0, h)?, self.output_len(1, w)?))
+    }
+
+    /// Output length along axis `a` (0 rows, 1 columns) for an input of length `n`: PyTorch's
+    /// `pooling_output_shape`, where in ceil mode a last window that would start in the
+    /// bottom / right padding is dropped.
+    fn output_len(&self, a: usize, n: usize) -> Option<usize> {
+        let (k, s) = (self.kernel[a], self.stride[a]);
+        let (before, after) = (self.padding[a], self.padding[a + 2]);
+        let span = n.checked_add(before)?.checked_add(after)?;
+        if span < k || s == 0 {
             return None;
         }
-        Some((
-            (ph - self.kernel[0]) / self.stride[0] + 1,
-            (pw - self.kernel[1]) / self.stride[1] + 1,
-        ))
+        let mut out = if self.ceil_mode {
+            (span - k).div_ceil(s) + 1
+        } else {
+            (span - k) / s + 1
+        };
+        if self.ceil_mode && (out - 1) * s >= n + before {
+            out -= 1;
+        }
+        Some(out)
     }
 }
 
@@ -226,6 +247,8 @@ pub enum Op {
     BatchNorm2d(BatchNorm2d),
     /// Rectified linear unit.
     Relu,
+    /// Any other unary activation.
+    Act(Activation),
     /// Max pooling.
     MaxPool2d(Pool2d),
     /// Average pooling.
@@ -310,7 +333,8 @@ pub enum ChannelMap {
         /// Conv groups (1 for Linear).
         groups: usize,
     },
-    /// Output channel `i` is input channel `i` of every input (BN, ReLU, pooling, global pool,
+    /// Output channel `i` is input channel `i` of every input (BN, ReLU and the other
+    /// activations, pooling, global pool,
     /// dropout, identity, and `Add`, which thereby couples all its inputs).
     Elementwise,
     /// Output channels are the inputs' channels laid end to end; input `k` starts at
@@ -349,6 +373,7 @@ impl Op {
             Op::Conv2d(_) => "conv2d",
             Op::BatchNorm2d(_) => "batch_norm2d",
             Op::Relu => "relu",
+            Op::Act(a) => a.name(),
             Op::MaxPool2d(_) => "max_pool2d",
             Op::AvgPool2d(_) => "avg_pool2d",
             Op::GlobalAvgPool => "global_avg_pool",
@@ -490,6 +515,7 @@ impl Op {
                     return Err("shortcut_a stride must be positive".into());
                 }
             }
+            Op::Act(a) => a.check()?,
             Op::Relu
             | Op::GlobalAvgPool
             | Op::Flatten
@@ -557,7 +583,7 @@ impl Op {
                 }
                 Ok(s.to_vec())
             }
-            Op::Relu | Op::Dropout { .. } | Op::Identity => Ok(inputs[0].to_vec()),
+            Op::Relu | Op::Act(_) | Op::Dropout { .. } | Op::Identity => Ok(inputs[0].to_vec()),
             Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
                 let (c, h, w) = chw(inputs[0])?;
                 let (oh, ow) = p.output_hw(h, w).ok_or_else(|| {
@@ -692,6 +718,12 @@ impl From<Linear> for Op {
 impl From<Binary> for Op {
     fn from(b: Binary) -> Self {
         Op::Binary(b)
+    }
+}
+
+impl From<Activation> for Op {
+    fn from(a: Activation) -> Self {
+        Op::Act(a)
     }
 }
 

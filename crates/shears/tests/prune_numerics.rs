@@ -9,6 +9,7 @@ use shears::prune::{
     VERIFY_TOLERANCE,
 };
 use shears::zoo::{build, init_weights, init_weights_with, Arch, InitScheme};
+use shears_engine::kernels::activation::apply_f64;
 use shears_ir::{
     BatchNorm2d, Conv2d, Graph, GraphBuilder, Linear, Op, ParamKind, Pool2d, ShortcutA, Tensor,
     Weights,
@@ -98,6 +99,7 @@ fn forward_one(g: &Graph, w: &Weights, x: &[f64]) -> Vec<f64> {
                     .collect()
             }
             Op::Relu => inp(0).iter().map(|&x| x.max(0.0)).collect(),
+            Op::Act(a) => inp(0).iter().map(|&x| apply_f64(*a, x)).collect(),
             Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
                 let is_max = matches!(n.op, Op::MaxPool2d(_));
                 let (c, h, wd) = (ins[0][0], ins[0][1], ins[0][2]);
@@ -125,7 +127,14 @@ fn forward_one(g: &Graph, w: &Weights, x: &[f64]) -> Vec<f64> {
                             out.push(if is_max {
                                 acc
                             } else if p.count_include_pad {
-                                acc / (p.kernel[0] * p.kernel[1]) as f64
+                                // PyTorch clips the window to the padded extent first.
+                                let span = |o: usize, a: usize, n: usize| {
+                                    let start = (o * p.stride[a]) as isize - p.padding[a] as isize;
+                                    let end = (start + p.kernel[a] as isize)
+                                        .min((n + p.padding[a + 2]) as isize);
+                                    (end - start) as f64
+                                };
+                                acc / (span(y, 0, h) * span(xx, 1, wd))
                             } else {
                                 acc / cnt as f64
                             });

@@ -5,6 +5,7 @@
 //! vectors). Kernels split work over images with rayon and never reduce in a
 //! scheduling-dependent order.
 
+pub mod activation;
 pub mod binary;
 pub mod bn;
 pub mod conv;

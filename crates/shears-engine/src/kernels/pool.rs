@@ -1,4 +1,4 @@
-//! Max and average pooling (with padding, floor mode) and global average pooling, on NHWC.
+//! Max and average pooling (with padding, floor or ceil mode) and global average pooling, on NHWC.
 
 use rayon::prelude::*;
 use shears_ir::Pool2d;

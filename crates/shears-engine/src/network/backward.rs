@@ -377,7 +377,8 @@ impl Network {
                     off += c;
                 }
             }
-            Op::MaxPool2d(_)
+            Op::Act(_)
+            | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::GlobalAvgPool
             | Op::Flatten
@@ -500,6 +501,7 @@ impl Network {
                 be.max_pool_backward(g, n, am, dy, &mut dx, acc);
             }
             (Op::AvgPool2d(_), Geo::Pool(g)) => be.avg_pool_backward(g, n, dy, &mut dx, acc),
+            (Op::Act(a), _) => be.act_backward(*a, kept(b, in0), dy, &mut dx, acc),
             (Op::GlobalAvgPool, _) => {
                 let (c, s) = self.cs[in0.0];
                 be.global_avg_pool_backward(n, s, c, dy, &mut dx, acc);

@@ -183,6 +183,7 @@ impl Network {
                 )?;
             }
             Op::Relu => be.relu_forward(val(0), y),
+            Op::Act(a) => be.act_forward(*a, val(0), y),
             Op::MaxPool2d(_) => {
                 let Geo::Pool(g) = &self.geo[id.0] else {
                     unreachable!("pool geometry")

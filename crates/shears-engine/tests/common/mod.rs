@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use shears_engine::{BackwardOptions, ForwardRequest, Mode, Network};
-use shears_ir::{Graph, NodeId, Op, ParamKind, Tensor, Weights};
+use shears_ir::{Activation, Graph, NodeId, Op, ParamKind, Tensor, Weights};
 
 /// A small deterministic generator (splitmix64).
 pub struct Rng(pub u64);
@@ -172,6 +172,7 @@ pub fn ref_forward(
                 y
             }
             Op::Relu => ins[0].iter().map(|v| v.max(0.0)).collect(),
+            Op::Act(a) => ins[0].iter().map(|&v| ref_act(*a, v)).collect(),
             Op::MaxPool2d(pl) | Op::AvgPool2d(pl) => {
                 let is_max = matches!(node.op, Op::MaxPool2d(_));
                 let (c, h, wd) = (in_shape(0)[0], in_shape(0)[1], in_shape(0)[2]);
@@ -307,6 +308,34 @@ pub fn ref_forward(
         };
     }
     vals
+}
+
+/// The activations' closed forms, written out independently of the engine's kernels.
+pub fn ref_act(a: Activation, x: f64) -> f64 {
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    match a {
+        Activation::Relu6 => x.clamp(0.0, 6.0),
+        Activation::Clip { min, max } => x.clamp(
+            min.map_or(f64::NEG_INFINITY, f64::from),
+            max.map_or(f64::INFINITY, f64::from),
+        ),
+        Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::HardSigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
+        Activation::Sigmoid => sig(x),
+        Activation::Silu => x * sig(x),
+        Activation::Gelu { tanh: false } => 0.5 * x * (1.0 + libm::erf(x / 2f64.sqrt())),
+        Activation::Gelu { tanh: true } => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * x * (1.0 + (k * (x + 0.044715 * x.powi(3))).tanh())
+        }
+        Activation::LeakyRelu { alpha } => {
+            if x < 0.0 {
+                alpha as f64 * x
+            } else {
+                x
+            }
+        }
+    }
 }
 
 /// `sum(out * r)` over all graph outputs.

@@ -52,6 +52,29 @@ pub(crate) enum Fusion {
         /// Column step.
         sw: usize,
     },
+    /// A placeholder (an identity of `x`) standing for a prefix of the Erf GELU pattern of
+    /// activation `x` (a pending-node index); the pattern's next node folds into it, and one
+    /// left at the end of the import is refused.
+    Gelu {
+        /// The activation the GELU applies to.
+        x: usize,
+        /// How much of the pattern has been read.
+        stage: GeluStage,
+    },
+}
+
+/// How much of the Erf GELU pattern `Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)` a
+/// placeholder stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GeluStage {
+    /// `x / sqrt 2`.
+    Scaled,
+    /// `erf(x / sqrt 2)`.
+    Erf,
+    /// `1 + erf(x / sqrt 2)`.
+    PlusOne,
+    /// `x * (1 + erf(x / sqrt 2))`.
+    Doubled,
 }
 
 /// A shears node under construction.

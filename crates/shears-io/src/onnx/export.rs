@@ -187,6 +187,7 @@ fn lower(cx: &mut ExportCtx, node: &Node, inputs: &[String], out: &str) {
         Op::Conv2d(c) => ops::conv::export(cx, node, c, inputs, out),
         Op::BatchNorm2d(b) => ops::batch_norm::export(cx, node, b, inputs, out),
         Op::Relu => ops::relu::export(cx, node, inputs, out),
+        Op::Act(a) => ops::activation::export(cx, node, *a, inputs, out),
         Op::MaxPool2d(p) => ops::pool::export_max(cx, node, p, inputs, out),
         Op::AvgPool2d(p) => ops::pool::export_avg(cx, node, p, inputs, out),
         Op::GlobalAvgPool => ops::pool::export_global(cx, node, inputs, out),

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use prost::Message;
-use shears_ir::{Graph, GraphBuilder, Node, NodeId, Op, Weights, GRAPH_FORMAT};
+use shears_ir::{Activation, Graph, GraphBuilder, Node, NodeId, Op, Weights, GRAPH_FORMAT};
 
 use super::context::{bounded_numel, Ctx, Fusion, Value};
 use super::fold;
@@ -363,6 +363,16 @@ fn build(ctx: Ctx, outputs: &[usize]) -> Result<(Graph, Weights), ImportError> {
             n.origin
         )));
     }
+    if let Some(n) = nodes
+        .iter()
+        .find(|n| matches!(n.fusion, Fusion::Gelu { .. }))
+    {
+        return Err(ImportError::Unsupported(format!(
+            "onnx node {:?}: the start of an Erf GELU pattern that does not complete \
+             (shears has no general Div, Erf or Mul)",
+            n.origin
+        )));
+    }
     let mut b = GraphBuilder::new();
     let mut weights = Weights::new();
     for n in nodes {
@@ -388,10 +398,22 @@ fn same_computation(a: &Op, b: &Op) -> bool {
                 && x.eps == y.eps
                 && (x.momentum - y.momentum).abs() <= 1e-6
         }
+        (Op::Act(x), Op::Act(y)) => canonical(*x) == canonical(*y),
         (Op::MaxPool2d(x), Op::MaxPool2d(y)) => {
             x.kernel == y.kernel && x.stride == y.stride && x.padding == y.padding
         }
         _ => a == b,
+    }
+}
+
+/// `relu6` for `clip` to `[0, 6]` (the import reads `Clip(0, 6)` as `relu6`).
+fn canonical(a: Activation) -> Activation {
+    match a {
+        Activation::Clip {
+            min: Some(lo),
+            max: Some(hi),
+        } if lo == 0.0 && hi == 6.0 => Activation::Relu6,
+        a => a,
     }
 }
 

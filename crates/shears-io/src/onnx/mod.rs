@@ -12,7 +12,11 @@
 //! | `Conv2d` | `Conv` (`pads` = `[top, left, bottom, right]`) | `auto_pad` `SAME_*`/`VALID` |
 //! | `BatchNorm2d` | `BatchNormalization` (inference) | |
 //! | `Relu` | `Relu` | |
-//! | `MaxPool2d`, `AvgPool2d` | `MaxPool`, `AveragePool` (`count_include_pad`) | `ceil_mode` when it changes nothing; `GlobalAveragePool` and `ReduceMean` (`keepdims`) not flattened: a whole-map `AvgPool2d` (`[C, 1, 1]`) |
+//! | `Act` (`relu6`, `clip`) | `Clip` (bounds as inputs) | `Clip` with attributes (opset 6) |
+//! | `Act` (`hard_swish`, `silu`) | `HardSigmoid` / `Sigmoid` + `Mul` | `HardSwish` |
+//! | `Act` (`hard_sigmoid`, `sigmoid`, `leaky_relu`) | `HardSigmoid`, `Sigmoid`, `LeakyRelu` | |
+//! | `Act` (`gelu`) | the Erf chain (`Div`, `Erf`, `Add`, `Mul`, `Mul`); tanh: its formula | `Gelu` (opset 20) |
+//! | `MaxPool2d`, `AvgPool2d` | `MaxPool`, `AveragePool` (`count_include_pad`, `ceil_mode`) | `GlobalAveragePool` and `ReduceMean` (`keepdims`) not flattened: a whole-map `AvgPool2d` (`[C, 1, 1]`) |
 //! | `GlobalAvgPool` | `GlobalAveragePool` + `Flatten` | `ReduceMean` over axes 2 and 3 |
 //! | `Linear` | `Gemm` (`transB = 1`) | `Gemm` with `transB = 0`; `MatMul` + `Add` |
 //! | `Flatten` | `Flatten` (`axis = 1`) | `Reshape` to `[N, -1]`; `Squeeze` after a global pool |

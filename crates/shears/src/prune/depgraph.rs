@@ -264,6 +264,17 @@ impl DepGraph {
                     }
                 }
                 ChannelMap::Elementwise => {
+                    if let Op::Act(a) = &node.op {
+                        if !a.keeps_zero() {
+                            reasons.push(format!(
+                                "{} {:?} maps 0 to a nonzero value, so a removed channel \
+                                 could not be forced to zero through it",
+                                a.name(),
+                                node.name
+                            ));
+                            block(&mut blocked, b..b + c, reasons.len() - 1);
+                        }
+                    }
                     for &inp in &node.inputs {
                         check_width(inp, c)?;
                         for i in 0..c {

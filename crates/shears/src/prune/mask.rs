@@ -11,11 +11,13 @@
 //!
 //! In the masked model a removed channel is therefore spatially constant wherever it flows:
 //! `bias` (or 0) at its producers; `(c - mean) / sqrt(var + eps) * gamma + beta` after a batch
-//! norm; `max(0, c)` after ReLU; unchanged through max pooling, global pooling, dropout,
-//! identity, flatten, concat and the non-padded part of an option-A shortcut; the sum of the
-//! branches' constants after `Add`; 0 at a shortcut's pad slots; `a op b` after a broadcasting
-//! [`Op::Binary`] whose operands are constants there (the removed channel, or a constant
-//! parameter uniform over H and W). Surgery removes the channel and
+//! norm; `max(0, c)` after ReLU and `f(c)` after any other activation `f`; unchanged through
+//! max pooling, global pooling, dropout, identity, flatten, concat and the non-padded part of
+//! an option-A shortcut; the sum of the branches' constants after `Add`; 0 at a shortcut's pad
+//! slots; `a op b` after a broadcasting [`Op::Binary`] whose operands are constants there (the
+//! removed channel, or a constant parameter uniform over H and W). (A channel forced to zero
+//! stays zero through every activation that maps 0 to 0; the dependency graph leaves channels
+//! that pass through any other one unprunable.) Surgery removes the channel and
 //! adds its constant contribution to each consumer's bias ([`super::surgery`]), which is
 //! exact for linear layers and for convolutions whose window never reads the zero padding, and
 //! exact everywhere when the constant is 0 (the common case of a channel whose weights, bias
@@ -50,6 +52,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use shears_engine::kernels::activation;
 use shears_ir::{Graph, NodeId, Op, ParamKind, Tensor, Weights};
 
 use super::depgraph::{is_depthwise, operand_classes, DepGraph, OperandClass, Role};
@@ -326,6 +329,10 @@ impl Constants {
                         .collect()
                 }
                 Op::Relu => input(0).iter().map(|&x| x.max(0.0)).collect(),
+                Op::Act(a) => input(0)
+                    .iter()
+                    .map(|&x| activation::apply_f64(*a, x))
+                    .collect(),
                 Op::AvgPool2d(p) => {
                     if p.count_include_pad && p.padding.iter().any(|&x| x > 0) {
                         let s = graph.input_shapes(id)[0];

@@ -487,6 +487,7 @@ fn find_chain(g: &Graph, layer: NodeId) -> Result<Chain, String> {
             Op::Conv2d(_) | Op::Linear(_) => break n,
             Op::BatchNorm2d(_)
             | Op::Relu
+            | Op::Act(_)
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::GlobalAvgPool
@@ -625,6 +626,7 @@ pub fn channel_maps_with(
                 }
                 Op::BatchNorm2d(_)
                 | Op::Relu
+                | Op::Act(_)
                 | Op::MaxPool2d(_)
                 | Op::AvgPool2d(_)
                 | Op::GlobalAvgPool

@@ -166,6 +166,7 @@ impl OrtModel {
         let opts = OnnxExportOptions {
             batch: None,
             embed_graph: false,
+            ..OnnxExportOptions::default()
         };
         let bytes = export_onnx_bytes(graph, weights, &opts)?;
         let what = "creating a session";

@@ -229,6 +229,10 @@ fn constant_channels(g: &Graph, w: &Weights) -> Vec<Vec<Option<f32>>> {
                     .collect()
             }
             Op::Relu => inp(0).iter().map(|x| x.map(|v| v.max(0.0))).collect(),
+            Op::Act(a) => inp(0)
+                .iter()
+                .map(|x| x.map(|v| shears_engine::kernels::activation::apply(*a, v)))
+                .collect(),
             Op::Identity | Op::Dropout { .. } | Op::MaxPool2d(_) | Op::GlobalAvgPool => {
                 inp(0).clone()
             }

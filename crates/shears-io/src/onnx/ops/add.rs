@@ -12,7 +12,7 @@ use super::super::export::ExportCtx;
 use super::super::node::NodeView;
 use super::super::registry::OpSpec;
 use super::super::ImportError;
-use super::{binary, linear};
+use super::{activation, binary, linear};
 
 /// `Add(A, B)` of two computed values of equal shape, or a linear bias.
 pub(crate) const ADD: OpSpec = OpSpec {
@@ -66,6 +66,9 @@ fn convert_add(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
             let x = ctx.act(node, xi)?;
             let c = ctx.constant(node, ci)?;
             let x_name = node.input(xi).expect("act() found it");
+            if activation::fold_add(ctx, node, &x, x_name, &c)? {
+                return Ok(());
+            }
             if linear::fuse_bias(ctx, node, &x, x_name, &c)? {
                 Ok(())
             } else {

@@ -44,6 +44,10 @@ pub(crate) const DIV: OpSpec = OpSpec {
 };
 
 fn convert_mul(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
+    // SiLU, hard-swish and GELU arrive as products: those patterns first.
+    if super::activation::fold_mul(ctx, node)? {
+        return Ok(());
+    }
     convert(ctx, node, BinaryKind::Mul)
 }
 
@@ -52,6 +56,9 @@ fn convert_sub(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
 }
 
 fn convert_div(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
+    if super::activation::fold_div(ctx, node)? {
+        return Ok(());
+    }
     convert(ctx, node, BinaryKind::Div)
 }
 

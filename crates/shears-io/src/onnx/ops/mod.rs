@@ -2,6 +2,7 @@
 //! their [`OpSpec`](super::registry::OpSpec), and the export of the matching shears op.
 //! Helpers shared by several families (bounded integers, spatial attributes) live here.
 
+pub(crate) mod activation;
 pub(crate) mod add;
 pub(crate) mod batch_norm;
 pub(crate) mod binary;

@@ -66,15 +66,11 @@ fn window(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(usize, Pool2d), ImportEr
         return Err(node.unsupported("dilated pooling"));
     }
     let padding = spatial_pads(node, &x.dims[1..], kernel, stride)?;
-    if node.attr_int("ceil_mode", 0)? != 0 {
-        // Ceil mode only matters when a window would start in the right or bottom padding.
-        for a in 0..2 {
-            let span = x.dims[1 + a] + padding[a] + padding[a + 2];
-            if span >= kernel[a] && (span - kernel[a]) % stride[a] != 0 {
-                return Err(node.unsupported("ceil_mode=1 where it changes the output size"));
-            }
-        }
-    }
+    let ceil_mode = match node.attr_int("ceil_mode", 0)? {
+        0 => false,
+        1 => true,
+        v => return Err(node.corrupt(format!("ceil_mode {v} is neither 0 nor 1"))),
+    };
     Ok((
         x.node,
         Pool2d {
@@ -82,6 +78,7 @@ fn window(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(usize, Pool2d), ImportEr
             stride,
             padding,
             count_include_pad: true,
+            ceil_mode,
         },
     ))
 }
@@ -109,6 +106,7 @@ fn whole_map(h: usize, w: usize) -> Pool2d {
         stride: [1, 1],
         padding: [0; 4],
         count_include_pad: true,
+        ceil_mode: false,
     }
 }
 
@@ -175,11 +173,15 @@ fn convert_reduce_mean(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportEr
 }
 
 fn window_attrs(p: &Pool2d) -> Vec<AttributeProto> {
-    vec![
+    let mut attrs = vec![
         AttributeProto::ints("kernel_shape", &i64s(p.kernel)),
         AttributeProto::ints("strides", &i64s(p.stride)),
         AttributeProto::ints("pads", &i64s(p.padding)),
-    ]
+    ];
+    if p.ceil_mode {
+        attrs.push(AttributeProto::int("ceil_mode", 1));
+    }
+    attrs
 }
 
 /// Writes `MaxPool`.

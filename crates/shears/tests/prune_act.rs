@@ -1,0 +1,282 @@
+//! Pruning through the activations and the pool variants: the pruned model equals the masked
+//! model (exact fold mode, through the engine), and channels that cannot be forced to zero
+//! are unprunable with a reason.
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shears::prune::{self, verify, DepGraph, Group, Plan, PlanGroup, Role, VERIFY_TOLERANCE};
+use shears::zoo::{init_weights_with, InitScheme};
+use shears_ir::{
+    Activation, BatchNorm2d, Conv2d, Graph, GraphBuilder, Linear, NodeId, Op, ParamKind, Pool2d,
+    Tensor, Weights,
+};
+
+fn uniform(rng: &mut ChaCha8Rng, lo: f32, hi: f32) -> f32 {
+    lo + (hi - lo) * ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32)
+}
+
+fn input(g: &Graph, n: usize, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut shape = vec![n];
+    shape.extend_from_slice(g.shape(g.inputs()[0]));
+    let numel: usize = shape.iter().product();
+    let data = (0..numel).map(|_| uniform(&mut rng, -1.0, 1.0)).collect();
+    Tensor::new(shape, data).unwrap()
+}
+
+/// Torch-default weights with random BN statistics and positive shifts, so that removed
+/// channels carry nonzero constants.
+fn weights(g: &Graph, seed: u64) -> Weights {
+    let mut w = init_weights_with(g, InitScheme::TorchDefault, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1000);
+    for id in g.ids() {
+        if let Op::BatchNorm2d(_) = g.node(id).op {
+            let n = g.node(id);
+            for (kind, lo, hi) in [
+                (ParamKind::Weight, 0.5, 1.5),
+                (ParamKind::Bias, 0.1, 0.8),
+                (ParamKind::RunningMean, -0.3, 0.3),
+                (ParamKind::RunningVar, 0.5, 2.0),
+            ] {
+                for x in w.get_mut(&n.param_name(kind)).unwrap().data_mut() {
+                    *x = uniform(&mut rng, lo, hi);
+                }
+            }
+        }
+    }
+    w
+}
+
+fn random_plan(g: &Graph, dg: &DepGraph, seed: u64) -> Plan {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut plan = Plan::empty(g);
+    for grp in dg.prunable() {
+        let k = 1 + (rng.next_u64() % (grp.size as u64 - 1).max(1)) as usize;
+        let mut idx: Vec<usize> = (0..grp.size).collect();
+        for i in 0..k {
+            let j = i + (rng.next_u64() % (grp.size - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        let mut removed = idx[..k.min(grp.size - 1)].to_vec();
+        removed.sort_unstable();
+        if removed.is_empty() {
+            continue;
+        }
+        plan.groups.push(PlanGroup {
+            group_id: grp.id,
+            root: g.node(grp.root).name.clone(),
+            removed,
+        });
+    }
+    plan
+}
+
+/// Prunes `g` with several random plans (exact fold mode) and checks pruned == masked through
+/// the engine. Returns how many channels were forced to zero and how many constants were
+/// folded, in all.
+fn masked_equals_pruned(g: &Graph, seeds: std::ops::Range<u64>) -> (usize, usize) {
+    let dg = DepGraph::build(g).unwrap();
+    assert!(dg.prunable().count() > 0, "nothing to prune");
+    let x = input(g, 2, 5);
+    let (mut forced, mut folds) = (0, 0);
+    for seed in seeds {
+        let w = weights(g, seed);
+        let plan = random_plan(g, &dg, seed);
+        let p = prune::prune(g, &w, &plan).unwrap();
+        let v = verify(g, &w, &plan, &p, &x, VERIFY_TOLERANCE)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(v.max_abs_diff <= VERIFY_TOLERANCE, "seed {seed}");
+        assert!(p.report.is_exact(), "seed {seed}");
+        forced += p.report.zeroed_channels;
+        folds += p.report.folds.len();
+    }
+    (forced, folds)
+}
+
+fn conv_bn_act(
+    b: &mut GraphBuilder,
+    name: &str,
+    conv: Conv2d,
+    act: Option<Op>,
+    x: NodeId,
+) -> NodeId {
+    let n = conv.out_channels;
+    let c = b.add(name, conv, &[x]).unwrap();
+    let c = b
+        .add(format!("{name}_bn"), BatchNorm2d::new(n), &[c])
+        .unwrap();
+    match act {
+        Some(a) => b.add(format!("{name}_act"), a, &[c]).unwrap(),
+        None => c,
+    }
+}
+
+/// The inception_v3 branch: conv -> BN -> ReLU -> AvgPool(3, stride 1, pad 1) -> conv.
+fn pool_branch(pool: Pool2d, second: Conv2d) -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", &[3, 7, 6]).unwrap();
+    let a = conv_bn_act(
+        &mut b,
+        "a",
+        Conv2d::new(3, 6, 3).with_padding(1),
+        Some(Op::Relu),
+        x,
+    );
+    let p = b.add("pool", Op::AvgPool2d(pool), &[a]).unwrap();
+    let c = b.add("c", second, &[p]).unwrap();
+    b.finish(&[c]).unwrap()
+}
+
+#[test]
+fn average_pool_with_padding_masked_equals_pruned() {
+    for include in [true, false] {
+        for ceil in [false, true] {
+            for second in [Conv2d::new(6, 4, 1), Conv2d::new(6, 4, 3).with_padding(1)] {
+                let mut pool = Pool2d::new(3, 1).with_padding(1).with_ceil_mode(ceil);
+                pool.count_include_pad = include;
+                let strided = Pool2d::new(3, 2).with_padding(1).with_ceil_mode(ceil);
+                for p in [pool, strided] {
+                    masked_equals_pruned(&pool_branch(p, second.clone()), 0..4);
+                }
+            }
+        }
+    }
+}
+
+/// conv -> BN -> act -> padded conv -> BN -> act -> global pool -> linear.
+fn act_graph(a: Activation) -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("input", &[3, 6, 6]).unwrap();
+    let h = conv_bn_act(
+        &mut b,
+        "a",
+        Conv2d::new(3, 6, 3).with_padding(1),
+        Some(a.into()),
+        x,
+    );
+    let h = conv_bn_act(
+        &mut b,
+        "b",
+        Conv2d::new(6, 5, 3).with_padding(1),
+        Some(a.into()),
+        h,
+    );
+    let h = b.add("gap", Op::GlobalAvgPool, &[h]).unwrap();
+    let fc = Linear {
+        in_features: 5,
+        out_features: 3,
+        bias: true,
+    };
+    let o = b.add("fc", fc, &[h]).unwrap();
+    b.finish(&[o]).unwrap()
+}
+
+#[test]
+fn activations_keeping_zero_prune_exactly() {
+    for a in [
+        Activation::Relu6,
+        Activation::Clip {
+            min: Some(-0.5),
+            max: Some(0.5),
+        },
+        Activation::HardSwish,
+        Activation::Silu,
+        Activation::Gelu { tanh: false },
+        Activation::Gelu { tanh: true },
+        Activation::LeakyRelu { alpha: 0.1 },
+    ] {
+        let (forced, folds) = masked_equals_pruned(&act_graph(a), 0..4);
+        // Group a reaches the padded conv b with nonzero constants: forced, not folded; group
+        // b's constants fold into the linear layer.
+        assert!(
+            forced > 0 && folds > 0,
+            "{a:?}: {forced} forced, {folds} folds"
+        );
+    }
+}
+
+#[test]
+fn activations_moving_zero_make_their_channels_unprunable() {
+    for a in [
+        Activation::Sigmoid,
+        Activation::HardSigmoid {
+            alpha: 0.2,
+            beta: 0.5,
+        },
+        Activation::Clip {
+            min: Some(0.5),
+            max: None,
+        },
+    ] {
+        let g = act_graph(a);
+        let dg = DepGraph::build(&g).unwrap();
+        assert_eq!(dg.prunable().count(), 0, "{a:?}");
+        let why = dg.groups()[1].why_not.as_deref().unwrap();
+        assert!(why.contains(a.name()) && why.contains("a_act"), "{why}");
+    }
+}
+
+/// A stem and one MobileNetV2 inverted residual (expand 1x1, depthwise 3x3, project 1x1,
+/// residual add), then a head.
+fn mobilenet_v2_block() -> Graph {
+    let mut b = GraphBuilder::new();
+    let relu6 = || Some(Op::Act(Activation::Relu6));
+    let x = b.input("input", &[3, 8, 8]).unwrap();
+    let s = conv_bn_act(
+        &mut b,
+        "stem",
+        Conv2d::new(3, 8, 3).with_padding(1).with_stride(2),
+        relu6(),
+        x,
+    );
+    let e = conv_bn_act(&mut b, "expand", Conv2d::new(8, 24, 1), relu6(), s);
+    let dw = Conv2d::new(24, 24, 3).with_padding(1).with_groups(24);
+    let d = conv_bn_act(&mut b, "dw", dw, relu6(), e);
+    let p = conv_bn_act(&mut b, "project", Conv2d::new(24, 8, 1), None, d);
+    let r = b.add("add", Op::Add, &[s, p]).unwrap();
+    let h = conv_bn_act(&mut b, "head", Conv2d::new(8, 16, 1), relu6(), r);
+    let h = b.add("gap", Op::GlobalAvgPool, &[h]).unwrap();
+    let fc = Linear {
+        in_features: 16,
+        out_features: 4,
+        bias: true,
+    };
+    let o = b.add("fc", fc, &[h]).unwrap();
+    b.finish(&[o]).unwrap()
+}
+
+#[test]
+fn mobilenet_v2_block_groups_and_exact_pruning() {
+    let g = mobilenet_v2_block();
+    let dg = DepGraph::build(&g).unwrap();
+    let name = |grp: &Group, role: Role| -> Vec<String> {
+        grp.members_with(role)
+            .map(|m| g.node(m.node).name.clone())
+            .collect()
+    };
+    let roots: Vec<&str> = dg
+        .prunable()
+        .map(|x| g.node(x.root).name.as_str())
+        .collect();
+    assert_eq!(roots, ["stem", "expand", "head"]);
+    // The depthwise conv couples its input and output: one group from expand to project.
+    let expand = dg
+        .prunable()
+        .find(|x| g.node(x.root).name == "expand")
+        .unwrap();
+    assert_eq!(name(expand, Role::Depthwise), ["dw"]);
+    assert_eq!(name(expand, Role::OutChannels), ["expand"]);
+    assert_eq!(name(expand, Role::InChannels), ["project"]);
+    // The residual add couples the stem with the projection.
+    let stem = dg
+        .prunable()
+        .find(|x| g.node(x.root).name == "stem")
+        .unwrap();
+    assert_eq!(name(stem, Role::OutChannels), ["stem", "project"]);
+    assert_eq!(name(stem, Role::InChannels), ["expand", "head"]);
+    // Every consumer of a removed channel is a 1x1 conv or the depthwise conv that loses the
+    // same channel: the constants all fold, none is forced.
+    let (forced, folds) = masked_equals_pruned(&g, 0..6);
+    assert_eq!(forced, 0);
+    assert!(folds > 0);
+}
