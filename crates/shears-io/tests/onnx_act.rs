@@ -144,5 +144,6 @@ fn tanh_gelu_exports_but_does_not_import_back() {
     let opts = OnnxExportOptions::new().with_embed_graph(false);
     let bytes = export_onnx_bytes(&g, &Weights::new(), &opts).unwrap();
     let err = import_onnx_bytes(&bytes, "m.onnx").unwrap_err().to_string();
-    assert!(err.contains("(Mul)"), "{err}");
+    // The tanh formula uses `Tanh`, which the importer does not take (yet): it is named.
+    assert!(err.contains("Tanh"), "{err}");
 }
