@@ -3,7 +3,7 @@
 //! `prune` turns its arguments into a [`shears::prune::AllocConfig`] (or reads a plan), calls
 //! the library to score, allocate and cut, then verifies, evaluates, measures and saves. Every
 //! number it prints comes from the library: costs from the graphs, latency from
-//! [`shears::runtime::compare`] (before and after in alternating warm blocks under a time
+//! [`shears::runtime::compare()`] (before and after in alternating warm blocks under a time
 //! budget, in shears' engine or ONNX Runtime), accuracy from [`shears::eval::evaluate`].
 
 use std::collections::{BTreeMap, BTreeSet};

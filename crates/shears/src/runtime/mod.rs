@@ -1,7 +1,7 @@
 //! Runtimes a model is timed in: shears' own engine, or ONNX Runtime (what users deploy).
 //!
 //! A [`Runtime`] prepares a graph with its weights into a [`Prepared`] model that runs
-//! batches; [`compare`] times two prepared models (before and after pruning) in alternating
+//! batches; [`compare()`] times two prepared models (before and after pruning) in alternating
 //! warm blocks under a time budget, and [`measure`] times one. ONNX Runtime is a shared
 //! library loaded at run time ([`onnxruntime`]): shears builds and runs without it, and only
 //! [`Runtime::open`] of [`RuntimeKind::OnnxRuntime`] needs it.
