@@ -196,6 +196,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn relu_mask_in_place(&self, y: &[f32], g: &mut [f32]);
     /// `dst (+)= src`.
     fn copy_or_add(&self, src: &[f32], dst: &mut [f32], accumulate: bool);
+    /// Channel gather: output channel `o` of each row is input channel `src[o]` of `c_in`.
+    fn channel_gather_forward(&self, src: &[usize], c_in: usize, x: &[f32], y: &mut [f32]);
+    /// Backward of a channel gather: `dx[.., src[o]] (+)= dy[.., o]`, other channels 0 (or
+    /// unchanged when accumulating).
+    fn channel_gather_backward(
+        &self,
+        src: &[usize],
+        c_in: usize,
+        dy: &[f32],
+        dx: &mut [f32],
+        accumulate: bool,
+    );
     /// Channel concatenation of `(data, channels)` parts.
     fn concat_forward(&self, parts: &[(&[f32], usize)], y: &mut [f32]);
     /// Gradient of one concat part (channels `off..off + c` of `ct`).
@@ -463,6 +475,19 @@ impl Backend for CpuBackend {
     }
     fn copy_or_add(&self, src: &[f32], dst: &mut [f32], accumulate: bool) {
         ew::copy_or_add(src, dst, accumulate)
+    }
+    fn channel_gather_forward(&self, src: &[usize], c_in: usize, x: &[f32], y: &mut [f32]) {
+        crate::kernels::channels::gather_forward(src, c_in, x, y)
+    }
+    fn channel_gather_backward(
+        &self,
+        src: &[usize],
+        c_in: usize,
+        dy: &[f32],
+        dx: &mut [f32],
+        accumulate: bool,
+    ) {
+        crate::kernels::channels::gather_backward(src, c_in, dy, dx, accumulate)
     }
     fn concat_forward(&self, parts: &[(&[f32], usize)], y: &mut [f32]) {
         ew::concat_forward(parts, y)

@@ -27,6 +27,7 @@
 
 mod activation;
 mod binary;
+mod channel;
 mod graph;
 mod ops;
 mod patch;
@@ -34,6 +35,7 @@ mod tensor;
 
 pub use activation::Activation;
 pub use binary::{broadcast_shape, Binary, BinaryKind, ConstOperand};
+pub use channel::ChannelOp;
 pub use graph::{Graph, GraphBuilder, Node, NodeId, GRAPH_FORMAT};
 pub use ops::{
     BatchNorm2d, ChannelMap, Conv2d, Linear, Op, ParamKind, ParamSpec, Pool2d, ShortcutA,

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::binary::Binary;
+use crate::channel::ChannelOp;
 use crate::{Activation, IrError};
 
 /// 2-D convolution, PyTorch semantics (cross-correlation), weight `[c_out, c_in / groups, kh, kw]`.
@@ -275,6 +276,8 @@ pub enum Op {
     /// Broadcasting elementwise arithmetic (`Add`, `Sub`, `Mul`, `Div`), with an optional
     /// constant operand held as the `weight` parameter.
     Binary(Binary),
+    /// A channel gather: ShuffleNet's channel shuffle or a channel range.
+    Channel(ChannelOp),
 }
 
 /// What a parameter or buffer tensor of an op is.
@@ -363,6 +366,14 @@ pub enum ChannelMap {
         /// Output channels in total.
         out_channels: usize,
     },
+    /// Output channel `o` is input channel `sources[o]` ([`Op::Channel`]); input channels not
+    /// listed are dropped. The input channels of each `tied` set must be removed together.
+    Select {
+        /// The input channel of each output channel.
+        sources: Vec<usize>,
+        /// Sets of input channels that only go together.
+        tied: Vec<Vec<usize>>,
+    },
 }
 
 impl Op {
@@ -385,6 +396,7 @@ impl Op {
             Op::ShortcutA(_) => "shortcut_a",
             Op::Identity => "identity",
             Op::Binary(_) => "binary",
+            Op::Channel(c) => c.name(),
         }
     }
 
@@ -516,6 +528,7 @@ impl Op {
                 }
             }
             Op::Act(a) => a.check()?,
+            Op::Channel(c) => c.check()?,
             Op::Relu
             | Op::GlobalAvgPool
             | Op::Flatten
@@ -630,6 +643,7 @@ impl Op {
                 Ok(out)
             }
             Op::Binary(b) => b.output_shape(inputs),
+            Op::Channel(c) => c.output_shape(inputs[0]),
             Op::ShortcutA(s) => {
                 let (c, h, w) = chw(inputs[0])?;
                 Ok(vec![
@@ -666,6 +680,7 @@ impl Op {
                     out_channels: c + s.pad_before + s.pad_after,
                 }
             }
+            Op::Channel(c) => c.channel_map(inputs.first().and_then(|s| s.first()).copied().unwrap_or(0)),
             Op::Binary(b) => {
                 let channel_broadcast = b.channel_broadcast(inputs);
                 if channel_broadcast.contains(&true) {
@@ -724,6 +739,12 @@ impl From<Binary> for Op {
 impl From<Activation> for Op {
     fn from(a: Activation) -> Self {
         Op::Act(a)
+    }
+}
+
+impl From<ChannelOp> for Op {
+    fn from(c: ChannelOp) -> Self {
+        Op::Channel(c)
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod binary;
 pub mod bn;
+pub mod channels;
 pub mod conv;
 pub mod elementwise;
 pub(crate) mod gemm;

@@ -389,6 +389,14 @@ impl Network {
                 }
             }
             Op::Binary(_) => self.binary_backward(id, b, &dy, grads, out),
+            Op::Channel(c) => {
+                if need0 {
+                    let c_in = self.cs[in0.0].0;
+                    let (mut dx, acc) = self.grad_dst(grads, n, in0);
+                    be.channel_gather_backward(&c.sources(c_in), c_in, &dy, &mut dx, acc);
+                    grads[in0.0] = Some(dx);
+                }
+            }
         }
         Ok(Some(dy))
     }

@@ -247,6 +247,10 @@ impl Network {
                 be.shortcut_forward(g, n, val(0), y);
             }
             Op::Identity => be.copy_or_add(val(0), y, false),
+            Op::Channel(c) => {
+                let c_in = self.cs[node.inputs[0].0].0;
+                be.channel_gather_forward(&c.sources(c_in), c_in, val(0), y);
+            }
             Op::Binary(_) => {
                 let xs: Vec<&[f32]> = (0..node.inputs.len()).map(val).collect();
                 self.binary_forward(id, n, &xs, y);

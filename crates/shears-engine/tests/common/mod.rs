@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use shears_engine::{BackwardOptions, ForwardRequest, Mode, Network};
-use shears_ir::{Activation, Graph, NodeId, Op, ParamKind, Tensor, Weights};
+use shears_ir::{Activation, ChannelOp, Graph, NodeId, Op, ParamKind, Tensor, Weights};
 
 /// A small deterministic generator (splitmix64).
 pub struct Rng(pub u64);
@@ -250,6 +250,26 @@ pub fn ref_forward(
                     for (k, x) in ins.iter().enumerate() {
                         let per: usize = in_shape(k).iter().product();
                         y.extend_from_slice(&x[nn * per..(nn + 1) * per]);
+                    }
+                }
+                y
+            }
+            Op::Channel(ch) => {
+                // Written out as the ONNX pattern: a shuffle is view [g, C/g] -> swap -> view.
+                let (c, hw) = (in_shape(0)[0], in_shape(0)[1] * in_shape(0)[2]);
+                let co = out_shape[0];
+                let src = |o: usize| match *ch {
+                    ChannelOp::Shuffle { groups } => {
+                        let (j, i) = (o / groups, o % groups);
+                        i * (c / groups) + j
+                    }
+                    ChannelOp::Slice { start, .. } => start + o,
+                };
+                let mut y = vec![0.0; n * co * hw];
+                for nn in 0..n {
+                    for o in 0..co {
+                        let from = &ins[0][(nn * c + src(o)) * hw..][..hw];
+                        y[(nn * co + o) * hw..][..hw].copy_from_slice(from);
                     }
                 }
                 y
