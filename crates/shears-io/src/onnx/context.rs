@@ -52,6 +52,12 @@ pub(crate) enum Fusion {
         /// Column step.
         sw: usize,
     },
+    /// A channel shuffle read so far up to its `Reshape [N, g, C/g, H, W]` (and its
+    /// `Transpose` when `transposed`); the `Reshape` back to `[N, C, H, W]` completes it.
+    Shuffle {
+        /// Whether the transpose has been read.
+        transposed: bool,
+    },
     /// A placeholder (an identity of `x`) standing for a prefix of the Erf GELU pattern of
     /// activation `x` (a pending-node index); the pattern's next node folds into it, and one
     /// left at the end of the import is refused.

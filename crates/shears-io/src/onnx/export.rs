@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use shears_ir::{Graph, Node, Op, Weights};
+use shears_ir::{ChannelOp, Graph, Node, Op, Weights};
 
 use super::ops;
 use super::proto::{
@@ -181,7 +181,7 @@ impl ExportCtx {
 }
 
 /// Lowers one non-input node; `inputs` are the ONNX names of its producers' values.
-fn lower(cx: &mut ExportCtx, node: &Node, inputs: &[String], out: &str) {
+fn lower(cx: &mut ExportCtx, node: &Node, shape: &[usize], inputs: &[String], out: &str) {
     match &node.op {
         Op::Input { .. } => unreachable!("inputs are graph inputs, not nodes"),
         Op::Conv2d(c) => ops::conv::export(cx, node, c, inputs, out),
@@ -199,6 +199,12 @@ fn lower(cx: &mut ExportCtx, node: &Node, inputs: &[String], out: &str) {
         Op::ShortcutA(s) => ops::shortcut::export(cx, node, s, inputs, out),
         Op::Identity => ops::identity::export_identity(cx, node, inputs, out),
         Op::Binary(b) => ops::binary::export(cx, node, b, inputs, out),
+        Op::Channel(ChannelOp::Shuffle { groups }) => {
+            ops::shuffle::export(cx, node, *groups, shape, inputs, out)
+        }
+        Op::Channel(ChannelOp::Slice { start, end }) => {
+            ops::split::export(cx, node, (*start, *end), inputs, out)
+        }
     }
 }
 
@@ -274,7 +280,7 @@ fn encode(
             continue;
         }
         let ins: Vec<String> = node.inputs.iter().map(|i| values[i.0].clone()).collect();
-        lower(&mut cx, node, &ins, &values[id.0]);
+        lower(&mut cx, node, graph.shape(id), &ins, &values[id.0]);
     }
     let g = GraphProto {
         node: cx.nodes,

@@ -68,6 +68,18 @@ pub(crate) fn try_fold(ctx: &mut Ctx, node: NodeView<'_>) -> Result<bool, Import
     Ok(true)
 }
 
+/// A shape target for messages, with [`BATCH_DIM`] written `N`.
+pub(crate) fn show(target: &[i64]) -> String {
+    let parts: Vec<String> = target
+        .iter()
+        .map(|&v| match v {
+            BATCH_DIM => "N".to_string(),
+            v => v.to_string(),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
 fn int_tensor(dims: Vec<usize>, data: Vec<i64>) -> ConstTensor {
     ConstTensor {
         name: String::new(),

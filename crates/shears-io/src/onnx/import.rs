@@ -373,6 +373,12 @@ fn build(ctx: Ctx, outputs: &[usize]) -> Result<(Graph, Weights), ImportError> {
             n.origin
         )));
     }
+    if let Some((n, transposed)) = nodes.iter().find_map(|n| match n.fusion {
+        Fusion::Shuffle { transposed } => Some((n, transposed)),
+        _ => None,
+    }) {
+        return Err(super::ops::shuffle::incomplete(&n.origin, transposed));
+    }
     let mut b = GraphBuilder::new();
     let mut weights = Weights::new();
     for n in nodes {

@@ -14,7 +14,7 @@ use super::super::node::NodeView;
 use super::super::proto::AttributeProto;
 use super::super::registry::OpSpec;
 use super::super::ImportError;
-use super::{axis, pool};
+use super::{axis, pool, shuffle};
 
 /// `Flatten(X)` with `axis = 1`.
 pub(crate) const FLATTEN: OpSpec = OpSpec {
@@ -119,10 +119,7 @@ fn convert_reshape(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError>
         _ => false,
     };
     if !flattening {
-        return Err(node.unsupported(format!(
-            "reshape of per-sample dims {:?} to {target:?}; only flattening to [N, features] is supported",
-            x.dims
-        )));
+        return shuffle::convert_reshape(ctx, node, x, &target);
     }
     to_vector(ctx, node, x)
 }

@@ -15,6 +15,8 @@ pub(crate) mod linear;
 pub(crate) mod pool;
 pub(crate) mod relu;
 pub(crate) mod shortcut;
+pub(crate) mod shuffle;
+pub(crate) mod split;
 
 use super::node::NodeView;
 use super::tensor::MAX_DIM;

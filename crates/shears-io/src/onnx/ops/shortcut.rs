@@ -14,7 +14,7 @@ use super::super::node::NodeView;
 use super::super::proto::AttributeProto;
 use super::super::registry::OpSpec;
 use super::super::ImportError;
-use super::{axis, to_dim};
+use super::{axis, split, to_dim};
 
 /// `Slice(X, starts, ends[, axes[, steps]])` keeping whole axes, with positive steps on H
 /// and W only.
@@ -56,6 +56,9 @@ fn convert_slice(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
         return Err(node.corrupt("starts, ends, axes and steps differ in length"));
     }
     let x = ctx.feature_map(node, 0)?;
+    if let Some(r) = split::channel_range(node, &x.dims, &starts, &ends, &axes, &steps)? {
+        return split::convert_channel_slice(ctx, node, x, r);
+    }
     let mut step_hw = [1usize; 2];
     let mut seen = [false; 4];
     for k in 0..starts.len() {
