@@ -680,7 +680,9 @@ impl Op {
                     out_channels: c + s.pad_before + s.pad_after,
                 }
             }
-            Op::Channel(c) => c.channel_map(inputs.first().and_then(|s| s.first()).copied().unwrap_or(0)),
+            Op::Channel(c) => {
+                c.channel_map(inputs.first().and_then(|s| s.first()).copied().unwrap_or(0))
+            }
             Op::Binary(b) => {
                 let channel_broadcast = b.channel_broadcast(inputs);
                 if channel_broadcast.contains(&true) {

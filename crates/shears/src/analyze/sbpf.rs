@@ -235,7 +235,7 @@ fn damage_rep(
                         zero(m.node, ParamKind::Weight, &idxs);
                         zero(m.node, ParamKind::Bias, &idxs);
                     }
-                    Role::InChannels | Role::ShortcutPad | Role::Operand => {}
+                    Role::InChannels | Role::ShortcutPad | Role::Operand | Role::SliceInput => {}
                 }
             }
         }

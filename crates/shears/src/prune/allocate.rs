@@ -17,7 +17,10 @@
 //! 1. at most `floor(max_ratio * n)` channels are removed, and at least `min_channels` (and
 //!    at least 1) are kept: a group never loses all its channels;
 //! 2. with `round_to = q`, the kept count is rounded UP to a multiple of `q` (or to `n` if that
-//!    exceeds `n`), so rounding never removes more than asked.
+//!    exceeds `n`), so rounding never removes more than asked;
+//! 3. a channel whose removal would leave some node with no channels at all is skipped and
+//!    the next one in order goes instead (a node can hold only some of a group's channels,
+//!    e.g. a ShuffleNet split half; in graphs without channel ranges this never applies).
 //!
 //! Within a group the lowest-scored channels go first (ties: lower index first). Groups that
 //! are not prunable (graph inputs, the logits) or that hold an `ignore`d node as a producer,
@@ -217,6 +220,25 @@ impl AllocConfig {
 }
 
 /// `floor(ratio * n)`, robust to f32 rounding (`0.7 * 10` is 7).
+/// Per group and channel, the nodes holding it and how many of their slots it holds.
+fn slot_holders(graph: &shears_ir::Graph, dg: &DepGraph) -> Vec<Vec<Vec<(usize, usize)>>> {
+    let mut h: Vec<Vec<Vec<(usize, usize)>>> = dg
+        .groups()
+        .iter()
+        .map(|g| vec![Vec::new(); g.size])
+        .collect();
+    for id in graph.ids() {
+        for ch in dg.channels(id) {
+            let v = &mut h[ch.group][ch.idx];
+            match v.last_mut() {
+                Some((node, n)) if *node == id.0 => *n += 1,
+                _ => v.push((id.0, 1)),
+            }
+        }
+    }
+    h
+}
+
 fn ratio_count(ratio: f32, n: usize) -> usize {
     ((f64::from(ratio) * n as f64) + 1e-6).floor() as usize
 }
@@ -348,12 +370,26 @@ pub fn allocate(
         macs: graph.macs(),
         params: graph.n_params(),
     };
+    let holders = slot_holders(graph, dg);
     let build = |counts: &dyn Fn(&Ranked) -> usize| -> Removal {
         let mut rem = Removal::none(dg);
+        let mut left: Vec<usize> = graph.ids().map(|id| dg.channels(id).len()).collect();
         for r in &ranked {
             let k = cfg.n_removed(r.group.size, counts(r));
-            for &i in &r.order[..k] {
+            let mut taken = 0;
+            for &i in &r.order {
+                if taken == k {
+                    break;
+                }
+                let h = &holders[r.group.id][i];
+                if h.iter().any(|&(node, n)| left[node] <= n) {
+                    continue;
+                }
+                for &(node, n) in h {
+                    left[node] -= n;
+                }
                 rem.removed[r.group.id][i] = true;
+                taken += 1;
             }
         }
         rem

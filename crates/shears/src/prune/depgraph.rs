@@ -13,6 +13,12 @@
 //! - `Transform` (conv, linear): output slots originate at the layer; input and output are
 //!   independent, except for a depthwise conv (`groups == in == out`), whose output `i` is
 //!   linked to its input `i`;
+//! - `Select { sources, tied }` ([`Op::Channel`]: channel shuffle, channel range): output
+//!   slot `o` is input slot `sources[o]`; a shuffle moreover links the input slots of each
+//!   `tied` set (position `j` of every group), so a removed channel leaves every group with
+//!   the same positions and the shuffle over the kept channels is still a shuffle. In a
+//!   ShuffleNetV2 stage this ties each unit's branch output to the pass-through half, so the
+//!   trunk channels merge into coarser channels unit by unit;
 //! - `Source` (graph input): slots originate there and are never prunable.
 //! - `Broadcast` (a [`Op::Binary`] whose operand has one channel that every output channel
 //!   reads): the other operand links elementwise; the broadcast operand links to nothing and is
@@ -44,7 +50,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
-use shears_ir::{ChannelMap, Graph, NodeId, Op};
+use shears_ir::{ChannelMap, ChannelOp, Graph, NodeId, Op};
 
 use super::error::{PruneError, Result};
 
@@ -68,6 +74,9 @@ pub enum Role {
     /// Channels of a [`Op::Binary`]'s constant operand (its `weight`, axis 0, and the shape the
     /// op records), e.g. ConvNeXt's layer scale `gamma * x`.
     Operand,
+    /// Input channels of a channel range ([`shears_ir::ChannelOp::Slice`]): removing them
+    /// moves its start and end.
+    SliceInput,
 }
 
 impl Role {
@@ -80,6 +89,7 @@ impl Role {
             Role::Depthwise => "depthwise",
             Role::ShortcutPad => "pad",
             Role::Operand => "operand",
+            Role::SliceInput => "slice",
         }
     }
 }
@@ -318,6 +328,27 @@ impl DepGraph {
                         }
                     }
                 }
+                ChannelMap::Select { sources, tied } => {
+                    let inp = node.inputs[0];
+                    let bi = base[inp.0];
+                    if sources.len() != c || sources.iter().any(|&s| s >= width(inp)) {
+                        return Err(PruneError::Invalid(format!(
+                            "node {:?}: channel gather of {} channels does not fit {} input \
+                             and {c} output channels",
+                            node.name,
+                            sources.len(),
+                            width(inp)
+                        )));
+                    }
+                    for (o, &s) in sources.iter().enumerate() {
+                        uf.union(b + o, bi + s);
+                    }
+                    for set in &tied {
+                        for pair in set.windows(2) {
+                            uf.union(bi + pair[0], bi + pair[1]);
+                        }
+                    }
+                }
                 ChannelMap::Pad {
                     offset,
                     out_channels,
@@ -466,6 +497,11 @@ impl DepGraph {
                         for (i, &ch) in channels[id.0].iter().enumerate() {
                             add(ch, Role::Operand, i, &groups);
                         }
+                    }
+                }
+                Op::Channel(ChannelOp::Slice { .. }) => {
+                    for (i, &ch) in channels[node.inputs[0].0].iter().enumerate() {
+                        add(ch, Role::SliceInput, i, &groups);
                     }
                 }
                 Op::ShortcutA(s) => {

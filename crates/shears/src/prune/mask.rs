@@ -12,7 +12,8 @@
 //! In the masked model a removed channel is therefore spatially constant wherever it flows:
 //! `bias` (or 0) at its producers; `(c - mean) / sqrt(var + eps) * gamma + beta` after a batch
 //! norm; `max(0, c)` after ReLU and `f(c)` after any other activation `f`; unchanged through
-//! max pooling, global pooling, dropout, identity, flatten, concat and the non-padded part of
+//! max pooling, global pooling, dropout, identity, flatten, concat, channel shuffles and
+//! ranges, and the non-padded part of
 //! an option-A shortcut; the sum of the branches' constants after `Add`; 0 at a shortcut's pad
 //! slots; `a op b` after a broadcasting [`Op::Binary`] whose operands are constants there (the
 //! removed channel, or a constant parameter uniform over H and W). (A channel forced to zero
@@ -363,6 +364,10 @@ impl Constants {
                         }
                     }
                     acc
+                }
+                Op::Channel(ch) => {
+                    let x = input(0);
+                    ch.sources(x.len()).iter().map(|&s| x[s]).collect()
                 }
                 Op::Concat => (0..node.inputs.len())
                     .flat_map(|k| input(k).iter().copied())

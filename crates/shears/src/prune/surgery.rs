@@ -3,7 +3,8 @@
 //! Data in, data out: surgery reads the graph and weights and writes a smaller graph and
 //! weights; it never runs the model. For each group that loses channels, one patch labelled
 //! `prune group <id> (<root>)` shrinks every member (conv in / out channels, depthwise groups,
-//! BN features, linear in / out features, option-A pad counts, binary ops' constant operands;
+//! BN features, linear in / out features, option-A pad counts, binary ops' constant operands,
+//! channel ranges' start and end;
 //! concat, flatten and pass-through ops follow through shape inference), and every member's tensors are sliced on the matching
 //! axis.
 //!
@@ -32,7 +33,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use shears_ir::{Graph, NodeId, Op, ParamKind, Patch, Tensor, Weights};
+use shears_ir::{ChannelOp, Graph, NodeId, Op, ParamKind, Patch, Tensor, Weights};
 
 use super::cost::Cost;
 use super::depgraph::{is_depthwise, DepGraph, Role};
@@ -253,7 +254,7 @@ pub fn apply_plan_with(
                 Role::OutChannels | Role::Depthwise | Role::BnChannels | Role::Operand => {
                     e.out = orig
                 }
-                Role::InChannels => e.inp = orig,
+                Role::InChannels | Role::SliceInput => e.inp = orig,
                 Role::ShortcutPad => e.pad = orig,
             }
         }
@@ -490,8 +491,18 @@ fn edit_node(
             k.shape[0] -= out_cur.len();
             Op::Binary(b)
         }
+        Op::Channel(ChannelOp::Slice { start, end }) => {
+            let in_cur = positions(&gone[node.inputs[0].0], &e.inp);
+            let before = |x: usize| in_cur.iter().filter(|&&k| k < x).count();
+            ChannelOp::Slice {
+                start: start - before(*start),
+                end: end - before(*end),
+            }
+            .into()
+        }
         op => unreachable!(
-            "group members are convs, linears, BNs, shortcuts and binary operands, not {}",
+            "group members are convs, linears, BNs, shortcuts, binary operands and channel \
+             ranges, not {}",
             op.type_name()
         ),
     }

@@ -527,7 +527,8 @@ fn op_name(op: &Op) -> &'static str {
 /// Surgery slices weights without changing the kept values, so a conv or linear row of the
 /// pruned network equals the original row at the kept input channels; rows are matched in
 /// order (pruning keeps the channel order). Maps pass through BN, activations, pooling and
-/// flatten; an add takes the map of any input that has one.
+/// flatten; an add takes the map of any input that has one; channel shuffles and ranges map
+/// through their sources.
 pub fn channel_maps(
     original: &Graph,
     ow: &Weights,
@@ -614,6 +615,21 @@ pub fn channel_maps_with(
                     )
                 }
                 Op::Add => (0..node.inputs.len()).find_map(in_map),
+                Op::Channel(ch) => {
+                    // Pruned output `o` copies pruned input `src[o]`, whose original index
+                    // the input's map gives; the original op says where that lands.
+                    let Op::Channel(och) = &original.node(oid).op else {
+                        return None;
+                    };
+                    let oin = original.shape(original.node(oid).inputs[0])[0];
+                    let mut at = vec![None; oin];
+                    for (o, &s) in och.sources(oin).iter().enumerate() {
+                        at[s] = Some(o);
+                    }
+                    let im = in_map(0)?;
+                    let cin = pruned.shape(node.inputs[0])[0];
+                    ch.sources(cin).iter().map(|&s| at[*im.get(s)?]).collect()
+                }
                 Op::Concat => {
                     let mut out = Vec::new();
                     let mut off = 0;

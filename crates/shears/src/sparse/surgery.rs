@@ -400,7 +400,7 @@ fn dead_channel_plan(g: &Graph, w: &Weights, dg: &DepGraph) -> Plan {
                         let row = k.len() / g.shape(m.node)[0];
                         zero_at(Some(k), idxs, row)
                     }
-                    Role::InChannels | Role::ShortcutPad => true,
+                    Role::InChannels | Role::ShortcutPad | Role::SliceInput => true,
                 }
             });
             if dead {

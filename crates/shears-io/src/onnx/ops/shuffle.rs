@@ -83,7 +83,13 @@ pub(crate) fn convert_reshape(
         {
             let op = ChannelOp::Shuffle { groups: g }.into();
             let shape = x.dims.clone();
-            let idx = ctx.push_partial(node, op, x.node, shape, Fusion::Shuffle { transposed: false });
+            let idx = ctx.push_partial(
+                node,
+                op,
+                x.node,
+                shape,
+                Fusion::Shuffle { transposed: false },
+            );
             ctx.define_act(node, idx, vec![g, per, h, w])
         }
         (Some([c, h, w]), Fusion::Shuffle { transposed: true })
@@ -228,7 +234,12 @@ mod tests {
             op("Conv", &["x2", "b.weight"], "b", Vec::new()),
             op("Concat", &["x1", "b"], "cat", axis1()),
             op("Shape", &["cat"], "s", Vec::new()),
-            op("Gather", &["s", "zero_scalar"], "n", vec![AttributeProto::int("axis", 0)]),
+            op(
+                "Gather",
+                &["s", "zero_scalar"],
+                "n",
+                vec![AttributeProto::int("axis", 0)],
+            ),
             unsqueeze,
             op(
                 "Concat",
@@ -295,7 +306,9 @@ mod tests {
 
     fn expected() -> Vec<Op> {
         vec![
-            Op::Input { shape: vec![6, 2, 2] },
+            Op::Input {
+                shape: vec![6, 2, 2],
+            },
             ChannelOp::Slice { start: 0, end: 3 }.into(),
             ChannelOp::Slice { start: 3, end: 6 }.into(),
             Op::Conv2d(shears_ir::Conv2d::new(3, 3, 1)),
@@ -329,7 +342,10 @@ mod tests {
         assert_eq!(ops(&g2), expected());
         assert_eq!(w2.len(), w.len());
         let fixed = export_onnx_bytes(&g, &w, &bare.with_batch(3)).unwrap();
-        assert_eq!(ops(&import_onnx_bytes(&fixed, "b3.onnx").unwrap().0), expected());
+        assert_eq!(
+            ops(&import_onnx_bytes(&fixed, "b3.onnx").unwrap().0),
+            expected()
+        );
         let embedded = export_onnx_bytes(&g, &w, &OnnxExportOptions::new()).unwrap();
         assert_eq!(import_onnx_bytes(&embedded, "e.onnx").unwrap().0, g);
     }
@@ -351,15 +367,24 @@ mod tests {
             vec![AttributeProto::ints("perm", &[0, 1, 2, 4, 3])],
         )];
         let what = unsupported(&unit(13, Halves::Sizes, Some(tail)));
-        assert!(what.contains("/out") && what.contains("[0, 1, 2, 4, 3]"), "{what}");
+        assert!(
+            what.contains("/out") && what.contains("[0, 1, 2, 4, 3]"),
+            "{what}"
+        );
         // The grouped view reaches the graph's output: the pattern never completes.
         let tail = vec![op("Identity", &["grouped"], "out", Vec::new())];
         let what = unsupported(&unit(13, Halves::Sizes, Some(tail)));
-        assert!(what.contains("/grouped") && what.contains("without the Transpose"), "{what}");
+        assert!(
+            what.contains("/grouped") && what.contains("without the Transpose"),
+            "{what}"
+        );
         // A reshape into no known pattern names the symbolic batch as N.
         let tail = vec![op("Reshape", &["grouped", "t5"], "out", Vec::new())];
         let what = unsupported(&unit(13, Halves::Sizes, Some(tail)));
-        assert!(what.contains("/out") && what.contains("[N, 2, 3, 2, 2]"), "{what}");
+        assert!(
+            what.contains("/out") && what.contains("[N, 2, 3, 2, 2]"),
+            "{what}"
+        );
         assert!(!what.contains("1099511627776"), "{what}");
     }
 }

@@ -45,7 +45,7 @@ impl MemberSet {
             Role::OutChannels | Role::Depthwise => self.out_channels,
             Role::InChannels => self.in_channels,
             Role::BnChannels => self.batch_norm,
-            Role::ShortcutPad | Role::Operand => false,
+            Role::ShortcutPad | Role::Operand | Role::SliceInput => false,
         }
     }
 }

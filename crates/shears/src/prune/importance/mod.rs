@@ -305,7 +305,7 @@ pub(crate) fn weight_axis(role: Role) -> Option<usize> {
     match role {
         Role::OutChannels | Role::Depthwise | Role::BnChannels => Some(0),
         Role::InChannels => Some(1),
-        Role::ShortcutPad | Role::Operand => None,
+        Role::ShortcutPad | Role::Operand | Role::SliceInput => None,
     }
 }
 
