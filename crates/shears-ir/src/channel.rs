@@ -41,7 +41,7 @@ impl ChannelOp {
     /// Checks the configuration alone: a positive group count, a non-empty range.
     pub fn check(&self) -> Result<(), String> {
         match *self {
-            ChannelOp::Shuffle { groups } if groups == 0 => {
+            ChannelOp::Shuffle { groups: 0 } => {
                 Err("channel_shuffle groups must be positive".into())
             }
             ChannelOp::Slice { start, end } if start >= end => Err(format!(
@@ -61,7 +61,7 @@ impl ChannelOp {
         };
         match *self {
             ChannelOp::Shuffle { groups } => {
-                if c % groups != 0 {
+                if !c.is_multiple_of(groups) {
                     return Err(format!(
                         "channel_shuffle groups {groups} must divide the {c} channels"
                     ));

@@ -180,6 +180,14 @@ fn forward_one(g: &Graph, w: &Weights, x: &[f64]) -> Vec<f64> {
                 acc
             }
             Op::Concat => (0..n.inputs.len()).flat_map(|k| inp(k).clone()).collect(),
+            Op::Channel(ch) => {
+                let per: usize = ins[0][1..].iter().product();
+                let src = inp(0);
+                ch.sources(ins[0][0])
+                    .iter()
+                    .flat_map(|&c| src[c * per..(c + 1) * per].iter().copied())
+                    .collect()
+            }
             Op::ShortcutA(s) => {
                 let (c, h, wd) = (ins[0][0], ins[0][1], ins[0][2]);
                 let (oh, ow) = (out_shape[1], out_shape[2]);

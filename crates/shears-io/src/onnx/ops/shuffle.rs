@@ -59,7 +59,7 @@ fn per_sample(ctx: &Ctx, node: NodeView<'_>, x: &Act, target: &[i64]) -> Option<
     }
     let known = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
     if let Some(i) = infer {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return None;
         }
         dims[i] = numel / known;
