@@ -6,7 +6,10 @@
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shears::prune::{self, predict_cost, verify, DepGraph, Plan, PlanGroup, VERIFY_TOLERANCE};
+use shears::prune::{
+    self, predict_cost, verify, AllocConfig, DepGraph, Magnitude, Norm, Plan, PlanGroup,
+    ScoreContext, Strategy, VERIFY_TOLERANCE,
+};
 use shears::zoo::{init_weights_with, InitScheme};
 use shears_ir::{
     BatchNorm2d, ChannelOp, Conv2d, Graph, GraphBuilder, Linear, NodeId, Op, ParamKind, Tensor,
@@ -256,4 +259,31 @@ fn pruned_equals_masked_through_shuffles_and_ranges() {
         trunk_cut += before - after;
     }
     assert!(trunk_cut > 0, "some plan removed trunk channels");
+}
+
+#[test]
+fn allocation_never_empties_a_split_half() {
+    // At high ratios a group keeps only a few channels; the second unit's first half holds
+    // just 2 of the first unit's 8 branch-pair channels, so the allocator must skip removals
+    // that would empty it (surgery refuses such a plan).
+    let g = mini_shufflenet(16, 3);
+    let x = input(&g, 2, 7);
+    for seed in 0..4 {
+        let w = weights(&g, seed);
+        for ratio in [0.5, 0.9, 1.0] {
+            let cfg = AllocConfig::new(Strategy::Uniform { ratio }).with_global_ranking();
+            let ctx = ScoreContext::new(&g, &w);
+            let plan = prune::plan(&ctx, &Magnitude::new(Norm::L1), &cfg).unwrap();
+            let p = prune::prune(&g, &w, &plan)
+                .unwrap_or_else(|e| panic!("seed {seed} ratio {ratio}: {e}"));
+            for id in p.graph.ids() {
+                assert!(p.graph.shape(id)[0] > 0);
+            }
+            let v = verify(&g, &w, &plan, &p, &x, VERIFY_TOLERANCE).unwrap();
+            assert!(
+                v.max_abs_diff <= VERIFY_TOLERANCE,
+                "seed {seed} ratio {ratio}"
+            );
+        }
+    }
 }
