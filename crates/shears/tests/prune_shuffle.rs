@@ -11,6 +11,8 @@ use shears::prune::{
     ScoreContext, Strategy, VERIFY_TOLERANCE,
 };
 use shears::zoo::{init_weights_with, InitScheme};
+use shears_io::onnx::{export_onnx_bytes, import_onnx_bytes};
+use shears_io::OnnxExportOptions;
 use shears_ir::{
     BatchNorm2d, ChannelOp, Conv2d, Graph, GraphBuilder, Linear, NodeId, Op, ParamKind, Tensor,
     Weights,
@@ -254,6 +256,18 @@ fn pruned_equals_masked_through_shuffles_and_ranges() {
                 }
             }
         }
+        // The pruned graph goes through ONNX (shuffles as Reshape / Transpose / Reshape,
+        // ranges as Slice) and comes back with the same ops and shapes.
+        let bare = OnnxExportOptions::new().with_embed_graph(false);
+        let bytes = export_onnx_bytes(&p.graph, &p.weights, &bare).unwrap();
+        let (back, back_w) = import_onnx_bytes(&bytes, "pruned.onnx").unwrap();
+        let ops = |g: &Graph| -> Vec<(Op, Vec<usize>)> {
+            g.ids()
+                .map(|id| (g.node(id).op.clone(), g.shape(id).to_vec()))
+                .collect()
+        };
+        assert_eq!(ops(&back), ops(&p.graph), "seed {seed}");
+        assert_eq!(back_w.len(), p.weights.len());
         let before = g.shape(g.find("stage2.2.shuffle").unwrap())[0];
         let after = p.graph.shape(p.graph.find("stage2.2.shuffle").unwrap())[0];
         trunk_cut += before - after;
