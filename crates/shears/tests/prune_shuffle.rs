@@ -10,6 +10,7 @@ use shears::prune::{
     self, predict_cost, verify, AllocConfig, DepGraph, Magnitude, Norm, Plan, PlanGroup,
     ScoreContext, Strategy, VERIFY_TOLERANCE,
 };
+use shears::recover::channel_maps;
 use shears::zoo::{init_weights_with, InitScheme};
 use shears_io::onnx::{export_onnx_bytes, import_onnx_bytes};
 use shears_io::OnnxExportOptions;
@@ -254,6 +255,23 @@ fn pruned_equals_masked_through_shuffles_and_ranges() {
                 } else {
                     assert_eq!(end, c_in, "{}", n.name);
                 }
+            }
+        }
+        // Recovery's channel maps name, for every pruned node, the original channels it kept;
+        // through the shuffles and ranges too.
+        let gone = |id: NodeId, s: usize| {
+            let ch = dg.channels(id)[s];
+            plan.groups
+                .iter()
+                .any(|pg| pg.group_id == ch.group && pg.removed.contains(&ch.idx))
+        };
+        let maps = channel_maps(&g, &w, &p.graph, &p.weights);
+        for id in p.graph.ids() {
+            let oid = g.find(&p.graph.node(id).name).unwrap();
+            let kept: Vec<usize> = (0..g.shape(oid)[0]).filter(|&s| !gone(oid, s)).collect();
+            match &maps[id.0] {
+                Some(m) => assert_eq!(m, &kept, "seed {seed}: {}", g.node(oid).name),
+                None => assert!(!matches!(g.node(oid).op, Op::Channel(_)), "seed {seed}"),
             }
         }
         // The pruned graph goes through ONNX (shuffles as Reshape / Transpose / Reshape,
