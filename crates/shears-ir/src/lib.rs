@@ -28,6 +28,7 @@
 mod activation;
 mod binary;
 mod graph;
+mod layer_norm;
 mod ops;
 mod patch;
 mod tensor;
@@ -35,6 +36,7 @@ mod tensor;
 pub use activation::Activation;
 pub use binary::{broadcast_shape, Binary, BinaryKind, ConstOperand};
 pub use graph::{Graph, GraphBuilder, Node, NodeId, GRAPH_FORMAT};
+pub use layer_norm::LayerNorm;
 pub use ops::{
     BatchNorm2d, ChannelMap, Conv2d, Linear, Op, ParamKind, ParamSpec, Pool2d, ShortcutA,
 };

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::binary::Binary;
+use crate::layer_norm::LayerNorm;
 use crate::{Activation, IrError};
 
 /// 2-D convolution, PyTorch semantics (cross-correlation), weight `[c_out, c_in / groups, kh, kw]`.
@@ -275,6 +276,8 @@ pub enum Op {
     /// Broadcasting elementwise arithmetic (`Add`, `Sub`, `Mul`, `Div`), with an optional
     /// constant operand held as the `weight` parameter.
     Binary(Binary),
+    /// Layer normalisation over the channels of each pixel, weight and bias `[C]`.
+    LayerNorm(LayerNorm),
 }
 
 /// What a parameter or buffer tensor of an op is.
@@ -335,7 +338,8 @@ pub enum ChannelMap {
     },
     /// Output channel `i` is input channel `i` of every input (BN, ReLU and the other
     /// activations, pooling, global pool,
-    /// dropout, identity, and `Add`, which thereby couples all its inputs).
+    /// dropout, identity, and `Add`, which thereby couples all its inputs). Layer norm maps
+    /// channel to channel too, but its statistics read all of them, so pruning blocks them.
     Elementwise,
     /// Output channels are the inputs' channels laid end to end; input `k` starts at
     /// `offsets[k]`.
@@ -385,6 +389,7 @@ impl Op {
             Op::ShortcutA(_) => "shortcut_a",
             Op::Identity => "identity",
             Op::Binary(_) => "binary",
+            Op::LayerNorm(_) => "layer_norm",
         }
     }
 
@@ -416,6 +421,10 @@ impl Op {
                 }
                 v
             }
+            Op::LayerNorm(l) => vec![
+                p(ParamKind::Weight, vec![l.channels]),
+                p(ParamKind::Bias, vec![l.channels]),
+            ],
             Op::BatchNorm2d(b) => {
                 let n = b.num_features;
                 vec![
@@ -516,6 +525,7 @@ impl Op {
                 }
             }
             Op::Act(a) => a.check()?,
+            Op::LayerNorm(l) => l.check()?,
             Op::Relu
             | Op::GlobalAvgPool
             | Op::Flatten
@@ -630,6 +640,7 @@ impl Op {
                 Ok(out)
             }
             Op::Binary(b) => b.output_shape(inputs),
+            Op::LayerNorm(l) => l.output_shape(inputs[0]),
             Op::ShortcutA(s) => {
                 let (c, h, w) = chw(inputs[0])?;
                 Ok(vec![
@@ -724,6 +735,12 @@ impl From<Binary> for Op {
 impl From<Activation> for Op {
     fn from(a: Activation) -> Self {
         Op::Act(a)
+    }
+}
+
+impl From<LayerNorm> for Op {
+    fn from(l: LayerNorm) -> Self {
+        Op::LayerNorm(l)
     }
 }
 

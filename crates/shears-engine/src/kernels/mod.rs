@@ -11,6 +11,7 @@ pub mod bn;
 pub mod conv;
 pub mod elementwise;
 pub(crate) mod gemm;
+pub mod layer_norm;
 pub mod linear;
 pub(crate) mod par;
 pub mod pool;

@@ -389,6 +389,7 @@ impl Network {
                 }
             }
             Op::Binary(_) => self.binary_backward(id, b, &dy, grads, out),
+            Op::LayerNorm(_) => self.layer_norm_backward(id, b, &dy, grads, out),
         }
         Ok(Some(dy))
     }
