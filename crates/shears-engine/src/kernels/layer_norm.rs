@@ -131,11 +131,11 @@ mod tests {
 
     #[test]
     fn rows_are_normalised_then_scaled() {
-        // Row [1, 3]: mean 2, var 1, xhat [-1, 1].
-        let x = [1.0, 3.0, 5.0, 5.0];
+        // Rows [1, 3] and [6, 4]: variance 1, xhat [-1, 1] and [1, -1].
+        let x = [1.0, 3.0, 6.0, 4.0];
         let mut y = [0.0; 4];
         forward(&x, 2, &[2.0, 1.0], &[0.5, 0.0], 0.0, &mut y);
-        assert_eq!(y, [-1.5, 1.0, 0.5, 0.0]);
+        assert_eq!(y, [-1.5, 1.0, 2.5, -1.0]);
     }
 
     #[test]
@@ -154,6 +154,6 @@ mod tests {
             },
         )
         .expect("params asked");
-        assert_eq!(db, [1.75, 3.0]);
+        assert_eq!(db, [2.75, 3.0]);
     }
 }
