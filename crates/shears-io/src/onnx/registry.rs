@@ -56,6 +56,8 @@ pub(crate) const REGISTRY: &[OpSpec] = &[
     ops::identity::DROPOUT,
     ops::shortcut::SLICE,
     ops::shortcut::PAD,
+    ops::transpose::TRANSPOSE,
+    ops::layer_norm::LAYER_NORMALIZATION,
     ops::constant::CONSTANT,
     ops::constant::SHAPE,
     ops::constant::GATHER,

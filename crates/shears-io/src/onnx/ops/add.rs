@@ -7,6 +7,7 @@
 
 use shears_ir::{BinaryKind, Node, Op};
 
+use super::super::channels_last;
 use super::super::context::Ctx;
 use super::super::export::ExportCtx;
 use super::super::node::NodeView;
@@ -69,7 +70,9 @@ fn convert_add(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
             if activation::fold_add(ctx, node, &x, x_name, &c)? {
                 return Ok(());
             }
-            if linear::fuse_bias(ctx, node, &x, x_name, &c)? {
+            if linear::fuse_bias(ctx, node, &x, x_name, &c)?
+                || channels_last::fuse_bias(ctx, node, &x, x_name, &c)?
+            {
                 Ok(())
             } else {
                 binary::convert(ctx, node, BinaryKind::Add)
