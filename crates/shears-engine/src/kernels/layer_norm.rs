@@ -28,7 +28,7 @@ fn row_stats(x: &[f32], eps: f32) -> (f64, f64) {
 /// `y = (x - mean) / sqrt(var + eps) * gamma + beta` per row of `c` values.
 pub fn forward(x: &[f32], c: usize, gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]) {
     assert!(
-        x.len() == y.len() && gamma.len() == c && beta.len() == c && x.len() % c == 0,
+        x.len() == y.len() && gamma.len() == c && beta.len() == c && x.len().is_multiple_of(c),
         "layer_norm forward: x {}, y {}, gamma {}, beta {}, c {c}",
         x.len(),
         y.len(),
@@ -66,7 +66,7 @@ pub fn backward(
     grads: LayerNormGrads<'_>,
 ) -> Option<(Vec<f32>, Vec<f32>)> {
     assert!(
-        x.len() == dy.len() && gamma.len() == c && x.len() % c == 0,
+        x.len() == dy.len() && gamma.len() == c && x.len().is_multiple_of(c),
         "layer_norm backward: x {}, dy {}, gamma {}, c {c}",
         x.len(),
         dy.len(),
