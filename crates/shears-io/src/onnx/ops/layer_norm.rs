@@ -155,3 +155,77 @@ pub(crate) fn export(
         vec![AttributeProto::ints("perm", &[0, 3, 1, 2])],
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use shears_ir::{Graph, GraphBuilder, Linear, Weights};
+
+    use super::super::super::proto::{AttributeProto, GraphProto};
+    use super::super::super::tensor::encode_f32;
+    use super::super::super::test_model::{info, model, op};
+    use super::*;
+    use crate::onnx::{export_onnx_bytes, import_onnx_bytes};
+    use crate::OnnxExportOptions;
+
+    /// `GlobalAveragePool` (kept `[N, 4, 1, 1]`), then `LayerNormalization` over axis 1.
+    fn pooled_norm(axis: i64) -> Vec<u8> {
+        let graph = GraphProto {
+            node: vec![
+                op("GlobalAveragePool", &["x"], "p", vec![]),
+                op(
+                    "LayerNormalization",
+                    &["p", "g", "b"],
+                    "y",
+                    vec![AttributeProto::int("axis", axis)],
+                ),
+            ],
+            initializer: vec![
+                encode_f32("g", &[4, 1, 1], &[1.0, 2.0, 3.0, 4.0]),
+                encode_f32("b", &[4, 1, 1], &[0.5; 4]),
+            ],
+            input: vec![info("x", &[-1, 4, 3, 3])],
+            output: vec![info("y", &[-1, 4, 1, 1])],
+            ..Default::default()
+        };
+        model(graph, 17)
+    }
+
+    #[test]
+    fn axis_1_reads_only_where_it_is_per_pixel() {
+        let (g, w) = import_onnx_bytes(&pooled_norm(1), "t.onnx").unwrap();
+        let node = &g.nodes()[2];
+        assert_eq!(node.op, Op::LayerNorm(LayerNorm::new(4)));
+        let gamma = w.get(&node.param_name(ParamKind::Weight)).unwrap();
+        assert_eq!(
+            (gamma.shape(), gamma.data()),
+            (&[4][..], &[1.0, 2.0, 3.0, 4.0][..])
+        );
+        // Axis 2 of the pooled map normalises one value alone: not a layer norm over channels.
+        let e = import_onnx_bytes(&pooled_norm(2), "t.onnx").unwrap_err();
+        assert!(e.to_string().contains("axis 2"), "{e}");
+    }
+
+    #[test]
+    fn a_vector_layer_norm_round_trips_without_transposes() {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[6]).unwrap();
+        let n = b.add("ln", LayerNorm::new(6).with_eps(1e-3), &[x]).unwrap();
+        let fc = Linear {
+            in_features: 6,
+            out_features: 2,
+            bias: false,
+        };
+        let y = b.add("fc", fc, &[n]).unwrap();
+        let g: Graph = b.finish(&[y]).unwrap();
+        let mut w = Weights::new();
+        w.insert("ln.weight", Tensor::full(&[6], 1.5));
+        w.insert("ln.bias", Tensor::full(&[6], -0.5));
+        w.insert("fc.weight", Tensor::full(&[2, 6], 0.25));
+        let opts = OnnxExportOptions::new().with_embed_graph(false);
+        let bytes = export_onnx_bytes(&g, &w, &opts).unwrap();
+        let (g2, w2) = import_onnx_bytes(&bytes, "t.onnx").unwrap();
+        let ops = |g: &Graph| g.nodes().iter().map(|n| n.op.clone()).collect::<Vec<_>>();
+        assert_eq!(ops(&g2), ops(&g));
+        assert_eq!(w2.len(), w.len());
+    }
+}
