@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::check_graph;
-use shears_engine::Mode;
-use shears_ir::{Activation, Binary, BinaryKind, Conv2d, GraphBuilder, LayerNorm, Op};
+use common::{check_graph, random_weights, Rng};
+use shears_engine::{BackwardOptions, ForwardRequest, Gradients, Mode, Network};
+use shears_ir::{Activation, Binary, BinaryKind, Conv2d, GraphBuilder, LayerNorm, Op, Tensor};
 
 fn single(shape: &[usize], op: impl Into<Op>) -> shears_ir::Graph {
     let mut b = GraphBuilder::new();
@@ -56,4 +56,34 @@ fn cn_block(c: usize, side: usize) -> shears_ir::Graph {
 #[test]
 fn convnext_block_forward_and_backward() {
     check_graph(&cn_block(3, 4), 2, Mode::Eval, 33);
+}
+
+/// Outputs and parameter gradients of a ConvNeXt block on 24 images with `threads` threads.
+fn block_with_threads(threads: usize) -> (Tensor, Gradients) {
+    let g = cn_block(8, 6);
+    let mut rng = Rng(35);
+    let w = random_weights(&g, &mut rng);
+    let x = rng.tensor(&[24, 8, 6, 6]);
+    let mut net = Network::new(g.clone(), &w).unwrap();
+    net.set_threads(Some(threads)).unwrap();
+    let req = ForwardRequest::new(Mode::Eval)
+        .recording()
+        .with_feed(g.inputs()[0], &x);
+    let out = net.run(&req).unwrap().outputs.remove(0);
+    let seed = rng.tensor(out.shape());
+    let grads = net
+        .backward_from(&[(g.outputs()[0], &seed)], &BackwardOptions::new())
+        .unwrap();
+    (out, grads)
+}
+
+#[test]
+fn layer_norm_is_deterministic_across_thread_counts() {
+    let (o1, g1) = block_with_threads(1);
+    assert!(g1.params.contains("ln.weight") && g1.params.contains("ln.bias"));
+    for threads in [2, 3] {
+        let (o, g) = block_with_threads(threads);
+        assert_eq!(o, o1, "{threads} threads");
+        assert_eq!(g.params, g1.params, "{threads} threads");
+    }
 }
