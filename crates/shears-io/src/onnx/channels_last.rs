@@ -132,13 +132,10 @@ fn elementwise(ctx: &mut Ctx, node: NodeView<'_>, spec: &OpSpec) -> Result<(), I
         .output(0)
         .ok_or_else(|| node.corrupt("output 0 is missing"))?
         .to_string();
-    for o in proto.output.iter_mut().skip(1) {
-        if !o.is_empty() {
-            *o = alias(o);
-        }
+    for o in proto.output.iter_mut().filter(|o| !o.is_empty()) {
+        ctx.set_uses(alias(o), ctx.uses(o));
+        *o = alias(o);
     }
-    proto.output[0] = alias(&out);
-    ctx.set_uses(alias(&out), ctx.uses(&out));
     let inner = NodeView {
         proto: &proto,
         opset: node.opset,
