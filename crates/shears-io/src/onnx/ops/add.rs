@@ -1,7 +1,8 @@
 //! `Add` and `Sum`, to and from the n-ary [`Op::Add`].
 //!
 //! An `Add` of two computed values of equal shape is an [`Op::Add`]; the `Add` of a constant
-//! vector after a `MatMul` becomes that linear layer's bias; any other `Add` (broadcasting, or
+//! vector after a `MatMul` becomes that linear layer's bias (or, in a channels-last region, the
+//! bias of the 1x1 conv the `MatMul` became); any other `Add` (broadcasting, or
 //! of a constant) is a broadcasting [`Op::Binary`] ([`super::binary`]). `Sum` adds values of
 //! equal shape only.
 
