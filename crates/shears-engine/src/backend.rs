@@ -10,6 +10,7 @@ use crate::kernels::binary::{self, BinaryGeom};
 use crate::kernels::bn::{BnBackward, BnDx};
 use crate::kernels::conv::{ConvGeom, PackedConv};
 use crate::kernels::elementwise::ShortcutGeom;
+use crate::kernels::layer_norm::{self, LayerNormGrads};
 use crate::kernels::pool::PoolGeom;
 use crate::kernels::{activation, bn, conv, elementwise as ew, linear, pool};
 use shears_ir::Activation;
@@ -107,6 +108,27 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         dx: BnDx<'_>,
         dmid: Option<&mut [f32]>,
     ) -> (Vec<f32>, Vec<f32>);
+    /// Layer norm over the `c` channels of each row: `y = xhat * gamma + beta`.
+    fn layer_norm_forward(
+        &self,
+        x: &[f32],
+        c: usize,
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        y: &mut [f32],
+    );
+    /// Layer-norm backward from its input `x`: the input gradient where asked, and
+    /// `(dgamma, dbeta)` when `grads.params`.
+    fn layer_norm_backward(
+        &self,
+        x: &[f32],
+        c: usize,
+        gamma: &[f32],
+        eps: f32,
+        dy: &[f32],
+        grads: LayerNormGrads<'_>,
+    ) -> Option<(Vec<f32>, Vec<f32>)>;
     /// ReLU forward.
     fn relu_forward(&self, x: &[f32], y: &mut [f32]);
     /// ReLU backward from the ReLU's output `y`.
@@ -370,6 +392,28 @@ impl Backend for CpuBackend {
         dmid: Option<&mut [f32]>,
     ) -> (Vec<f32>, Vec<f32>) {
         bn::backward(a, dy, dx, dmid)
+    }
+    fn layer_norm_forward(
+        &self,
+        x: &[f32],
+        c: usize,
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        y: &mut [f32],
+    ) {
+        layer_norm::forward(x, c, gamma, beta, eps, y)
+    }
+    fn layer_norm_backward(
+        &self,
+        x: &[f32],
+        c: usize,
+        gamma: &[f32],
+        eps: f32,
+        dy: &[f32],
+        grads: LayerNormGrads<'_>,
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
+        layer_norm::backward(x, c, gamma, eps, dy, grads)
     }
     fn relu_forward(&self, x: &[f32], y: &mut [f32]) {
         ew::relu_forward(x, y)

@@ -29,6 +29,7 @@ mod activation;
 mod binary;
 mod channel;
 mod graph;
+mod layer_norm;
 mod ops;
 mod patch;
 mod tensor;
@@ -37,6 +38,7 @@ pub use activation::Activation;
 pub use binary::{broadcast_shape, Binary, BinaryKind, ConstOperand};
 pub use channel::ChannelOp;
 pub use graph::{Graph, GraphBuilder, Node, NodeId, GRAPH_FORMAT};
+pub use layer_norm::LayerNorm;
 pub use ops::{
     BatchNorm2d, ChannelMap, Conv2d, Linear, Op, ParamKind, ParamSpec, Pool2d, ShortcutA,
 };

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::binary::Binary;
 use crate::channel::ChannelOp;
+use crate::layer_norm::LayerNorm;
 use crate::{Activation, IrError};
 
 /// 2-D convolution, PyTorch semantics (cross-correlation), weight `[c_out, c_in / groups, kh, kw]`.
@@ -278,6 +279,8 @@ pub enum Op {
     Binary(Binary),
     /// A channel gather: ShuffleNet's channel shuffle or a channel range.
     Channel(ChannelOp),
+    /// Layer normalisation over the channels of each pixel, weight and bias `[C]`.
+    LayerNorm(LayerNorm),
 }
 
 /// What a parameter or buffer tensor of an op is.
@@ -338,7 +341,8 @@ pub enum ChannelMap {
     },
     /// Output channel `i` is input channel `i` of every input (BN, ReLU and the other
     /// activations, pooling, global pool,
-    /// dropout, identity, and `Add`, which thereby couples all its inputs).
+    /// dropout, identity, and `Add`, which thereby couples all its inputs). Layer norm maps
+    /// channel to channel too, but its statistics read all of them, so pruning blocks them.
     Elementwise,
     /// Output channels are the inputs' channels laid end to end; input `k` starts at
     /// `offsets[k]`.
@@ -397,6 +401,7 @@ impl Op {
             Op::Identity => "identity",
             Op::Binary(_) => "binary",
             Op::Channel(c) => c.name(),
+            Op::LayerNorm(_) => "layer_norm",
         }
     }
 
@@ -428,6 +433,10 @@ impl Op {
                 }
                 v
             }
+            Op::LayerNorm(l) => vec![
+                p(ParamKind::Weight, vec![l.channels]),
+                p(ParamKind::Bias, vec![l.channels]),
+            ],
             Op::BatchNorm2d(b) => {
                 let n = b.num_features;
                 vec![
@@ -529,6 +538,7 @@ impl Op {
             }
             Op::Act(a) => a.check()?,
             Op::Channel(c) => c.check()?,
+            Op::LayerNorm(l) => l.check()?,
             Op::Relu
             | Op::GlobalAvgPool
             | Op::Flatten
@@ -644,6 +654,7 @@ impl Op {
             }
             Op::Binary(b) => b.output_shape(inputs),
             Op::Channel(c) => c.output_shape(inputs[0]),
+            Op::LayerNorm(l) => l.output_shape(inputs[0]),
             Op::ShortcutA(s) => {
                 let (c, h, w) = chw(inputs[0])?;
                 Ok(vec![
@@ -747,6 +758,12 @@ impl From<Activation> for Op {
 impl From<ChannelOp> for Op {
     fn from(c: ChannelOp) -> Self {
         Op::Channel(c)
+    }
+}
+
+impl From<LayerNorm> for Op {
+    fn from(l: LayerNorm) -> Self {
+        Op::LayerNorm(l)
     }
 }
 

@@ -203,6 +203,26 @@ fn forward_one(g: &Graph, w: &Weights, x: &[f64]) -> Vec<f64> {
                 }
                 out
             }
+            Op::LayerNorm(l) => {
+                let (c, src) = (l.channels, inp(0));
+                let s = src.len() / c;
+                let (gm, bt) = (
+                    param(g, w, id, ParamKind::Weight),
+                    param(g, w, id, ParamKind::Bias),
+                );
+                let mut out = vec![0.0; src.len()];
+                for p in 0..s {
+                    let mean = (0..c).map(|k| src[k * s + p]).sum::<f64>() / c as f64;
+                    let var =
+                        (0..c).map(|k| (src[k * s + p] - mean).powi(2)).sum::<f64>() / c as f64;
+                    for k in 0..c {
+                        out[k * s + p] = (src[k * s + p] - mean) / (var + f64::from(l.eps)).sqrt()
+                            * gm[k]
+                            + bt[k];
+                    }
+                }
+                out
+            }
             Op::Binary(bin) => {
                 let konst = bin
                     .constant

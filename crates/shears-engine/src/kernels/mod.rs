@@ -12,6 +12,7 @@ pub mod channels;
 pub mod conv;
 pub mod elementwise;
 pub(crate) mod gemm;
+pub mod layer_norm;
 pub mod linear;
 pub(crate) mod par;
 pub mod pool;

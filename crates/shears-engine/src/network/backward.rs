@@ -397,6 +397,7 @@ impl Network {
                     grads[in0.0] = Some(dx);
                 }
             }
+            Op::LayerNorm(_) => self.layer_norm_backward(id, b, &dy, grads, out),
         }
         Ok(Some(dy))
     }

@@ -255,6 +255,7 @@ impl Network {
                 let xs: Vec<&[f32]> = (0..node.inputs.len()).map(val).collect();
                 self.binary_forward(id, n, &xs, y);
             }
+            Op::LayerNorm(_) => self.layer_norm_forward(id, val(0), y),
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ mod exec;
 mod fold;
 mod forward;
 mod hooks;
+mod layer_norm;
 mod plan;
 mod profile;
 mod request;

@@ -73,7 +73,7 @@ impl Network {
                         None
                     }
                 }
-                (Op::BatchNorm2d(_) | Op::Act(_), _) => inp,
+                (Op::BatchNorm2d(_) | Op::Act(_) | Op::LayerNorm(_), _) => inp,
                 (Op::Relu, Step::Op(id)) => Some(id),
                 (Op::Add, Step::AddRelu { relu, .. }) => Some(relu),
                 _ => None,

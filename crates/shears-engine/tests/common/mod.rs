@@ -290,6 +290,29 @@ pub fn ref_forward(
                 }
                 y
             }
+            Op::LayerNorm(l) => {
+                let (c, gamma, beta) = (
+                    l.channels,
+                    p(ParamKind::Weight).unwrap(),
+                    p(ParamKind::Bias).unwrap(),
+                );
+                let s: usize = out_shape[1..].iter().product();
+                let x = ins[0];
+                let mut y = vec![0.0; x.len()];
+                for nn in 0..n {
+                    for px in 0..s {
+                        let at = |ch: usize| (nn * c + ch) * s + px;
+                        let mean = (0..c).map(|ch| x[at(ch)]).sum::<f64>() / c as f64;
+                        let var =
+                            (0..c).map(|ch| (x[at(ch)] - mean).powi(2)).sum::<f64>() / c as f64;
+                        let inv = 1.0 / (var + l.eps as f64).sqrt();
+                        for ch in 0..c {
+                            y[at(ch)] = (x[at(ch)] - mean) * inv * gamma[ch] + beta[ch];
+                        }
+                    }
+                }
+                y
+            }
             Op::Binary(bin) => {
                 // (per-sample shape, data, per-image stride: 0 for a constant).
                 let computed = |k: usize| (in_shape(k), ins[k], in_shape(k).iter().product());

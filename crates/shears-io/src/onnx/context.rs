@@ -34,6 +34,10 @@ pub(crate) enum Value {
     Input(Vec<usize>),
     /// A computed activation.
     Act(Act),
+    /// A computed activation that ONNX holds channels-last (`[N, H, W, C]`, after a
+    /// `Transpose(0, 2, 3, 1)`) while its shears node stays NCHW; [`Act::dims`] are the NCHW
+    /// dims. Only the converters of [`super::channels_last`] read it; [`Ctx::act`] refuses it.
+    ChannelsLast(Act),
 }
 
 /// How a pending node may still absorb the node that consumes it.
@@ -180,6 +184,8 @@ impl Ctx {
         match self.values.get(name)? {
             Value::Act(a) => Some(Ok(a.clone())),
             Value::Const(c) => Some(Err(c.clone())),
+            // Read through `channels_last` only: never mistaken for an NCHW activation.
+            Value::ChannelsLast(_) => None,
             Value::Input(dims) => {
                 let dims = dims.clone();
                 let name = name.to_string();
@@ -203,9 +209,15 @@ impl Ctx {
         }
     }
 
-    /// Input `i` of `node`, which must be a computed value (not a constant).
+    /// Input `i` of `node`, which must be a computed value (not a constant) in NCHW.
     pub fn act(&mut self, node: NodeView<'_>, i: usize) -> Result<Act, ImportError> {
         let name = self.lookup(node, i)?.0.to_string();
+        if self.channels_last(&name).is_some() {
+            return Err(node.unsupported(format!(
+                "input {i} ({name:?}) is channels-last (NHWC, after a Transpose(0, 2, 3, 1)); \
+                 this op is not translated to NCHW there"
+            )));
+        }
         match self.resolve_act(&name).expect("lookup found it") {
             Ok(a) => Ok(a),
             Err(_) => Err(node.unsupported(format!(
@@ -246,6 +258,26 @@ impl Ctx {
             None => Ok(None),
             Some(_) => self.constant(node, i).map(Some),
         }
+    }
+
+    /// The NCHW activation behind value `name` if ONNX holds it channels-last.
+    pub fn channels_last(&self, name: &str) -> Option<&Act> {
+        match self.values.get(name) {
+            Some(Value::ChannelsLast(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Binds an internal name (an NCHW alias of a channels-last value), replacing any earlier
+    /// binding, with `uses` uses.
+    pub fn bind_alias(&mut self, name: String, value: Value, uses: usize) {
+        self.uses.insert(name.clone(), uses);
+        self.values.insert(name, value);
+    }
+
+    /// Sets the use count of an internal name (an NCHW alias about to be defined).
+    pub fn set_uses(&mut self, name: String, uses: usize) {
+        self.uses.insert(name, uses);
     }
 
     /// What value `name` stands for, without creating anything.

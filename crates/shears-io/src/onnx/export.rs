@@ -20,7 +20,7 @@ use super::proto::{
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, TypeTensor, ValueInfoProto,
 };
 use super::tensor::{encode_f32, encode_i64};
-use super::{INPUT_NAME, ONNX_OPSET, OUTPUT_NAME};
+use super::{INPUT_NAME, LAYER_NORM_OPSET, ONNX_OPSET, OUTPUT_NAME};
 use crate::model::GRAPH_KEY;
 use crate::report::check_weights;
 use crate::IoError;
@@ -180,7 +180,8 @@ impl ExportCtx {
     }
 }
 
-/// Lowers one non-input node; `inputs` are the ONNX names of its producers' values.
+/// Lowers one non-input node of per-sample output shape `shape`; `inputs` are the ONNX names
+/// of its producers' values.
 fn lower(cx: &mut ExportCtx, node: &Node, shape: &[usize], inputs: &[String], out: &str) {
     match &node.op {
         Op::Input { .. } => unreachable!("inputs are graph inputs, not nodes"),
@@ -205,6 +206,20 @@ fn lower(cx: &mut ExportCtx, node: &Node, shape: &[usize], inputs: &[String], ou
         Op::Channel(ChannelOp::Slice { start, end }) => {
             ops::split::export(cx, node, (*start, *end), inputs, out)
         }
+        Op::LayerNorm(l) => ops::layer_norm::export(cx, node, l, shape.len() == 3, inputs, out),
+    }
+}
+
+/// The opset written: [`ONNX_OPSET`], or [`LAYER_NORM_OPSET`] for a graph with a layer norm
+/// (`LayerNormalization` is an opset-17 operator).
+fn opset(graph: &Graph) -> u64 {
+    let has_ln = graph
+        .ids()
+        .any(|id| matches!(graph.node(id).op, Op::LayerNorm(_)));
+    if has_ln {
+        LAYER_NORM_OPSET
+    } else {
+        ONNX_OPSET
     }
 }
 
@@ -319,7 +334,7 @@ fn encode(
         producer_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         opset_import: vec![OperatorSetIdProto {
             domain: Some(String::new()),
-            version: Some(ONNX_OPSET as i64),
+            version: Some(opset(graph) as i64),
         }],
         metadata_props,
         ..Default::default()

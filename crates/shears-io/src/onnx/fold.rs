@@ -97,6 +97,10 @@ fn shape(ctx: &Ctx, node: NodeView<'_>) -> Result<Option<ConstTensor>, ImportErr
         Some(Value::Const(c)) => c.dims.iter().map(|&d| d as i64).collect(),
         Some(Value::Input(dims)) => batched(ctx, dims),
         Some(Value::Act(a)) => batched(ctx, &a.dims),
+        Some(Value::ChannelsLast(a)) => match a.dims.as_slice() {
+            [c, h, w] => batched(ctx, &[*h, *w, *c]),
+            _ => return Ok(None),
+        },
         None => return Ok(None),
     };
     let rank = full.len() as i64;

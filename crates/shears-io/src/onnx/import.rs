@@ -19,6 +19,7 @@ use std::rc::Rc;
 use prost::Message;
 use shears_ir::{Activation, Graph, GraphBuilder, Node, NodeId, Op, Weights, GRAPH_FORMAT};
 
+use super::channels_last;
 use super::context::{bounded_numel, Ctx, Fusion, Value};
 use super::fold;
 use super::node::NodeView;
@@ -322,7 +323,7 @@ fn convert(
         if n_out < spec.outputs.0.max(1) || n_out > spec.outputs.1 {
             return Err(node.corrupt(format!("{n_out} outputs")));
         }
-        if !fold::try_fold(&mut ctx, node)? {
+        if !fold::try_fold(&mut ctx, node)? && !channels_last::try_convert(&mut ctx, node, spec)? {
             (spec.convert)(&mut ctx, node)?;
         }
     }
@@ -331,6 +332,11 @@ fn convert(
     }
     let mut outputs = Vec::with_capacity(output_names.len());
     for name in &output_names {
+        if ctx.channels_last(name).is_some() {
+            return Err(ImportError::Unsupported(format!(
+                "graph output {name:?} is channels-last (NHWC, after a Transpose(0, 2, 3, 1))"
+            )));
+        }
         match ctx.resolve_act(name) {
             None => {
                 return Err(ImportError::Corrupt(format!(

@@ -1,7 +1,7 @@
 //! ONNX export and import for the shears op set.
 //!
-//! [`export_onnx`] writes any shears graph as an opset-13 ONNX model that ONNX runtimes
-//! (tract, onnxruntime) run directly: parameters are initializers under their shears names,
+//! [`export_onnx`] writes any shears graph as an opset-13 ONNX model (opset 17 when it has a
+//! layer norm) that ONNX runtimes (tract, onnxruntime) run directly: parameters are initializers under their shears names,
 //! the batch axis is symbolic (`N`) unless fixed, and the shears graph JSON rides along in
 //! `metadata_props` (`shears.graph`). [`import_onnx`] reads such a file back to the same graph,
 //! op for op, with bit-identical weights, and also reads what PyTorch's exporters (TorchScript
@@ -22,6 +22,8 @@
 //! | `Flatten` | `Flatten` (`axis = 1`) | `Reshape` to `[N, -1]`; `Squeeze` after a global pool |
 //! | `Add` | `Add` (2 inputs), `Sum` (more) | |
 //! | `Binary` | `Add`, `Sub`, `Mul`, `Div`; a constant operand is the `weight` initializer | broadcasting operands, constants of shape `[1, C, 1, 1]`, `[C, 1, 1]`, scalars |
+//! | `LayerNorm` | `Transpose(0, 2, 3, 1)`, `LayerNormalization(axis = -1)`, `Transpose(0, 3, 1, 2)` (opset 17); a vector's alone | the same inside a channels-last region; axis 1 of `[N, C, 1, 1]` or `[N, F]` |
+//! | (channels-last regions) | | `Transpose(0, 2, 3, 1)` … `Transpose(0, 3, 1, 2)` makes no node; inside, `MatMul` by a constant `[C_in, C_out]` (+ `Add` of `[C_out]`) is a 1x1 `Conv2d` with bias, elementwise ops and their constants are translated to NCHW |
 //! | `Concat` | `Concat` (`axis = 1`) | |
 //! | `Dropout` | `Dropout` with its ratio, inference | `Dropout` without ratio |
 //! | `ShortcutA` | `Slice` (steps on H, W) + `Pad` (channels) | one `Slice` per axis |
@@ -57,6 +59,7 @@
 //! assert!(import_onnx_bytes(&bytes[..bytes.len() - 1], "mem.onnx").is_err());
 //! ```
 
+mod channels_last;
 mod context;
 mod export;
 mod fold;
@@ -79,6 +82,8 @@ use crate::IoError;
 
 /// The default-domain operator set version the exporter writes.
 pub const ONNX_OPSET: u64 = 13;
+/// The opset written for a graph with a layer norm (`LayerNormalization` needs 17).
+pub const LAYER_NORM_OPSET: u64 = 17;
 /// The newest default-domain opset the importer accepts.
 pub const MAX_OPSET: u64 = 28;
 /// The name of the graph input when there is one.

@@ -372,6 +372,14 @@ impl DepGraph {
         }
         for id in graph.ids() {
             let node = graph.node(id);
+            if let Op::LayerNorm(_) = &node.op {
+                reasons.push(format!(
+                    "layer norm {:?} normalises each pixel over all its channels: removing one \
+                     changes every other",
+                    node.name
+                ));
+                block(&mut blocked, base[id.0]..base[id.0 + 1], reasons.len() - 1);
+            }
             if let Op::Binary(bin) = &node.op {
                 if let Some(why) = binary_blocker(bin, &graph.input_shapes(id)) {
                     reasons.push(format!("{:?} {why}", node.name));

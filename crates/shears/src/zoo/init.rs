@@ -120,7 +120,10 @@ fn init_param(op: &Op, spec: &ParamSpec, scheme: InitScheme, rng: &mut Draws) ->
             BinaryKind::Mul | BinaryKind::Div => Dist::Const(1.0),
             BinaryKind::Add | BinaryKind::Sub => Dist::Const(0.0),
         },
-        // Only conv, linear, BN and binary ops own tensors; conv / linear only weight and bias.
+        // PyTorch's LayerNorm starts as the plain normalisation.
+        (Op::LayerNorm(_), Weight) => Dist::Const(1.0),
+        // Only conv, linear, BN, layer norm and binary ops own tensors; conv / linear only
+        // weight and bias.
         _ => Dist::Const(0.0),
     };
     let n: usize = spec.shape.iter().product();

@@ -1,12 +1,14 @@
 //! `Add` and `Sum`, to and from the n-ary [`Op::Add`].
 //!
 //! An `Add` of two computed values of equal shape is an [`Op::Add`]; the `Add` of a constant
-//! vector after a `MatMul` becomes that linear layer's bias; any other `Add` (broadcasting, or
+//! vector after a `MatMul` becomes that linear layer's bias (or, in a channels-last region, the
+//! bias of the 1x1 conv the `MatMul` became); any other `Add` (broadcasting, or
 //! of a constant) is a broadcasting [`Op::Binary`] ([`super::binary`]). `Sum` adds values of
 //! equal shape only.
 
 use shears_ir::{BinaryKind, Node, Op};
 
+use super::super::channels_last;
 use super::super::context::Ctx;
 use super::super::export::ExportCtx;
 use super::super::node::NodeView;
@@ -69,7 +71,9 @@ fn convert_add(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
             if activation::fold_add(ctx, node, &x, x_name, &c)? {
                 return Ok(());
             }
-            if linear::fuse_bias(ctx, node, &x, x_name, &c)? {
+            if linear::fuse_bias(ctx, node, &x, x_name, &c)?
+                || channels_last::fuse_bias(ctx, node, &x, x_name, &c)?
+            {
                 Ok(())
             } else {
                 binary::convert(ctx, node, BinaryKind::Add)

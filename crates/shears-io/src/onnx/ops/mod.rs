@@ -11,12 +11,14 @@ pub(crate) mod constant;
 pub(crate) mod conv;
 pub(crate) mod flatten;
 pub(crate) mod identity;
+pub(crate) mod layer_norm;
 pub(crate) mod linear;
 pub(crate) mod pool;
 pub(crate) mod relu;
 pub(crate) mod shortcut;
 pub(crate) mod shuffle;
 pub(crate) mod split;
+pub(crate) mod transpose;
 
 use super::node::NodeView;
 use super::tensor::MAX_DIM;

@@ -15,18 +15,9 @@ use super::super::export::ExportCtx;
 use super::super::fold::{self, BATCH_DIM};
 use super::super::node::NodeView;
 use super::super::proto::AttributeProto;
-use super::super::registry::OpSpec;
 use super::super::ImportError;
 
 /// `Transpose(X)` with `perm = (0, 2, 1, 3, 4)` inside a channel shuffle.
-pub(crate) const TRANSPOSE: OpSpec = OpSpec {
-    op_type: "Transpose",
-    min_opset: 1,
-    inputs: (1, 1),
-    outputs: (1, 1),
-    convert: convert_transpose,
-};
-
 /// The transpose of a channel shuffle: the group axis and the per-group channel axis swap.
 const SHUFFLE_PERM: [i64; 5] = [0, 2, 1, 3, 4];
 
@@ -108,7 +99,9 @@ pub(crate) fn convert_reshape(
     }
 }
 
-fn convert_transpose(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
+/// A 5-D `Transpose`: the middle node of a channel shuffle (reached from
+/// [`super::transpose::TRANSPOSE`], which handles the 4-D channels-last transposes).
+pub(crate) fn convert_transpose(ctx: &mut Ctx, node: NodeView<'_>) -> Result<(), ImportError> {
     let x = ctx.act(node, 0)?;
     let perm = node.attr_ints("perm")?.unwrap_or(&[]);
     let input = node.input(0).expect("act() found it");
