@@ -44,6 +44,7 @@ pub mod cost;
 pub mod data;
 pub mod depgraph;
 pub mod error;
+pub mod forced_zero;
 pub mod importance;
 pub mod mask;
 pub mod plan;
