@@ -175,10 +175,8 @@ pub fn mask_weights_with(
                         zero(m.node, ParamKind::Weight, &m.idxs[r]);
                         zero(m.node, ParamKind::Bias, &m.idxs[r]);
                     }
-                    Role::Operand if forced => {
-                        if !is_divisor(&graph.node(m.node).op) {
-                            zero(m.node, ParamKind::Weight, &m.idxs[r]);
-                        }
+                    Role::Operand if forced && !is_divisor(&graph.node(m.node).op) => {
+                        zero(m.node, ParamKind::Weight, &m.idxs[r]);
                     }
                     _ => {}
                 }
