@@ -169,8 +169,8 @@ pub(crate) fn blockers(graph: &Graph, zero: &[Vec<Zero>]) -> Vec<Blocker> {
         .collect()
 }
 
-/// `"... not zero at zero-padded conv \"head\" (sigmoid \"se.gate\" maps 0 to a nonzero
-/// value) ..."`.
+/// `"its channels reach zero-padded conv \"head\" past sigmoid \"se.gate\", which maps 0
+/// to a nonzero value, so ..."`.
 fn reason(graph: &Graph, consumer: NodeId, cause: NodeId) -> String {
     let node = graph.node(consumer);
     let what = match &node.op {
@@ -180,17 +180,21 @@ fn reason(graph: &Graph, consumer: NodeId, cause: NodeId) -> String {
     };
     let c = graph.node(cause);
     let because = match &c.op {
-        Op::Act(a) => format!("{} {:?} maps 0 to a nonzero value", a.name(), c.name),
-        Op::Input { .. } => format!("it comes from graph input {:?}", c.name),
+        Op::Act(a) => format!(
+            "past {} {:?}, which maps 0 to a nonzero value",
+            a.name(),
+            c.name
+        ),
+        Op::Input { .. } => format!("from graph input {:?}", c.name),
         op => format!(
-            "{} {:?} has an operand that is not zeroed with it",
+            "past {} {:?}, whose other operand is not zeroed with them",
             op.type_name(),
             c.name
         ),
     };
     format!(
-        "a removed channel forced to zero is not zero at {what} {:?} ({because}), so it could \
-         be neither folded exactly nor forced to zero",
+        "its channels reach {what} {:?} {because}, so a removed channel could be neither \
+         folded exactly there nor forced to zero",
         node.name
     )
 }
