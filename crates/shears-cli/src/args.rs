@@ -663,8 +663,8 @@ pub struct PruneArgs {
     #[arg(long, value_enum)]
     pub fold: Option<FoldArg>,
     /// Check that the pruned model reproduces the masked model (the original with the removed
-    /// channels zeroed) within 1e-4, on --verify-images test images of --data (random inputs
-    /// without --data); fail loudly otherwise.
+    /// channels zeroed) within 1e-4 times max(1, largest |output|), on --verify-images test
+    /// images of --data (random inputs without --data); fail loudly otherwise.
     #[arg(long)]
     pub verify: bool,
     /// Images used by --verify.

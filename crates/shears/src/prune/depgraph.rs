@@ -44,7 +44,11 @@
 //! A group is *prunable* unless one of its channels reaches a graph input or a graph output
 //! (the logits), or passes through a grouped convolution that is not depthwise (general grouped
 //! convs, including depthwise with a channel multiplier, are excluded conservatively; whole
-//! conv groups are not pruned).
+//! conv groups are not pruned), or meets a binary op that blocks it (above), or, forced to
+//! zero, would not be zero where it must be: past an activation with `f(0) != 0` (a sigmoid
+//! gate) and not multiplied back to zero, at a zero-padded conv, a padding-counting average
+//! pool or a varying product ([`super::forced_zero`]). Channels that pass a sigmoid elsewhere
+//! (a squeeze-excitation gate times its trunk, then an unpadded conv) are prunable.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -53,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use shears_ir::{ChannelMap, ChannelOp, Graph, NodeId, Op};
 
 use super::error::{PruneError, Result};
+use super::forced_zero;
 
 /// How a group's channels touch a member node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -274,17 +279,6 @@ impl DepGraph {
                     }
                 }
                 ChannelMap::Elementwise => {
-                    if let Op::Act(a) = &node.op {
-                        if !a.keeps_zero() {
-                            reasons.push(format!(
-                                "{} {:?} maps 0 to a nonzero value, so a removed channel \
-                                 could not be forced to zero through it",
-                                a.name(),
-                                node.name
-                            ));
-                            block(&mut blocked, b..b + c, reasons.len() - 1);
-                        }
-                    }
                     for &inp in &node.inputs {
                         check_width(inp, c)?;
                         for i in 0..c {
@@ -385,6 +379,13 @@ impl DepGraph {
                     reasons.push(format!("{:?} {why}", node.name));
                     block(&mut blocked, base[id.0]..base[id.0 + 1], reasons.len() - 1);
                 }
+            }
+        }
+        for bl in forced_zero::blockers(graph, &forced_zero::forced_zero(graph)) {
+            reasons.push(bl.why);
+            for (node, slot) in bl.slots {
+                let s = base[node.0] + slot;
+                block(&mut blocked, s..s + 1, reasons.len() - 1);
             }
         }
         for &o in graph.outputs() {

@@ -16,9 +16,12 @@
 //! ranges, and the non-padded part of
 //! an option-A shortcut; the sum of the branches' constants after `Add`; 0 at a shortcut's pad
 //! slots; `a op b` after a broadcasting [`Op::Binary`] whose operands are constants there (the
-//! removed channel, or a constant parameter uniform over H and W). (A channel forced to zero
-//! stays zero through every activation that maps 0 to 0; the dependency graph leaves channels
-//! that pass through any other one unprunable.) Surgery removes the channel and
+//! removed channel, or a constant parameter uniform over H and W). A channel forced to zero
+//! (below) is a constant too: 0 at its producers, then what the ops make of 0, e.g. `f(0)`
+//! after an activation (0.5 after a sigmoid) and 0 again after a product with a forced factor
+//! (a squeeze-excitation gate times its trunk); the dependency graph leaves unprunable the
+//! channels that would not be 0 where they must be ([`super::forced_zero`]). Surgery removes
+//! the channel and
 //! adds its constant contribution to each consumer's bias ([`super::surgery`]), which is
 //! exact for linear layers and for convolutions whose window never reads the zero padding, and
 //! exact everywhere when the constant is 0 (the common case of a channel whose weights, bias
@@ -173,14 +176,8 @@ pub fn mask_weights_with(
                         zero(m.node, ParamKind::Weight, &m.idxs[r]);
                         zero(m.node, ParamKind::Bias, &m.idxs[r]);
                     }
-                    Role::Operand if forced => {
-                        let divisor = matches!(
-                            &graph.node(m.node).op,
-                            Op::Binary(b) if b.kind == shears_ir::BinaryKind::Div
-                        );
-                        if !divisor {
-                            zero(m.node, ParamKind::Weight, &m.idxs[r]);
-                        }
+                    Role::Operand if forced && !is_divisor(&graph.node(m.node).op) => {
+                        zero(m.node, ParamKind::Weight, &m.idxs[r]);
                     }
                     _ => {}
                 }
@@ -228,7 +225,8 @@ type Forced = Vec<Vec<Option<f64>>>;
 /// channel's value depends only on its own slots, so one pass serves every plan.
 #[derive(Clone, Debug)]
 pub(crate) struct Constants {
-    /// `value[node][slot]`: 0 for the channels that are forced to zero.
+    /// `value[node][slot]`; for the channels that are forced to zero, their value in the forced
+    /// masked model (0 at the producers, `f(0)` after an activation, ...).
     pub(crate) value: Vec<Vec<f64>>,
     /// Average pools that count zero padding: `(node, slot, max |delta|)` of the border effect
     /// on a nonzero constant (none for forced channels).
@@ -260,10 +258,16 @@ impl Constants {
         if mode == FoldMode::Exact {
             c.force_unfoldable(graph, &force);
         }
-        for id in graph.ids() {
-            for (s, ch) in dg.channels(id).iter().enumerate() {
-                if c.forced[ch.group][ch.idx].is_some() {
-                    c.value[id.0][s] = 0.0;
+        if c.forced.iter().flatten().any(Option::is_some) {
+            // The forced channels' values: 0 at their producers, then what the ops make of 0
+            // (f(0) after an activation, 0 after a product with a forced factor).
+            let zeroed = forced_params(graph, weights, dg, &c.forced);
+            let f = Self::raw(graph, &zeroed);
+            for id in graph.ids() {
+                for (s, ch) in dg.channels(id).iter().enumerate() {
+                    if c.forced[ch.group][ch.idx].is_some() {
+                        c.value[id.0][s] = f.value[id.0][s];
+                    }
                 }
             }
         }
@@ -402,6 +406,47 @@ impl Constants {
             varying,
         }
     }
+}
+
+/// The parameters [`Constants::raw`] reads (biases, batch norms, binary constants) with the
+/// forced channels' slices zeroed as [`mask_weights_with`] zeroes them.
+fn forced_params(graph: &Graph, weights: &Weights, dg: &DepGraph, forced: &Forced) -> Weights {
+    let mut out: Weights = graph
+        .param_specs()
+        .into_iter()
+        .filter(|(id, _, spec)| {
+            spec.kind != ParamKind::Weight
+                || matches!(graph.node(*id).op, Op::BatchNorm2d(_) | Op::Binary(_))
+        })
+        .filter_map(|(_, name, _)| weights.get(&name).map(|t| (name, t.clone())))
+        .collect();
+    for g in dg.groups() {
+        let gone: Vec<usize> = (0..g.size).filter(|&r| forced[g.id][r].is_some()).collect();
+        for m in &g.members {
+            let kinds: &[ParamKind] = match m.role {
+                Role::OutChannels | Role::Depthwise => &[ParamKind::Bias],
+                Role::BnChannels => &[ParamKind::Weight, ParamKind::Bias],
+                Role::Operand if !is_divisor(&graph.node(m.node).op) => &[ParamKind::Weight],
+                _ => &[],
+            };
+            for &kind in kinds {
+                if let Some(t) = out.get_mut(&graph.node(m.node).param_name(kind)) {
+                    let row: usize = t.shape()[1..].iter().product();
+                    for &r in &gone {
+                        for &o in &m.idxs[r] {
+                            t.data_mut()[o * row..(o + 1) * row].fill(0.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a binary op divides by its constant operand.
+fn is_divisor(op: &Op) -> bool {
+    matches!(op, Op::Binary(b) if b.kind == shears_ir::BinaryKind::Div)
 }
 
 /// The removed-channel values at a binary op's output, and the slots where a removed channel

@@ -22,8 +22,9 @@
 //! [`FoldMode`] decides: [`FoldMode::Exact`] (the default) folds only where exact and forces
 //! the other removed channels to exactly zero in the masked model (producer weights and bias,
 //! BN `gamma` and `beta`), so the pruned model equals the masked model for every plan and
-//! `verify` passes within 1e-4 on any correct surgery; [`FoldMode::Interior`] folds everywhere
-//! and reports the border deviation ([`SurgeryReport::approximations`]). See [`mask`].
+//! `verify` passes within 1e-4 of the output scale on any correct surgery;
+//! [`FoldMode::Interior`] folds everywhere and reports the border deviation
+//! ([`SurgeryReport::approximations`]). See [`mask`].
 //!
 //! ```
 //! use shears::prune::{self, AllocConfig, Criterion, Reduction, ScoreContext, Strategy};
@@ -44,6 +45,7 @@ pub mod cost;
 pub mod data;
 pub mod depgraph;
 pub mod error;
+pub mod forced_zero;
 pub mod importance;
 pub mod mask;
 pub mod plan;
