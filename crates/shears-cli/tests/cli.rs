@@ -313,6 +313,9 @@ fn sweep_time_both_interleaves_runs_and_agrees() {
         out.path().to_str().unwrap(),
         "--json",
     ]));
+    // With no --split, the probes are measured on the validation hold-out, never on test.
+    assert_eq!(v["split"], "val", "{}", v["data"]);
+    assert_eq!(v["result"]["split"], "val");
     let t = &v["timing"];
     assert_eq!(t["prefix_cache_seconds_runs"].as_array().unwrap().len(), 3);
     assert_eq!(
@@ -340,4 +343,64 @@ fn sweep_time_both_interleaves_runs_and_agrees() {
         out.path().to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `analyze sbpf` selects on the validation hold-out unless told otherwise, and says so; the
+/// test split is taken only when asked for by name.
+#[test]
+fn sbpf_measures_on_the_validation_split_by_default() {
+    let data = shared().join("data");
+    let out = tempfile::tempdir().unwrap();
+    let lenet = model("mnist_lenet5_clntrained.safetensors");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "analyze",
+            "sbpf",
+            &lenet,
+            "--arch",
+            "lenet5",
+            "--data",
+            "mnist",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--images",
+            "50",
+            "--seeds",
+            "1",
+            "--speedup",
+            "1.5",
+            "--out",
+            out.path().to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json_of(&shears(&args))
+    };
+    let v = run(&[]);
+    assert_eq!(v["split"], "val", "{}", v["data"]);
+    assert_eq!(v["analysis"]["split"], "val");
+    assert!(
+        v["data"].as_str().unwrap().contains("mnist-val"),
+        "{}",
+        v["data"]
+    );
+    let v = run(&["--split", "test"]);
+    assert_eq!(v["split"], "test");
+    let o = shears(&[
+        "analyze",
+        "sbpf",
+        &lenet,
+        "--data",
+        "mnist",
+        "--split",
+        "dev",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
