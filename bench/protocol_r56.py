@@ -22,6 +22,7 @@ Only the Python standard library; runs the release CLI. Raw JSON of every step i
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -116,7 +117,11 @@ def main():
                  str(seed), "--speedup", "2", "--out", os.path.join(d, "sbpf")],
                 os.path.join(d, "sbpf.json"))
         assert sb["split"] == "val", sb["split"]
-        roots = [g["root"] for g in sb["analysis"]["groups"]]
+        # The block-internal groups (each residual block's conv1 output channels): SBPF's
+        # allocation cuts only these (it gives the residual trunks 0), so the baselines get
+        # exactly these too; the trunk groups are `--ignore`d for global L1.
+        roots = [g["root"] for g in sb["analysis"]["groups"]
+                 if re.fullmatch(r"layer\d+\.\d+\.conv1", g["root"])]
         others = [g["root"] for g in info["groups"]
                   if g["prunable"] and g["root"] not in roots]
         m = {}
@@ -132,8 +137,9 @@ def main():
                                 path], os.path.join(d, "random.safetensors"),
                             os.path.join(d, "prune_random.json"))
         frac = target / m["sbpf"]["macs"]["before"]
+        ignore = ["--ignore", ",".join(others)] if others else []
         m["global_l1"] = prune(a, ["--criterion", "l1", "--global", "--target-macs",
-                                   f"{frac:.6f}", "--ignore", ",".join(others)],
+                                   f"{frac:.6f}", *ignore],
                                os.path.join(d, "global_l1.safetensors"),
                                os.path.join(d, "prune_global_l1.json"))
         if lr is None:

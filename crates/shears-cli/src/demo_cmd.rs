@@ -70,6 +70,8 @@ struct DemoResult {
     ratios: BTreeMap<String, f32>,
     /// Images the sweep evaluated each probe on.
     sensitivity_images: usize,
+    /// The split the sweep measured on (the validation hold-out).
+    sensitivity_split: Split,
     /// Probes (prune one group, evaluate) the sweep ran.
     sensitivity_probes: usize,
     pruned_eval: EvalReport,
@@ -319,6 +321,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         latency_b64: o64,
         ratios: sel.ratios,
         sensitivity_images: sw.images,
+        sensitivity_split: Split::Val,
         sensitivity_probes: sw.computed + sw.reused,
         pruned_eval,
         recovered_eval,

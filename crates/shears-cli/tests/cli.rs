@@ -280,8 +280,27 @@ fn demo_trains_and_reports_on_a_subset() {
         "--json",
     ]));
     assert_eq!(v["train_images"], 3000);
-    assert!(v["eval"]["top1"].as_f64().unwrap() > 85.0, "{v}");
+    let top1 = |k: &str| v[k]["top1"].as_f64().unwrap();
+    assert!(top1("eval") > 85.0, "{v}");
     assert!(v["latency_b1"]["median_ms"].as_f64().unwrap() > 0.0);
+    // The sensitivity sweep chose the ratios on the validation hold-out.
+    assert_eq!(v["sensitivity_split"], "val");
+    assert!(v["sensitivity_probes"].as_u64().unwrap() > 0);
+    assert!(!v["ratios"].as_object().unwrap().is_empty());
+    // Pruning removed about half the MACs for real (a smaller dense model), and CASM
+    // reconstructed layers without losing what pruning kept.
+    let stages = v["stages"].as_array().unwrap();
+    let macs = |i: usize| stages[i]["macs"].as_f64().unwrap();
+    assert!(
+        (macs(1) / macs(0) - 0.5).abs() < 0.05,
+        "pruned MACs {} of {}",
+        macs(1),
+        macs(0)
+    );
+    assert!(stages[1]["params"].as_u64() < stages[0]["params"].as_u64());
+    assert!(top1("pruned_eval") > 50.0, "{v}");
+    assert!(!v["casm"]["layers"].as_array().unwrap().is_empty());
+    assert!(top1("recovered_eval") >= top1("pruned_eval") - 1.0, "{v}");
 }
 
 #[test]
