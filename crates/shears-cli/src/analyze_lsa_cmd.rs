@@ -43,7 +43,11 @@ pub struct LsaArgs {
     /// Class-balanced training images whose features train the heads.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     pub train_images: usize,
-    /// Class-balanced test images the heads are evaluated on.
+    /// Class-balanced validation images (held out of the training files) that choose the best
+    /// `(p, r)`.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub val_images: usize,
+    /// Class-balanced test images the heads are reported on (they select nothing).
     #[arg(long, value_name = "N", default_value_t = 2000)]
     pub test_images: usize,
     /// Training samples the sensitivities are aggregated over.
@@ -112,11 +116,11 @@ fn write(path: &Path, text: &str) -> Result<()> {
 
 fn summary_csv(res: &StudyResult) -> String {
     let mut s = String::from(
-        "method,runs,mean,std,seed_std,best_p,best_ratio,best_accuracy,max_ratio_within_1pt\n",
+        "method,runs,mean,std,seed_std,best_p,best_ratio,best_val_accuracy,best_accuracy,max_ratio_within_1pt\n",
     );
     for m in &res.summary {
         s.push_str(&format!(
-            "{},{},{:.4},{:.4},{:.4},{},{},{:.4},{}\n",
+            "{},{},{:.4},{:.4},{:.4},{},{},{:.4},{:.4},{}\n",
             m.method,
             m.runs,
             m.mean,
@@ -124,6 +128,7 @@ fn summary_csv(res: &StudyResult) -> String {
             m.seed_std,
             m.best_p.map(|p| p.to_string()).unwrap_or_default(),
             m.best_ratio,
+            m.best_val_accuracy,
             m.best_accuracy,
             m.max_ratio_within_1pt
                 .map(|r| r.to_string())
@@ -152,7 +157,7 @@ pub fn run(a: LsaArgs) -> Result<()> {
             return Err(bad(format!("--ratios: {r} is not in [0, 1)")));
         }
     }
-    if a.seeds == 0 || a.train_images == 0 || a.test_images == 0 {
+    if a.seeds == 0 || a.train_images == 0 || a.val_images == 0 || a.test_images == 0 {
         return Err(bad(
             "--seeds, --train-images and --test-images must be at least 1",
         ));
@@ -170,10 +175,13 @@ pub fn run(a: LsaArgs) -> Result<()> {
     let target_name = model.graph.node(target).name.clone();
     let name = parse_dataset(&a.data)?;
     let dir = data_dir(&a.data_opts);
-    let train_ds = shears_data::load(&dir, name, Split::Train)?;
-    let test_ds = shears_data::load(&dir, name, Split::Test)?;
-    let train_ds = train_ds.class_balanced_subset(a.train_images.min(train_ds.len()), a.data_seed);
-    let test_ds = test_ds.class_balanced_subset(a.test_images.min(test_ds.len()), a.data_seed);
+    let subset = |split: Split, n: usize| -> Result<shears_data::Dataset> {
+        let ds = shears_data::load(&dir, name, split)?;
+        Ok(ds.class_balanced_subset(n.min(ds.len()), a.data_seed))
+    };
+    let train_ds = subset(Split::Train, a.train_images)?;
+    let val_ds = subset(Split::Val, a.val_images)?;
+    let test_ds = subset(Split::Test, a.test_images)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating output directory {}", a.out.display()))?;
 
@@ -187,6 +195,7 @@ pub fn run(a: LsaArgs) -> Result<()> {
         250,
         verbosity,
     )?;
+    let val = cache_features(&mut net, &val_ds, &model.preprocess, target, 250, verbosity)?;
     let test = cache_features(
         &mut net,
         &test_ds,
@@ -215,7 +224,7 @@ pub fn run(a: LsaArgs) -> Result<()> {
         baselines: !a.no_baselines,
         verbosity,
     };
-    let res = run_study(&train, &test, &cfg)?;
+    let res = run_study(&train, &val, &test, &cfg)?;
 
     // Files.
     let grid = a.out.join("lsa_grid.csv");
@@ -262,7 +271,10 @@ pub fn run(a: LsaArgs) -> Result<()> {
         "target": target_name,
         "features": res.d,
         "train_images": train.n,
+        "val_images": val.n,
         "test_images": test.n,
+        "split": Split::Test,
+        "selection_split": Split::Val,
         "feature_seconds": feature_s,
         "config": cfg,
         "result": res,
@@ -278,9 +290,9 @@ pub fn run(a: LsaArgs) -> Result<()> {
     }
 
     println!(
-        "{} features at {target_name} ({} each), {} train / {} test images of {name}; \
+        "{} features at {target_name} ({} each), {} train / {} val / {} test images of {name}; \
          features cached in {feature_s:.1} s, grid in {:.1} s",
-        model_label, res.d, train.n, test.n, res.seconds
+        model_label, res.d, train.n, val.n, test.n, res.seconds
     );
     let base: Vec<String> = res
         .base
@@ -309,8 +321,9 @@ pub fn run(a: LsaArgs) -> Result<()> {
         "mean",
         "std",
         "seed std",
-        "best (p, r)",
-        "best acc",
+        "best (p, r) on val",
+        "its val acc",
+        "its test acc",
     ]);
     for m in &res.summary {
         t.row(vec![
@@ -322,6 +335,7 @@ pub fn run(a: LsaArgs) -> Result<()> {
                 Some(p) => format!("p={p}, r={}", m.best_ratio),
                 None => format!("r={}", m.best_ratio),
             },
+            format!("{:.2}", m.best_val_accuracy),
             format!("{:.2}", m.best_accuracy),
         ]);
     }

@@ -184,6 +184,7 @@ pub fn run(a: SbpfArgs) -> Result<()> {
     let mut out = json!({
         "model": a.model.model,
         "data": data.description,
+        "split": data.split,
         "load_average": load,
         "analysis": report,
         "allocation": alloc,

@@ -90,14 +90,6 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
-fn parse_split(s: &str) -> Result<Split> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "train" => Ok(Split::Train),
-        "test" => Ok(Split::Test),
-        _ => Err(bad(format!("--split {s:?}: expected train or test"))),
-    }
-}
-
 /// Loads the class-balanced evaluation subset for a model.
 /// The class-balanced evaluation subset a probe is measured on (shared by `analyze sweep` and
 /// `analyze sbpf`).
@@ -109,9 +101,10 @@ pub struct SubsetOpts {
     #[command(flatten)]
     /// Where datasets live.
     pub data_opts: DataOpts,
-    /// Split the evaluation subset is drawn from (train or test).
-    #[arg(long, default_value = "test", value_name = "train|test")]
-    pub split: String,
+    /// Split the evaluation subset is drawn from: `val` (the hold-out of the training files,
+    /// the default: what selects must not be the test split), `train`, `test` or `train-all`.
+    #[arg(long, default_value = "val", value_name = "val|train|test|train-all")]
+    pub split: Split,
     /// Class-balanced images per probe.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub images: usize,
@@ -123,7 +116,7 @@ pub struct SubsetOpts {
 /// Loads the class-balanced evaluation subset described by `o`, shaped for `model`.
 pub(crate) fn eval_set(o: &SubsetOpts, model: &shears::model::Model) -> Result<EvalSet> {
     let name = parse_dataset(&o.data)?;
-    let split = parse_split(&o.split)?;
+    let split = o.split;
     if o.images == 0 {
         return Err(bad(
             "--images 0: the evaluation subset needs at least one image",
@@ -133,6 +126,7 @@ pub(crate) fn eval_set(o: &SubsetOpts, model: &shears::model::Model) -> Result<E
     let input = model.graph.shape(model.graph.inputs()[0]).to_vec();
     let mut s = EvalSet::balanced(&ds, o.images, o.subset_seed, &model.preprocess, &input)?;
     s.description = format!("{} ({split} split)", s.description);
+    s.split = Some(split);
     Ok(s)
 }
 
@@ -307,6 +301,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
     let report = json!({
         "model": a.model.model,
         "data": data.description,
+        "split": data.split,
         "config": cfg,
         "result": result,
         "timing": timing,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use shears_data::Split;
 
 /// shears: make trained CNNs smaller and faster while keeping their accuracy.
 #[derive(Parser, Debug)]
@@ -191,8 +192,12 @@ pub struct EvalArgs {
     #[command(flatten)]
     /// Where datasets live.
     pub data_opts: DataOpts,
-    /// Evaluate on the training split instead of the test split.
-    #[arg(long)]
+    /// Split to evaluate on: `test` (final reports), `val` (the hold-out of the training files
+    /// that selection uses), `train` (the training files without it) or `train-all`.
+    #[arg(long, default_value = "test", value_name = "test|val|train|train-all")]
+    pub split: Split,
+    /// Same as `--split train` (kept for old scripts).
+    #[arg(long, conflicts_with = "split", hide = true)]
     pub train_split: bool,
     /// Evaluate only the first N images.
     #[arg(long, value_name = "N")]
@@ -392,7 +397,7 @@ pub struct TrainArgs {
     /// Train on only the first N training images (a class-balanced subset).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// Validate on only N test images (class-balanced).
+    /// Validate on only N images of the validation hold-out (class-balanced).
     #[arg(long, value_name = "N")]
     pub val_limit: Option<usize>,
     /// Seed for initialisation, shuffling, augmentation and dropout.

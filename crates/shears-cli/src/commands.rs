@@ -247,11 +247,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let model = open_model_for_data(&a.model)?;
     let name = parse_dataset(&a.data)?;
     let dir = data_dir(&a.data_opts);
-    let split = if a.train_split {
-        Split::Train
-    } else {
-        Split::Test
-    };
+    let split = if a.train_split { Split::Train } else { a.split };
     let ds = shears_data::load(&dir, name, split)?;
     let mut net = network(&model, a.threads)?;
     let cfg = EvalConfig {
@@ -359,7 +355,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     if let Some(n) = a.limit {
         train_set = train_set.class_balanced_subset(n, a.seed);
     }
-    let mut val = shears_data::load(&dir, name, Split::Test)?;
+    // Early stopping and the best epoch are judged on the validation hold-out of the training
+    // files, never on the test split.
+    let mut val = shears_data::load(&dir, name, Split::Val)?;
     if let Some(n) = a.val_limit {
         val = val.class_balanced_subset(n, a.seed);
     }
@@ -397,6 +395,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             "dataset": name.to_string(),
             "train_images": train_set.len(),
             "val_images": val.len(),
+            "split": Split::Val,
             "config": cfg,
             "report": report,
             "sparse": sparse_summary,

@@ -2,9 +2,10 @@
 //!
 //! 1. Weights: `--weights`, or a LeNet-5 trained now for one epoch (Adam 1e-3).
 //! 2. Sensitivity analysis: a per-group prune-and-evaluate sweep
-//!    ([`shears::analyze::sweep`]) on a class-balanced subset of the *training* split (the test
-//!    split is kept for the final numbers), then the per-group ratios that keep half of the
-//!    MACs with the least loss increase ([`shears::analyze::sweep::ratios_for_macs`]).
+//!    ([`shears::analyze::sweep`]) on a class-balanced subset of the *validation* hold-out of
+//!    the training files (never trained on; the test split is kept for the final numbers), then
+//!    the per-group ratios that keep half of the MACs with the least loss increase
+//!    ([`shears::analyze::sweep::ratios_for_macs`]).
 //! 3. Pruning to those ratios (L1 chooses the channels inside each group).
 //! 4. CASM recovery ([`shears::recover::casm`]) from training samples.
 //! 5. A table of accuracy, parameters, MACs and measured latency for the original, the pruned
@@ -69,6 +70,8 @@ struct DemoResult {
     ratios: BTreeMap<String, f32>,
     /// Images the sweep evaluated each probe on.
     sensitivity_images: usize,
+    /// The split the sweep measured on (the validation hold-out).
+    sensitivity_split: Split,
     /// Probes (prune one group, evaluate) the sweep ran.
     sensitivity_probes: usize,
     pruned_eval: EvalReport,
@@ -119,6 +122,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     let full_train = shears_data::load(&dir, name, Split::Train)?;
+    let val = shears_data::load(&dir, name, Split::Val)?;
     let arch = Arch::LeNet5;
     let (model, weights_desc, train_images, train_seconds) = match &a.weights {
         Some(p) => (
@@ -181,15 +185,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let base = evaluate(&mut net, &test, &pre, &eval_cfg)?;
     say(&format!("      test top-1 {:.2}%", base.top1));
 
-    // Sensitivity analysis on held-out training images.
+    // Sensitivity analysis on the validation hold-out: selection never sees the test split.
     say(&format!(
         "[2/5] sensitivity analysis: every group pruned alone at 25/50/75/90% (L1), evaluated \
-         on {} class-balanced training images",
+         on {} class-balanced validation images (held out of training)",
         a.sensitivity_images
     ));
     let t0 = Instant::now();
     let input = model.graph.shape(model.graph.inputs()[0]).to_vec();
-    let evalset = EvalSet::balanced(&full_train, a.sensitivity_images, a.seed, &pre, &input)?;
+    let mut evalset = EvalSet::balanced(&val, a.sensitivity_images, a.seed, &pre, &input)?;
+    evalset.split = Some(Split::Val);
     let scfg = SweepConfig {
         verbosity,
         ..SweepConfig::new(vec![0.25, 0.5, 0.75, 0.9])
@@ -316,6 +321,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         latency_b64: o64,
         ratios: sel.ratios,
         sensitivity_images: sw.images,
+        sensitivity_split: Split::Val,
         sensitivity_probes: sw.computed + sw.reused,
         pruned_eval,
         recovered_eval,

@@ -610,6 +610,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 "prune_s": prune_seconds,
             },
             "accuracy": accuracy,
+            "split": accuracy.as_ref().map(|_| Split::Test),
             "verification": verification.as_ref().map(|(v, what)| json!({
                 "passed": true,
                 "inputs": what,

@@ -190,7 +190,8 @@ pub struct FinetuneArgs {
     /// Train on only N training images (class-balanced, seeded).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// Validate (curve points) on only the first N test images (default 1000).
+    /// Validate (curve points, and early stopping when asked) on only the first N images of the
+    /// validation hold-out (default 1000); the test split is evaluated before and after only.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub val_limit: usize,
     /// Also validate every N batches (points of the time-to-accuracy curve).
@@ -271,6 +272,8 @@ fn verbosity(json: bool) -> Verbosity {
 #[derive(Serialize)]
 struct Outcome {
     dataset: String,
+    /// The split of `before_top1` and `after_top1`: always the test split (final reports).
+    split: Split,
     test_images: usize,
     before_top1: Option<f64>,
     after_top1: f64,
@@ -314,6 +317,7 @@ fn finish(
     let after = evaluate(&mut s.net, &s.test, &s.model.preprocess, &s.eval_cfg)?;
     let outcome = Outcome {
         dataset: s.name.to_string(),
+        split: Split::Test,
         test_images: after.images,
         before_top1: before.as_ref().map(|r| r.top1),
         after_top1: after.top1,
@@ -611,11 +615,12 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         resume: a.resume,
         stop_after: a.stop_after,
     };
+    let val = shears_data::load(&s.dir, s.name, Split::Val)?;
     let rep = finetune(
         &mut s.net,
         teacher.as_mut(),
         &train,
-        Some(&s.test),
+        Some(&val),
         &s.model.preprocess,
         &cfg,
         &ckpt,
@@ -644,6 +649,6 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         secs,
         "finetune",
         json!({"teacher": a.teacher, "finetune": cfg, "train_images": train.len()}),
-        json!({"finetune": rep}),
+        json!({"finetune": rep, "curve_split": Split::Val}),
     )
 }

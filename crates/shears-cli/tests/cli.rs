@@ -280,8 +280,27 @@ fn demo_trains_and_reports_on_a_subset() {
         "--json",
     ]));
     assert_eq!(v["train_images"], 3000);
-    assert!(v["eval"]["top1"].as_f64().unwrap() > 85.0, "{v}");
+    let top1 = |k: &str| v[k]["top1"].as_f64().unwrap();
+    assert!(top1("eval") > 85.0, "{v}");
     assert!(v["latency_b1"]["median_ms"].as_f64().unwrap() > 0.0);
+    // The sensitivity sweep chose the ratios on the validation hold-out.
+    assert_eq!(v["sensitivity_split"], "val");
+    assert!(v["sensitivity_probes"].as_u64().unwrap() > 0);
+    assert!(!v["ratios"].as_object().unwrap().is_empty());
+    // Pruning removed about half the MACs for real (a smaller dense model), and CASM
+    // reconstructed layers without losing what pruning kept.
+    let stages = v["stages"].as_array().unwrap();
+    let macs = |i: usize| stages[i]["macs"].as_f64().unwrap();
+    assert!(
+        (macs(1) / macs(0) - 0.5).abs() < 0.05,
+        "pruned MACs {} of {}",
+        macs(1),
+        macs(0)
+    );
+    assert!(stages[1]["params"].as_u64() < stages[0]["params"].as_u64());
+    assert!(top1("pruned_eval") > 50.0, "{v}");
+    assert!(!v["casm"]["layers"].as_array().unwrap().is_empty());
+    assert!(top1("recovered_eval") >= top1("pruned_eval") - 1.0, "{v}");
 }
 
 #[test]
@@ -313,6 +332,9 @@ fn sweep_time_both_interleaves_runs_and_agrees() {
         out.path().to_str().unwrap(),
         "--json",
     ]));
+    // With no --split, the probes are measured on the validation hold-out, never on test.
+    assert_eq!(v["split"], "val", "{}", v["data"]);
+    assert_eq!(v["result"]["split"], "val");
     let t = &v["timing"];
     assert_eq!(t["prefix_cache_seconds_runs"].as_array().unwrap().len(), 3);
     assert_eq!(
@@ -340,4 +362,64 @@ fn sweep_time_both_interleaves_runs_and_agrees() {
         out.path().to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `analyze sbpf` selects on the validation hold-out unless told otherwise, and says so; the
+/// test split is taken only when asked for by name.
+#[test]
+fn sbpf_measures_on_the_validation_split_by_default() {
+    let data = shared().join("data");
+    let out = tempfile::tempdir().unwrap();
+    let lenet = model("mnist_lenet5_clntrained.safetensors");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "analyze",
+            "sbpf",
+            &lenet,
+            "--arch",
+            "lenet5",
+            "--data",
+            "mnist",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--images",
+            "50",
+            "--seeds",
+            "1",
+            "--speedup",
+            "1.5",
+            "--out",
+            out.path().to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json_of(&shears(&args))
+    };
+    let v = run(&[]);
+    assert_eq!(v["split"], "val", "{}", v["data"]);
+    assert_eq!(v["analysis"]["split"], "val");
+    assert!(
+        v["data"].as_str().unwrap().contains("mnist-val"),
+        "{}",
+        v["data"]
+    );
+    let v = run(&["--split", "test"]);
+    assert_eq!(v["split"], "test");
+    let o = shears(&[
+        "analyze",
+        "sbpf",
+        &lenet,
+        "--data",
+        "mnist",
+        "--split",
+        "dev",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

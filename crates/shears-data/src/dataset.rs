@@ -240,13 +240,25 @@ impl DatasetName {
         }
     }
 
-    /// Number of examples in a split of the official distribution.
+    /// Number of examples in a split: the official counts, with the validation hold-out
+    /// ([`DatasetName::val_len`]) taken out of [`Split::Train`].
     pub fn split_len(self, split: Split) -> usize {
-        match (self, split) {
-            (DatasetName::Mnist | DatasetName::FashionMnist, Split::Train) => 60_000,
-            (DatasetName::Cifar10 | DatasetName::Cifar100, Split::Train) => 50_000,
-            (_, Split::Test) => 10_000,
+        let train_all = match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => 60_000,
+            DatasetName::Cifar10 | DatasetName::Cifar100 => 50_000,
+        };
+        match split {
+            Split::TrainAll => train_all,
+            Split::Train => train_all - self.val_len(),
+            Split::Val => self.val_len(),
+            Split::Test => 10_000,
         }
+    }
+
+    /// Size of the validation hold-out drawn from the training files: 5,000 images for every
+    /// built-in dataset (500 per class on the 10-class ones).
+    pub fn val_len(self) -> usize {
+        5_000
     }
 
     /// The official class names, used when the data directory has no class-name file.
@@ -415,21 +427,45 @@ impl FromStr for DatasetName {
 }
 
 /// Which part of a dataset to load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+///
+/// The official training files are divided once and for all into a validation hold-out
+/// ([`DatasetName::val_len`] images, class-balanced, drawn with the fixed seed [`VAL_SEED`])
+/// and the rest. [`Split::Train`] is the rest: training, fine-tuning, CASM samples and BN
+/// recalibration draw from it. [`Split::Val`] is the hold-out: every step that *selects*
+/// something (ratios, learning rates, checkpoints, `(p, r)`, defaults) measures on it.
+/// [`Split::Test`] is for final reports only. [`Split::TrainAll`] is every training image
+/// (the hold-out included), for reproducing a setting that trained on all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Split {
-    /// The training split.
+    /// The training files without the validation hold-out.
     Train,
+    /// The validation hold-out of the training files.
+    Val,
     /// The test split.
     Test,
+    /// Every image of the training files, the validation hold-out included.
+    TrainAll,
 }
 
+/// The seed that draws the validation hold-out from the training files. Fixed, so that every
+/// command and every run agree on which images are held out.
+pub const VAL_SEED: u64 = 0x7a1d;
+
 impl Split {
-    /// `"train"` or `"test"`.
+    /// `"train"`, `"val"`, `"test"` or `"train-all"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Split::Train => "train",
+            Split::Val => "val",
             Split::Test => "test",
+            Split::TrainAll => "train-all",
         }
+    }
+
+    /// Whether the split's images come from the official training files.
+    pub fn from_training_files(self) -> bool {
+        !matches!(self, Split::Test)
     }
 }
 
@@ -442,11 +478,14 @@ impl fmt::Display for Split {
 impl FromStr for Split {
     type Err = DataError;
 
-    /// Accepts `train` and `test` (also `t10k`), case-insensitively.
+    /// Accepts `train`, `val` (also `validation`), `test` (also `t10k`) and `train-all`,
+    /// case-insensitively.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "train" => Ok(Split::Train),
+            "val" | "validation" => Ok(Split::Val),
             "test" | "t10k" => Ok(Split::Test),
+            "train-all" | "train_all" => Ok(Split::TrainAll),
             _ => Err(DataError::UnknownSplit {
                 name: s.to_string(),
             }),
@@ -482,7 +521,14 @@ mod tests {
         ));
         assert_eq!("t10k".parse::<Split>().unwrap(), Split::Test);
         assert_eq!(Split::Train.to_string(), "train");
-        assert!("val".parse::<Split>().is_err());
+        assert_eq!("val".parse::<Split>().unwrap(), Split::Val);
+        assert_eq!("Train-All".parse::<Split>().unwrap(), Split::TrainAll);
+        for s in [Split::Train, Split::Val, Split::Test, Split::TrainAll] {
+            assert_eq!(s.to_string().parse::<Split>().unwrap(), s);
+            let json = format!("\"{s}\"");
+            assert_eq!(serde_json::to_string(&s).unwrap(), json);
+        }
+        assert!("dev".parse::<Split>().is_err());
     }
 
     #[test]

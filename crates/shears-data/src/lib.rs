@@ -52,7 +52,7 @@ mod read;
 mod rng;
 mod transform;
 
-pub use dataset::{Dataset, DatasetName, Split};
+pub use dataset::{Dataset, DatasetName, Split, VAL_SEED};
 pub use error::{Container, DataError};
 pub use fetch::{
     fetch, md5_file, official_files, sha256_file, verify_files, Checksum, FetchAction,

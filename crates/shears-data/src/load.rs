@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dataset::{Dataset, DatasetName, Split};
+use crate::dataset::{Dataset, DatasetName, Split, VAL_SEED};
 use crate::error::DataError;
 use crate::idx;
 use crate::read::{read_maybe_compressed, read_tar_gz_members};
@@ -23,6 +23,9 @@ use crate::read::{read_maybe_compressed, read_tar_gz_members};
 ///   loose or in `cifar-100-binary/`; or the official `cifar-100-binary.tar.gz`.
 ///
 /// Loose files win over a tarball. Loading the test split reads only the test files.
+/// [`Split::Train`] and [`Split::Val`] divide the training files: the validation hold-out is
+/// [`DatasetName::val_len`] class-balanced images drawn with [`VAL_SEED`](crate::VAL_SEED),
+/// the same on every run, and `Train` is every other training image.
 /// Everything is validated: magic numbers, lengths against headers and record sizes, label
 /// ranges and image/label counts.
 ///
@@ -33,10 +36,56 @@ use crate::read::{read_maybe_compressed, read_tar_gz_members};
 /// # Ok::<(), shears_data::DataError>(())
 /// ```
 pub fn load(dir: &Path, name: DatasetName, split: Split) -> Result<Dataset, DataError> {
-    match name {
-        DatasetName::Mnist | DatasetName::FashionMnist => load_idx(dir, name, split),
-        DatasetName::Cifar10 | DatasetName::Cifar100 => load_cifar(dir, name, split),
+    let files = if split.from_training_files() {
+        Files::Train
+    } else {
+        Files::Test
+    };
+    let full = match name {
+        DatasetName::Mnist | DatasetName::FashionMnist => load_idx(dir, name, files)?,
+        DatasetName::Cifar10 | DatasetName::Cifar100 => load_cifar(dir, name, files)?,
+    };
+    Ok(match split {
+        Split::Test | Split::TrainAll => full,
+        Split::Train | Split::Val => hold_out(full, name, split),
+    })
+}
+
+/// The official files a split is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Files {
+    Train,
+    Test,
+}
+
+impl Files {
+    fn split(self) -> Split {
+        match self {
+            Files::Train => Split::TrainAll,
+            Files::Test => Split::Test,
+        }
     }
+}
+
+/// The validation hold-out of the training files (`Split::Val`) or the rest (`Split::Train`):
+/// [`DatasetName::val_len`] class-balanced images (a tenth of the files when they hold fewer
+/// than ten times that, as small fixtures do) drawn with [`VAL_SEED`], in file order.
+fn hold_out(full: Dataset, name: DatasetName, split: Split) -> Dataset {
+    let n_val = name.val_len().min(full.len() / 10);
+    let val = full.class_balanced_idxs(n_val, VAL_SEED);
+    let idxs: Vec<usize> = match split {
+        Split::Val => val,
+        _ => {
+            let mut held = vec![false; full.len()];
+            for &i in &val {
+                held[i] = true;
+            }
+            (0..full.len()).filter(|&i| !held[i]).collect()
+        }
+    };
+    let mut ds = full.subset(&idxs);
+    ds.name = format!("{name}-{split}");
+    ds
 }
 
 /// Directories searched for loose files, in order.
@@ -86,10 +135,11 @@ fn idx_variants(base: &str) -> Vec<String> {
     ]
 }
 
-fn load_idx(dir: &Path, name: DatasetName, split: Split) -> Result<Dataset, DataError> {
-    let prefix = match split {
-        Split::Train => "train",
-        Split::Test => "t10k",
+fn load_idx(dir: &Path, name: DatasetName, files: Files) -> Result<Dataset, DataError> {
+    let split = files.split();
+    let prefix = match files {
+        Files::Train => "train",
+        Files::Test => "t10k",
     };
     let dirs = search_dirs(dir, name);
     let images = find_file(&dirs, &idx_variants(&format!("{prefix}-images-idx3-ubyte")));
@@ -217,11 +267,11 @@ fn parse_cifar(
     Ok(())
 }
 
-fn cifar_members(name: DatasetName, split: Split) -> (Vec<&'static str>, &'static str) {
-    match (name, split) {
-        (DatasetName::Cifar100, Split::Train) => (vec!["train.bin"], "fine_label_names.txt"),
-        (DatasetName::Cifar100, Split::Test) => (vec!["test.bin"], "fine_label_names.txt"),
-        (_, Split::Train) => (
+fn cifar_members(name: DatasetName, files: Files) -> (Vec<&'static str>, &'static str) {
+    match (name, files) {
+        (DatasetName::Cifar100, Files::Train) => (vec!["train.bin"], "fine_label_names.txt"),
+        (DatasetName::Cifar100, Files::Test) => (vec!["test.bin"], "fine_label_names.txt"),
+        (_, Files::Train) => (
             vec![
                 "data_batch_1.bin",
                 "data_batch_2.bin",
@@ -231,7 +281,7 @@ fn cifar_members(name: DatasetName, split: Split) -> (Vec<&'static str>, &'stati
             ],
             "batches.meta.txt",
         ),
-        (_, Split::Test) => (vec!["test_batch.bin"], "batches.meta.txt"),
+        (_, Files::Test) => (vec!["test_batch.bin"], "batches.meta.txt"),
     }
 }
 
@@ -286,9 +336,10 @@ fn read_all(paths: Vec<PathBuf>, size_hint: usize) -> Result<Vec<(PathBuf, Vec<u
         .collect()
 }
 
-fn load_cifar(dir: &Path, name: DatasetName, split: Split) -> Result<Dataset, DataError> {
+fn load_cifar(dir: &Path, name: DatasetName, files: Files) -> Result<Dataset, DataError> {
+    let split = files.split();
     let layout = CifarLayout::of(name);
-    let (members, meta_name) = cifar_members(name, split);
+    let (members, meta_name) = cifar_members(name, files);
     let dirs = search_dirs(dir, name);
     let mut tried = Vec::new();
     let mut loose = Vec::new();

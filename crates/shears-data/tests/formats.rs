@@ -251,7 +251,7 @@ fn cifar10_tarball_loads_like_loose_files() {
         &tar_gz(&entries),
     );
 
-    for split in [Split::Train, Split::Test] {
+    for split in [Split::Train, Split::Val, Split::TrainAll, Split::Test] {
         let a = load(loose.path(), DatasetName::Cifar10, split).unwrap();
         let b = load(xzd.path(), DatasetName::Cifar10, split).unwrap();
         let c = load(tgz.path(), DatasetName::Cifar10, split).unwrap();
@@ -260,8 +260,12 @@ fn cifar10_tarball_loads_like_loose_files() {
         assert_eq!(a.classes[3], "a3");
         assert_eq!((a.c, a.h, a.w), (3, 32, 32));
     }
-    let train = load(tgz.path(), DatasetName::Cifar10, Split::Train).unwrap();
+    let train = load(tgz.path(), DatasetName::Cifar10, Split::TrainAll).unwrap();
     assert_eq!(train.n, 15);
+    // A fixture of 15 images holds out a tenth: 1 image.
+    let val = load(tgz.path(), DatasetName::Cifar10, Split::Val).unwrap();
+    let fit = load(tgz.path(), DatasetName::Cifar10, Split::Train).unwrap();
+    assert_eq!((val.n, fit.n), (1, 14));
     assert_eq!(&train.labels[..4], &[1, 2, 3, 2]);
     // Planar records are copied as is: first pixel of example 1 is (1 + 0 + salt 1).
     assert_eq!(train.image_u8(1)[0], 2);
@@ -288,10 +292,10 @@ fn cifar100_uses_fine_labels_loose_and_tarball() {
         &tgz.path().join("cifar-100/cifar-100-binary.tar.gz"),
         &tar_gz(&entries),
     );
-    let a = load(loose.path(), DatasetName::Cifar100, Split::Train).unwrap();
+    let a = load(loose.path(), DatasetName::Cifar100, Split::TrainAll).unwrap();
     assert_eq!(a.labels, vec![99, 5, 42]);
     assert_eq!(a.classes[99], "worm");
-    let b = load(tgz.path(), DatasetName::Cifar100, Split::Train).unwrap();
+    let b = load(tgz.path(), DatasetName::Cifar100, Split::TrainAll).unwrap();
     assert_eq!(b.labels, a.labels);
     assert_eq!(b.images, a.images);
     assert_eq!(b.classes[42], "f42");

@@ -493,7 +493,7 @@ fn sparse_training_with_the_trainer_kills_filters() {
     use shears::progress::Verbosity;
     use shears::train::{train, CheckpointConfig, Schedule, TrainConfig};
     let m = common::shared_model("resnet20");
-    let ds = shears_data::load(&common::data_dir(), DatasetName::Cifar10, Split::Test).unwrap();
+    let ds = shears_data::load(&common::data_dir(), DatasetName::Cifar10, Split::Train).unwrap();
     let ds = ds.class_balanced_subset(256, 0);
     for mode in [ThresholdMode::Dynamic, ThresholdMode::Static] {
         let mut net = Network::new(m.graph.clone(), &m.weights).unwrap();
@@ -532,8 +532,13 @@ fn sparse_training_with_the_trainer_kills_filters() {
         let w = net.weights();
         let s = sk.sparsity(0.6, mode);
         assert!(s.dead_stripes > 0);
+        // Whole filters die (not only stripes): prop is large, so here all of them do.
+        assert!(s.dead_filters > 0, "{mode:?}: {s:?}");
         // A weights file of the trained network prunes and reproduces it.
         let pr = prune_from_skeleton(&m.graph, &w, &sk, 0.6).unwrap();
+        // ... and they are removed for real: a smaller dense model.
+        assert!(pr.report.removed_filters > 0, "{mode:?}");
+        assert!(pr.graph.macs() < m.graph.macs(), "{mode:?}");
         let x = cifar_batch(&m.graph, Arch::ResNet20, 8);
         let a = Network::new(m.graph.clone(), &pr.masked)
             .unwrap()

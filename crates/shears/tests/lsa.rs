@@ -431,7 +431,7 @@ fn study_finds_the_informative_features_and_is_deterministic() {
         }
         Features::new(n, d, v, labels, k).unwrap()
     };
-    let (train, test) = (mk(1, n), mk(2, 150));
+    let (train, val, test) = (mk(1, n), mk(3, 150), mk(2, 150));
     let cfg = StudyConfig {
         ps: vec![p("1"), PNorm::INF],
         ratios: vec![0.5, 0.75],
@@ -446,7 +446,7 @@ fn study_finds_the_informative_features_and_is_deterministic() {
         verbosity: Verbosity::Quiet,
         ..StudyConfig::default()
     };
-    let res = run_study(&train, &test, &cfg).unwrap();
+    let res = run_study(&train, &val, &test, &cfg).unwrap();
     assert_eq!(res.rows.len(), 4 * 2);
     assert!(res.base[0].1 > 95.0, "unpruned head {}", res.base[0].1);
     for r in &res.rows {
@@ -462,7 +462,7 @@ fn study_finds_the_informative_features_and_is_deterministic() {
             );
         }
     }
-    let again = run_study(&train, &test, &cfg).unwrap();
+    let again = run_study(&train, &val, &test, &cfg).unwrap();
     let accs = |r: &shears::analyze::lsa::StudyResult| {
         r.rows.iter().map(|x| x.accuracy).collect::<Vec<_>>()
     };
@@ -470,6 +470,25 @@ fn study_finds_the_informative_features_and_is_deterministic() {
     let lsa = res.summary.iter().find(|s| s.method == "lsa").unwrap();
     assert_eq!(lsa.runs, 4);
     assert!(lsa.std >= 0.0 && lsa.best_accuracy > 95.0);
+    // The best (p, r) is the cell of highest validation accuracy (one seed: one row a cell),
+    // and its reported accuracy is that cell's test accuracy: test selects nothing.
+    let lsa_rows: Vec<_> = res
+        .rows
+        .iter()
+        .filter(|r| matches!(r.selection, Selection::Lsa(_)))
+        .collect();
+    let top_val = lsa_rows
+        .iter()
+        .map(|r| r.val_accuracy)
+        .fold(f64::MIN, f64::max);
+    assert_eq!(lsa.best_val_accuracy, top_val);
+    let chosen = lsa_rows
+        .iter()
+        .find(|r| r.ratio == lsa.best_ratio && Some(r.selection) == lsa.best_p.map(Selection::Lsa))
+        .unwrap();
+    assert_eq!(chosen.val_accuracy, top_val);
+    assert_eq!(chosen.accuracy, lsa.best_accuracy);
+    assert_eq!((res.n_val, res.base_val.len()), (150, 1));
 }
 
 #[test]

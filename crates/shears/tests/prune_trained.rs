@@ -73,20 +73,21 @@ fn trained_resnet20_global_l1_half_macs_verifies_in_exact_mode() {
     assert!(!q.report.is_exact());
     assert_eq!(q.report.zeroed_channels, 0);
     assert_eq!(q.graph.macs(), p.graph.macs());
-    match verify(
+    // Deterministic: interior mode verifies within its widened tolerance, and really is
+    // inexact (border windows of padded convs see the folded constants).
+    let v = verify(
         &model.graph,
         &model.weights,
         &interior,
         &q,
         &x,
         VERIFY_TOLERANCE,
-    ) {
-        Ok(v) => {
-            assert!(v.tolerance > VERIFY_TOLERANCE);
-            assert!(v.note.as_deref().unwrap().contains("interior"));
-        }
-        Err(e) => assert!(e.to_string().contains("interior"), "{e}"),
-    }
+    )
+    .unwrap();
+    assert!(v.tolerance > VERIFY_TOLERANCE, "{v:?}");
+    assert!(v.max_abs_diff <= v.tolerance, "{v:?}");
+    assert!(v.max_abs_diff > VERIFY_TOLERANCE, "{v:?}");
+    assert!(v.note.as_deref().unwrap().contains("interior"));
 }
 
 #[test]

@@ -433,7 +433,9 @@ fn casm_handles_residual_blocks() {
         assert!(l.skipped.is_none(), "{l:?}");
         assert!(l.layer.ends_with(".conv1"), "{l:?}");
         assert!(l.target.ends_with(".bn2"), "{l:?}");
-        assert!(l.final_mse <= l.initial_mse, "{l:?}");
+        // CASM keeps the best weights seen, so `<=` holds by construction; every layer must
+        // actually improve on its start.
+        assert!(l.final_mse < l.initial_mse, "no progress: {l:?}");
     }
     net.set_weights(&w).unwrap();
     let after = acc(&mut net, &test, &m.preprocess, 500);

@@ -1171,7 +1171,9 @@ pub struct StudyRow {
     pub d_kept: usize,
     /// Trainable parameters of the head.
     pub head_params: u64,
-    /// Test top-1 accuracy in percent.
+    /// Validation top-1 accuracy in percent: what selects the best `(p, r)`.
+    pub val_accuracy: f64,
+    /// Test top-1 accuracy in percent: reported, never used to select.
     pub accuracy: f64,
 }
 
@@ -1188,13 +1190,17 @@ pub struct SelectionSummary {
     pub std: f64,
     /// Mean over (p, r) cells of the standard deviation over seeds.
     pub seed_std: f64,
-    /// The (p, r) with the highest mean accuracy over seeds (p empty for baselines).
+    /// The (p, r) with the highest mean *validation* accuracy over seeds (p empty for
+    /// baselines).
     pub best_p: Option<PNorm>,
     /// Its reduction level.
     pub best_ratio: f64,
-    /// Its mean accuracy.
+    /// Its mean validation accuracy (the selection criterion).
+    pub best_val_accuracy: f64,
+    /// Its mean test accuracy (reported; the test split selected nothing).
     pub best_accuracy: f64,
-    /// The largest r whose mean accuracy is within 1 point of the unpruned head's mean.
+    /// The largest r whose mean validation accuracy is within 1 point of the unpruned head's
+    /// mean validation accuracy.
     pub max_ratio_within_1pt: Option<f64>,
 }
 
@@ -1203,12 +1209,16 @@ pub struct SelectionSummary {
 pub struct StudyResult {
     /// Features per sample.
     pub d: usize,
-    /// Training and test samples.
+    /// Training samples.
     pub n_train: usize,
+    /// Validation samples (the held-out part of the training files).
+    pub n_val: usize,
     /// Test samples.
     pub n_test: usize,
-    /// Accuracy of the unpruned head per seed.
+    /// Test accuracy of the unpruned head per seed.
     pub base: Vec<(u64, f64)>,
+    /// Validation accuracy of the unpruned head per seed.
+    pub base_val: Vec<(u64, f64)>,
     /// Every pruned head.
     pub rows: Vec<StudyRow>,
     /// Per method summaries: `lsa` over all p, each `lsa p=...`, `magnitude`, `random`.
@@ -1227,11 +1237,12 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// Summarises the rows selected by `pick` under the name `method`.
+/// Summarises the rows selected by `pick` under the name `method`; `base_val_mean` is the
+/// unpruned heads' mean validation accuracy. Choices are made on validation accuracy.
 fn summarize(
     method: &str,
     rows: &[StudyRow],
-    base_mean: f64,
+    base_val_mean: f64,
     pick: impl Fn(&Selection) -> bool,
 ) -> Option<SelectionSummary> {
     let sel: Vec<&StudyRow> = rows.iter().filter(|r| pick(&r.selection)).collect();
@@ -1240,29 +1251,36 @@ fn summarize(
     }
     let accs: Vec<f64> = sel.iter().map(|r| r.accuracy).collect();
     let (mean, std) = mean_std(&accs);
-    // Cells (p, r) in first-appearance order.
-    let mut cells: Vec<(Selection, f64, Vec<f64>)> = Vec::new();
+    // Cells (p, r) in first-appearance order: test and validation accuracies per seed.
+    let mut cells: Vec<(Selection, f64, Vec<f64>, Vec<f64>)> = Vec::new();
     for r in &sel {
         match cells
             .iter_mut()
             .find(|c| c.0 == r.selection && c.1 == r.ratio)
         {
-            Some(c) => c.2.push(r.accuracy),
-            None => cells.push((r.selection, r.ratio, vec![r.accuracy])),
+            Some(c) => {
+                c.2.push(r.accuracy);
+                c.3.push(r.val_accuracy);
+            }
+            None => cells.push((r.selection, r.ratio, vec![r.accuracy], vec![r.val_accuracy])),
         }
     }
     let seed_std = cells.iter().map(|c| mean_std(&c.2).1).sum::<f64>() / cells.len() as f64;
-    let (best_sel, best_ratio, best_acc) = cells
+    let best = cells
         .iter()
-        .map(|c| (c.0, c.1, mean_std(&c.2).0))
-        .fold(None, |b: Option<(Selection, f64, f64)>, c| match b {
-            Some(b) if b.2 >= c.2 => Some(b),
-            _ => Some(c),
-        })
+        .fold(
+            None,
+            |b: Option<&(Selection, f64, Vec<f64>, Vec<f64>)>, c| match b {
+                Some(b) if mean_std(&b.3).0 >= mean_std(&c.3).0 => Some(b),
+                _ => Some(c),
+            },
+        )
         .expect("at least one cell");
+    let (best_sel, best_ratio) = (best.0, best.1);
+    let (best_acc, best_val) = (mean_std(&best.2).0, mean_std(&best.3).0);
     let max_ratio_within_1pt = cells
         .iter()
-        .filter(|c| mean_std(&c.2).0 >= base_mean - 1.0)
+        .filter(|c| mean_std(&c.3).0 >= base_val_mean - 1.0)
         .map(|c| c.1)
         .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
     Some(SelectionSummary {
@@ -1276,6 +1294,7 @@ fn summarize(
             _ => None,
         },
         best_ratio,
+        best_val_accuracy: best_val,
         best_accuracy: best_acc,
         max_ratio_within_1pt,
     })
@@ -1284,18 +1303,22 @@ fn summarize(
 /// The LSA feature-pruning study (methods §1.3, order (a)): for every seed, train a head on all
 /// features of `train`, compute its LSA over `lsa_samples` training samples, and for every
 /// `p` and `r` remove the `floor(r * d)` least sensitive features, train a new head (same seed)
-/// on the rest and evaluate it on `test`; with `baselines`, the same with magnitude and random
-/// selection.
+/// on the rest and evaluate it on `val` and `test`; with `baselines`, the same with magnitude
+/// and random selection. The summaries' best `(p, r)` and ratio within one point are chosen on
+/// `val`; `test` accuracies are reported beside them and select nothing.
 pub fn run_study(
     train: &Features,
+    val: &Features,
     test: &Features,
     cfg: &StudyConfig,
 ) -> Result<StudyResult, Error> {
-    if train.d != test.d || train.classes != test.classes {
-        return Err(Error::invalid(format!(
-            "training features ({} features, {} classes) and test features ({}, {}) differ",
-            train.d, train.classes, test.d, test.classes
-        )));
+    for (what, other) in [("validation", val), ("test", test)] {
+        if train.d != other.d || train.classes != other.classes {
+            return Err(Error::invalid(format!(
+                "training features ({} features, {} classes) and {what} features ({}, {}) differ",
+                train.d, train.classes, other.d, other.classes
+            )));
+        }
     }
     if cfg.ps.is_empty() || cfg.ratios.is_empty() || cfg.seeds.is_empty() {
         return Err(Error::invalid(
@@ -1319,11 +1342,13 @@ pub fn run_study(
     let all: Vec<usize> = (0..train.d).collect();
     let lsa_rows = train.balanced_prefix(cfg.lsa_samples);
     let mut base = Vec::new();
+    let mut base_val = Vec::new();
     let mut rows = Vec::new();
     for &seed in &cfg.seeds {
         let mut head = train_head(train, &all, &cfg.head, seed)?;
         let acc = head.accuracy(test)?;
         base.push((seed, acc));
+        base_val.push((seed, head.accuracy(val)?));
         bar.inc(1);
         bar.println(&format!("seed {seed}: unpruned head {acc:.2}%"));
         let jac = head.jacobian(train, &lsa_rows, cfg.outputs, true)?;
@@ -1347,12 +1372,14 @@ pub fn run_study(
                 let keep = kept(train.d, &removed);
                 let mut h = train_head(train, &keep, &cfg.head, seed)?;
                 let accuracy = h.accuracy(test)?;
+                let val_accuracy = h.accuracy(val)?;
                 rows.push(StudyRow {
                     selection: *sel,
                     ratio: r,
                     seed,
                     d_kept: keep.len(),
                     head_params: h.n_params(),
+                    val_accuracy,
                     accuracy,
                 });
                 bar.inc(1);
@@ -1363,7 +1390,7 @@ pub fn run_study(
             }
         }
     }
-    let base_mean = mean_std(&base.iter().map(|b| b.1).collect::<Vec<_>>()).0;
+    let base_mean = mean_std(&base_val.iter().map(|b| b.1).collect::<Vec<_>>()).0;
     let mut summary = Vec::new();
     summary.extend(summarize("lsa", &rows, base_mean, |s| {
         matches!(s, Selection::Lsa(_))
@@ -1390,20 +1417,22 @@ pub fn run_study(
     Ok(StudyResult {
         d: train.d,
         n_train: train.n,
+        n_val: val.n,
         n_test: test.n,
         base,
+        base_val,
         rows,
         summary,
         seconds,
     })
 }
 
-/// The study's rows as CSV: `selection,p,ratio,seed,d_kept,head_params,accuracy`, with the
-/// unpruned heads as `none` rows at ratio 0.
+/// The study's rows as CSV: `selection,p,ratio,seed,d_kept,head_params,val_accuracy,accuracy`
+/// (accuracy on the test split), with the unpruned heads as `none` rows at ratio 0.
 pub fn study_csv(res: &StudyResult) -> String {
-    let mut s = String::from("selection,p,ratio,seed,d_kept,head_params,accuracy\n");
-    for (seed, acc) in &res.base {
-        s.push_str(&format!("none,,0,{seed},{},,{acc:.4}\n", res.d));
+    let mut s = String::from("selection,p,ratio,seed,d_kept,head_params,val_accuracy,accuracy\n");
+    for ((seed, acc), (_, val)) in res.base.iter().zip(&res.base_val) {
+        s.push_str(&format!("none,,0,{seed},{},,{val:.4},{acc:.4}\n", res.d));
     }
     for r in &res.rows {
         let (name, p) = match r.selection {
@@ -1412,8 +1441,8 @@ pub fn study_csv(res: &StudyResult) -> String {
             Selection::Random => ("random", String::new()),
         };
         s.push_str(&format!(
-            "{name},{p},{},{},{},{},{:.4}\n",
-            r.ratio, r.seed, r.d_kept, r.head_params, r.accuracy
+            "{name},{p},{},{},{},{},{:.4},{:.4}\n",
+            r.ratio, r.seed, r.d_kept, r.head_params, r.val_accuracy, r.accuracy
         ));
     }
     s

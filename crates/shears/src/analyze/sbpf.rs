@@ -32,7 +32,7 @@ use std::time::Instant;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use shears_data::Dataset;
+use shears_data::{Dataset, Split};
 use shears_engine::Network;
 use shears_ir::{Graph, Op, ParamKind, Tensor, Weights};
 
@@ -305,6 +305,9 @@ pub struct SbpfReport {
     pub config: SbpfConfig,
     /// Images evaluated per probe.
     pub images: usize,
+    /// The split the evaluation set was drawn from (`val` unless asked otherwise).
+    #[serde(default)]
+    pub split: Option<Split>,
     /// Baseline top-1 accuracy in `[0, 1]`.
     pub baseline_accuracy: f64,
     /// Baseline mean cross-entropy.
@@ -401,6 +404,7 @@ pub fn analyze(
     Ok(SbpfReport {
         config: cfg.clone(),
         images: data.len(),
+        split: data.split,
         baseline_accuracy: base.accuracy(),
         baseline_loss: base.loss,
         groups: out,

@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use shears_data::{Dataset, Loader, LoaderConfig};
+use shears_data::{Dataset, Loader, LoaderConfig, Split};
 use shears_engine::{Backend, CpuBackend, ForwardRequest, Layout, Mode, Network};
 use shears_ir::{Graph, NodeId, Tensor, Weights};
 
@@ -70,6 +70,9 @@ pub struct EvalSet {
     pub n_classes: usize,
     /// Where the images come from (for reports), e.g. `cifar10 test, 1000 class-balanced`.
     pub description: String,
+    /// The dataset split the images come from, when they come from a built-in dataset's split
+    /// (reports carry it in their `split` field).
+    pub split: Option<Split>,
 }
 
 impl EvalSet {
@@ -91,6 +94,7 @@ impl EvalSet {
             labels: batch.labels.clone(),
             n_classes: ds.n_classes(),
             description: format!("{}, {} images", ds.name, ds.len()),
+            split: None,
         })
     }
 
@@ -925,6 +929,9 @@ pub struct SweepResult {
     pub key: SweepKey,
     /// Images in the evaluation set.
     pub images: usize,
+    /// The split the evaluation set was drawn from (`val` unless asked otherwise).
+    #[serde(default)]
+    pub split: Option<Split>,
     /// Baseline top-1 accuracy in `[0, 1]`.
     pub baseline_accuracy: f64,
     /// Baseline mean cross-entropy.
@@ -1170,6 +1177,7 @@ pub fn sweep(
     Ok(SweepResult {
         key,
         images: data.len(),
+        split: data.split,
         baseline_accuracy: base.accuracy(),
         baseline_loss: base.loss,
         groups: curves,
