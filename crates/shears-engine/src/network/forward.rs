@@ -317,6 +317,7 @@ impl Network {
                     self.ensure_pack(id)
                 }
                 Step::ConvBn { conv, bn, .. } => self.ensure_fused(conv, bn),
+                Step::ConvAct { conv, .. } => self.ensure_pack(conv),
                 Step::ConvChain {
                     conv,
                     bn,
