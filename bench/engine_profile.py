@@ -31,17 +31,29 @@ import onnxruntime as ort
 
 
 def layer_keys(model_path):
-    """ONNX node name -> layer key (weight prefix or node name), and op type per key."""
+    """ONNX node name -> layer key (weight prefix or node name, as shears names nodes), and
+    output tensor name -> the key of the node producing it."""
     m = onnx.load(str(model_path), load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
-    key, op = {}, {}
+    key, by_output = {}, {}
     for n in m.graph.node:
         k = n.name
         if len(n.input) > 1 and n.input[1] in inits and n.input[1].endswith(".weight"):
             k = n.input[1][: -len(".weight")]
         key[n.name] = k
-        op[k] = n.op_type
-    return key, op
+        for o in n.output:
+            by_output[o] = k
+    return key, by_output
+
+
+def ort_key(name, key, by_output):
+    """The layer key of an ONNX Runtime kernel: its node's name, or after the NCHWc layout
+    transform (`<output tensor>_nchwc`) the producer of that tensor (for a fused Conv+ReLU,
+    the ReLU); ORT's own nodes (layout reorders) keep their names."""
+    if name in key:
+        return key[name]
+    base = name[: -len("_nchwc")] if name.endswith("_nchwc") else name
+    return by_output.get(base, key.get(base, name))
 
 
 def shears_profile(exe, model, x_path, batch, threads, runs):
@@ -56,8 +68,9 @@ def shears_profile(exe, model, x_path, batch, threads, runs):
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             p = json.loads(out)["profile"]
             for s in p["steps"]:
-                steps[s["node"]] += s["seconds"] * 1e3 / runs
-                info[s["node"]] = s
+                k = block(s["node"])
+                steps[k] += s["seconds"] * 1e3 / runs
+                info.setdefault(k, {})[s["node"]] = s
     return steps, info
 
 
@@ -79,19 +92,29 @@ def ort_profile(model, x, threads, runs):
             sess.run(None, {name: x})
             walls.append((time.perf_counter() - t0) * 1e3)
         trace = json.load(open(sess.end_profiling()))
-    kernels = defaultdict(float)
+    kernels = defaultdict(list)
     ops = {}
-    counts = defaultdict(int)
     for ev in trace:
         if ev.get("cat") != "Node" or not ev["name"].endswith("_kernel_time"):
             continue
         node = ev["name"][: -len("_kernel_time")]
-        kernels[node] += ev["dur"] / 1e3
-        counts[node] += 1
+        kernels[node].append(ev["dur"] / 1e3)
         ops[node] = ev.get("args", {}).get("op_name", "?")
-    # The first (warm-up) run is in the trace too: average over all runs seen.
-    per = {n: kernels[n] / counts[n] for n in kernels}
+    # The first (warm-up) run is in the trace too: drop each kernel's first call.
+    per = {n: statistics.mean(v[1:] or v) for n, v in kernels.items()}
     return per, ops, statistics.median(walls)
+
+
+def block(name):
+    """The module a layer belongs to: `/layer3/layer3.0/conv2/Conv` -> `/layer3/layer3.0`,
+    `layer1.0.conv1` -> `layer1.0`, `/conv1/Conv` -> `/conv1`. Both engines fuse differently
+    (shears puts a residual add into one conv of the block, ONNX Runtime maybe into the
+    other), so the times are compared per block: the sum of its layers on each side."""
+    if name.startswith("/"):
+        parts = name.split("/")
+        return "/".join(parts[: min(3, max(2, len(parts) - 2))])
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else name
 
 
 def main():
@@ -105,7 +128,7 @@ def main():
     ap.add_argument("--json-out", type=Path)
     a = ap.parse_args()
 
-    key, onnx_op = layer_keys(a.model)
+    key, by_output = layer_keys(a.model)
     sess = ort.InferenceSession(str(a.model), providers=["CPUExecutionProvider"])
     shape = [a.batch] + list(sess.get_inputs()[0].shape[1:])
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -120,18 +143,21 @@ def main():
     theirs = defaultdict(float)
     theirs_op = {}
     for n, ms in theirs_raw.items():
-        k = key.get(n, n)
+        k = block(ort_key(n, key, by_output))
         theirs[k] += ms
-        theirs_op[k] = ort_ops[n]
+        theirs_op.setdefault(k, set()).add(ort_ops[n])
     rows = []
     for k in set(ours) | set(theirs):
-        s = info.get(k)
+        steps = list(info.get(k, {}).values())
         rows.append({
-            "layer": k,
-            "shears_op": s["op"] + (f" [{s['algo']}]" if s and s.get("algo") else "") if s else None,
-            "ort_op": theirs_op.get(k),
-            "output": s["output"] if s else None,
-            "input": s["inputs"][0] if s and s["inputs"] else None,
+            "block": k,
+            "shears_steps": [
+                {"node": st["node"], "op": st["op"], "algo": st.get("algo"),
+                 "input": st["inputs"][0] if st["inputs"] else None, "output": st["output"],
+                 "ms": st["seconds"] * 1e3 / max(st["calls"], 1)}
+                for st in steps
+            ],
+            "ort_ops": sorted(theirs_op.get(k, [])),
             "shears_ms": ours.get(k, 0.0),
             "ort_ms": theirs.get(k, 0.0),
         })
@@ -152,11 +178,17 @@ def main():
     print(f"shears steps {tot_s:.2f} ms per pass; ONNX Runtime {ort.__version__} kernels "
           f"{tot_o:.2f} ms (wall {ort_wall:.2f} ms); load {' '.join(load_before)} -> "
           f"{' '.join(load_after)}. Largest gaps first (gap = shears ms - ONNX Runtime ms):\n")
-    print("| layer | shears op | ONNX Runtime op | input | output | shears ms | ORT ms | gap ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| block | shears steps (op [algo] input -> output) | ONNX Runtime ops | shears ms "
+          "| ORT ms | gap ms |")
+    print("|---|---|---|---|---|---|")
     for r in rows[: a.top]:
-        print(f"| {r['layer']} | {r['shears_op'] or '-'} | {r['ort_op'] or '-'} | {dims(r['input'])} "
-              f"| {dims(r['output'])} | {r['shears_ms']:.3f} | {r['ort_ms']:.3f} | {r['gap_ms']:+.3f} |")
+        desc = "; ".join(
+            f"{st['op']}" + (f" [{st['algo']}]" if st["algo"] else "")
+            + f" {dims(st['input'])}->{dims(st['output'])}"
+            for st in r["shears_steps"]
+        )
+        print(f"| {r['block']} | {desc or '-'} | {', '.join(r['ort_ops']) or '-'} "
+              f"| {r['shears_ms']:.3f} | {r['ort_ms']:.3f} | {r['gap_ms']:+.3f} |")
     print()
 
 

@@ -28,6 +28,9 @@ pub struct StepTime {
     pub op: &'static str,
     /// The name of the step's first node.
     pub node: String,
+    /// The name of the node whose value the step writes (its last node: the ReLU of a fused
+    /// conv + ReLU).
+    pub out_node: String,
     /// The shapes of the values the step reads, batch axis first (NCHW order).
     pub inputs: Vec<Vec<usize>>,
     /// The shape of the value it writes, batch axis first.
@@ -138,6 +141,7 @@ impl Network {
         StepTime {
             op: step_label(g, s),
             node: g.node(first).name.clone(),
+            out_node: g.node(s.out()).name.clone(),
             inputs: s
                 .inputs(g)
                 .iter()
