@@ -560,6 +560,10 @@ pub struct BenchEngineArgs {
     /// The ONNX Runtime shared library (default $ORT_DYLIB_PATH).
     #[arg(long, value_name = "PATH")]
     pub ort_lib: Option<PathBuf>,
+    /// Stop ONNX Runtime's intra-op threads from spin-waiting between kernels (it spins by
+    /// default, which costs it time when the machine is oversubscribed).
+    #[arg(long)]
+    pub ort_no_spin: bool,
     /// Only the --onnx models: skip the ResNet-20, conv and PyTorch workloads.
     #[arg(long)]
     pub only_onnx: bool,

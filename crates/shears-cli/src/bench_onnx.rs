@@ -42,6 +42,7 @@ pub fn run(a: &BenchEngineArgs) -> Result<OnnxReport> {
         iters_batch1: a.iters_batch1,
         warmup: a.warmup,
         rounds: a.rounds,
+        ort_spin: !a.ort_no_spin,
     };
     let mut models = Vec::new();
     for path in &a.onnx {
@@ -115,7 +116,7 @@ pub fn markdown(r: &OnnxReport, a: &BenchEngineArgs) -> String {
     let mut md = String::from("## Whole models against ONNX Runtime\n\n");
     md.push_str(&format!(
         "The same ONNX file in shears' engine and in ONNX Runtime {} (`{}`; intra-op threads = \
-         {} = shears' threads, one inter-op thread, all graph optimisations), the same \
+         {} = shears' threads, one inter-op thread, all graph optimisations, spin-waiting {}), the same \
          pseudo-random input. {} rounds per model and batch size, alternating which side runs \
          first; each round the median of {} timed passes ({} at batch 1) after {} warm-up. The \
          ratio is shears' images/s over ONNX Runtime's, of the median rounds (> 1: shears is \
@@ -123,6 +124,7 @@ pub fn markdown(r: &OnnxReport, a: &BenchEngineArgs) -> String {
         r.ort.version,
         r.ort.path.display(),
         a.threads,
+        if a.ort_no_spin { "off" } else { "on (the default)" },
         a.rounds,
         a.iters,
         a.iters_batch1,

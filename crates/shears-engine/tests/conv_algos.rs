@@ -238,6 +238,9 @@ fn im2col_blocks_over_the_batch_and_dead_taps() {
         3,
         19,
     );
+    // One image whose rows fit one block: split by output channels (blocks of 64, ragged).
+    check(Conv2d::new(24, 136, 3).with_padding(1), 2, 2, 1);
+    check(Conv2d::new(16, 130, 3).with_padding(1), 1, 1, 2);
     // No tap reads the image: the output is the bias alone.
     check(Conv2d::new(4, 3, 1).with_stride(3).with_padding(1), 1, 1, 3);
 }

@@ -28,6 +28,8 @@ pub struct OnnxBenchConfig {
     pub warmup: usize,
     /// Alternating rounds: shears then ONNX Runtime in even rounds, the other way in odd ones.
     pub rounds: usize,
+    /// Whether ONNX Runtime's intra-op threads spin-wait between kernels (its default).
+    pub ort_spin: bool,
 }
 
 /// One model at one batch size.
@@ -83,7 +85,7 @@ pub fn onnx_vs_ort(
     let per_sample = model.graph.shape(input).to_vec();
     let mut net = Network::new(model.graph, &model.weights)?;
     net.set_threads(Some(cfg.threads))?;
-    let mut ort = OrtModel::from_file(lib, path, cfg.threads)?;
+    let mut ort = OrtModel::from_file(lib, path, cfg.threads, cfg.ort_spin)?;
     let mut out = Vec::new();
     for &b in &cfg.batches {
         let mut shape = vec![b];

@@ -179,9 +179,22 @@ impl OrtModel {
     /// A session on the ONNX file at `path` as it is (not imported and exported by shears):
     /// the same file shears' engine loads, for side-by-side timing. Same options as
     /// [`OrtModel::new`].
-    pub fn from_file(_lib: &OrtLibrary, path: &Path, threads: usize) -> Result<OrtModel, Error> {
+    /// `spin: false` stops the intra-op threads from spin-waiting between kernels
+    /// (`session.intra_op.allow_spinning = 0`; ONNX Runtime spins by default), which costs
+    /// ONNX Runtime time on an oversubscribed machine.
+    pub fn from_file(
+        _lib: &OrtLibrary,
+        path: &Path,
+        threads: usize,
+        spin: bool,
+    ) -> Result<OrtModel, Error> {
         let what = format!("creating a session on {}", path.display());
         let session = builder(threads)?
+            .with_config_entry(
+                "session.intra_op.allow_spinning",
+                if spin { "1" } else { "0" },
+            )
+            .map_err(|e| RuntimeError::ort(what.clone(), e))?
             .commit_from_file(path)
             .map_err(|e| RuntimeError::ort(what, e))?;
         Ok(OrtModel { session })

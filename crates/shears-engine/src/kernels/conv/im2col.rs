@@ -58,6 +58,9 @@ fn forward_batched(
     // About a block's worth of rows, at least 4 blocks where the batch allows (2 threads),
     // and never fewer than 16 rows.
     let nb = block_target(kkc).min(rows.div_ceil(4)).max(16).min(rows);
+    if nb == rows && g.groups == 1 && g.c_out >= 2 * COL_BLOCK {
+        return forward_cols(g, taps, x, w, ep_all, y);
+    }
     y.par_chunks_mut(nb * g.c_out)
         .enumerate()
         .for_each(|(b, yb)| {
@@ -81,6 +84,59 @@ fn forward_batched(
                 ep_all.part(a, b).in_place(yb, g.c_out);
             });
         });
+}
+
+/// Output channels per product of [`forward_cols`].
+const COL_BLOCK: usize = 64;
+
+/// The batch's rows in one block (batch 1 on a small map), split by output channels instead
+/// into fixed blocks of [`COL_BLOCK`], one product each, so that the threads share a layer
+/// that one product of rows would leave to one thread. Every output element still comes from
+/// one product over the same reduction, whatever the thread count.
+fn forward_cols(
+    g: &ConvGeom,
+    taps: &[usize],
+    x: &[f32],
+    w: &PackedConv,
+    ep_all: Epilogue<'_>,
+    y: &mut [f32],
+) {
+    let kkc = g.kk() * g.cig();
+    let npix = g.oh * g.ow;
+    let m = y.len() / g.c_out;
+    let starts: Vec<usize> = (0..g.c_out).step_by(COL_BLOCK).collect();
+    let parts: Vec<Vec<f32>> = starts
+        .par_iter()
+        .map(|&c0| {
+            let n = COL_BLOCK.min(g.c_out - c0);
+            let mut part = vec![0.0f32; m * n];
+            with_scratch([m * kkc, 0, 0], |col, _, _| {
+                let mut q = 0;
+                while q < m {
+                    let (img, p) = (q / npix, q % npix);
+                    let len = (npix - p).min(m - q);
+                    let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
+                    im2col_taps(g, taps, xi, 0, p, len, (m, q), col);
+                    q += len;
+                }
+                let out = Cols {
+                    c0,
+                    n,
+                    off: 0,
+                    rs: n,
+                };
+                taps_product_cols(g, taps, m, col, &w.w, 0, &mut part, out, &mut Vec::new());
+            });
+            part
+        })
+        .collect();
+    for (&c0, part) in starts.iter().zip(&parts) {
+        let n = part.len() / m;
+        for (r, row) in part.chunks_exact(n).enumerate() {
+            y[r * g.c_out + c0..r * g.c_out + c0 + n].copy_from_slice(row);
+        }
+    }
+    ep_all.in_place(y, g.c_out);
 }
 
 /// Backward data of every image in blocks of output pixels: each block's output gradient
@@ -247,8 +303,40 @@ fn taps_product(
     p0: usize,
     segs: &mut Vec<(usize, usize)>,
 ) {
+    let at = p0 * g.c_out + gi * g.cog();
+    let out = Cols {
+        c0: 0,
+        n: g.cog(),
+        off: at,
+        rs: g.c_out,
+    };
+    taps_product_cols(g, taps, m, col, w, gi, yi, out, segs);
+}
+
+/// Output channels `c0..c0 + n` of a group, written to rows of stride `rs` from `off`.
+#[derive(Clone, Copy)]
+struct Cols {
+    c0: usize,
+    n: usize,
+    off: usize,
+    rs: usize,
+}
+
+/// [`taps_product`] for the output channels `out.c0..out.c0 + out.n` of group `gi` only.
+#[allow(clippy::too_many_arguments)]
+fn taps_product_cols(
+    g: &ConvGeom,
+    taps: &[usize],
+    m: usize,
+    col: &[f32],
+    w: &[f32],
+    gi: usize,
+    yi: &mut [f32],
+    out: Cols,
+    segs: &mut Vec<(usize, usize)>,
+) {
     let (cig, cog) = (g.cig(), g.cog());
-    let wg = gi * g.kk() * cig * cog;
+    let wg = gi * g.kk() * cig * cog + out.c0;
     let mut first = true;
     let mut j0 = 0;
     while j0 < taps.len() {
@@ -271,10 +359,10 @@ fn taps_product(
             }
             sgemm_segs(
                 m,
-                cog,
+                out.n,
                 yi,
-                p0 * g.c_out + gi * cog,
-                g.c_out,
+                out.off,
+                out.rs,
                 !first,
                 MatRef::rows(col, 0, cig),
                 segs,
@@ -288,8 +376,8 @@ fn taps_product(
     if first {
         // No tap sees the image (padding only): the product is zero.
         for r in 0..m {
-            let at = (p0 + r) * g.c_out + gi * cog;
-            yi[at..at + cog].fill(0.0);
+            let at = out.off + r * out.rs;
+            yi[at..at + out.n].fill(0.0);
         }
     }
 }
