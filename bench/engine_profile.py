@@ -106,15 +106,18 @@ def ort_profile(model, x, threads, runs):
 
 
 def block(name):
-    """The module a layer belongs to: `/layer3/layer3.0/conv2/Conv` -> `/layer3/layer3.0`,
-    `layer1.0.conv1` -> `layer1.0`, `/conv1/Conv` -> `/conv1`. Both engines fuse differently
-    (shears puts a residual add into one conv of the block, ONNX Runtime maybe into the
-    other), so the times are compared per block: the sum of its layers on each side."""
+    """The module a layer belongs to, as a dotted path of at most two parts: shears' names
+    (`layer1.0.conv1`, from the weight names) and the exporter's scope names
+    (`/layer1/layer1.0/conv1/Conv`: the first scope with a dot) both give `layer1.0`; `/conv1/Conv`
+    gives `conv1`; ONNX Runtime's layout reorders are one bucket. The two engines fuse
+    differently (shears puts a residual add into one conv of a block, ONNX Runtime maybe into
+    the other), so the times are compared per block: the sum of its layers on each side."""
+    if name.startswith("Reorder"):
+        return "(ONNX Runtime layout reorders)"
     if name.startswith("/"):
-        parts = name.split("/")
-        return "/".join(parts[: min(3, max(2, len(parts) - 2))])
-    parts = name.split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 else name
+        scopes = name.strip("/").split("/")[:-1] or [name.strip("/")]
+        name = next((c for c in scopes if "." in c), scopes[0])
+    return ".".join(name.split(".")[:2])
 
 
 def main():
