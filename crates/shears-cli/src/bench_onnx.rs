@@ -34,7 +34,8 @@ pub struct BatchSummary {
 
 /// Runs every `--onnx` model through [`onnx_vs_ort`].
 pub fn run(a: &BenchEngineArgs) -> Result<OnnxReport> {
-    let lib = OrtLibrary::load(a.ort_lib.as_deref())?;
+    // As a library error, so that a missing library is bad input (exit code 2).
+    let lib = OrtLibrary::load(a.ort_lib.as_deref()).map_err(shears::Error::from)?;
     let cfg = OnnxBenchConfig {
         threads: a.threads,
         batches: a.batches.clone(),
