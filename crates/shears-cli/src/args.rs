@@ -208,6 +208,10 @@ pub struct EvalArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Time every forward step (op type, node, input and output shapes, conv algorithm, ms,
+    /// share) and print the profile after the results (--json: `profile`).
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -520,35 +524,60 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Engine throughput: ResNet-20 inference and training at batch 128, and one 3x3 conv layer
-    /// forward/backward, against the PyTorch reference script run in the same invocation.
-    Engine {
-        /// Threads for both engines.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// Timed iterations (median reported).
-        #[arg(long, default_value_t = 10)]
-        iters: usize,
-        /// Warm-up iterations.
-        #[arg(long, default_value_t = 3)]
-        warmup: usize,
-        /// Alternating rounds (shears, then PyTorch, N times); each side reports the median
-        /// of its rounds, so a burst of load on a shared machine hits both sides alike.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Python interpreter with torch installed (e.g. bench/.venv/bin/python); omit to skip the
-        /// PyTorch side.
-        #[arg(long, value_name = "PYTHON")]
-        torch_python: Option<PathBuf>,
-        /// The PyTorch reference script.
-        #[arg(long, default_value = "bench/torch_engine.py")]
-        torch_script: PathBuf,
-        /// Write a markdown report here (e.g. docs/results/engine.md).
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    /// forward/backward, against the PyTorch reference script run in the same invocation; and
+    /// with --onnx, whole ONNX models against ONNX Runtime on the same files.
+    Engine(BenchEngineArgs),
+}
+
+/// `shears bench engine`.
+#[derive(Args, Debug)]
+pub struct BenchEngineArgs {
+    /// Threads for both engines.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed iterations (median reported).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Warm-up iterations.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Alternating rounds (shears, then PyTorch, N times); each side reports the median
+    /// of its rounds, so a burst of load on a shared machine hits both sides alike.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Python interpreter with torch installed (e.g. bench/.venv/bin/python); omit to skip the
+    /// PyTorch side.
+    #[arg(long, value_name = "PYTHON")]
+    pub torch_python: Option<PathBuf>,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "bench/torch_engine.py")]
+    pub torch_script: PathBuf,
+    /// ONNX models to run in shears' engine and in ONNX Runtime (the same file, input and
+    /// threads; rounds alternate which side runs first).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub onnx: Vec<PathBuf>,
+    /// Batch sizes of the --onnx models.
+    #[arg(long, value_name = "N,N", value_delimiter = ',', default_values_t = [1, 128])]
+    pub batches: Vec<usize>,
+    /// Timed iterations at batch 1 of the --onnx models (cheap passes need more to settle).
+    #[arg(long, default_value_t = 50)]
+    pub iters_batch1: usize,
+    /// The ONNX Runtime shared library (default $ORT_DYLIB_PATH).
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// Stop ONNX Runtime's intra-op threads from spin-waiting between kernels (it spins by
+    /// default, which costs it time when the machine is oversubscribed).
+    #[arg(long)]
+    pub ort_no_spin: bool,
+    /// Only the --onnx models: skip the ResNet-20, conv and PyTorch workloads.
+    #[arg(long)]
+    pub only_onnx: bool,
+    /// Write a markdown report here (e.g. docs/results/engine.md).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--criterion`.
@@ -746,6 +775,10 @@ pub struct RunArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Time every forward step (op type, node, input and output shapes, conv algorithm, ms,
+    /// share) after one untimed warm-up pass, and print the profile (--json: `profile`).
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object (shapes, time) instead of a line.
     #[arg(long)]
     pub json: bool,

@@ -1,35 +1,95 @@
 //! `shears bench engine`: runs shears' engine workloads and, in the same invocation, the
-//! PyTorch reference script, then reports both and their ratios (markdown and JSON).
+//! PyTorch reference script, then reports both and their ratios (markdown and JSON); the
+//! `--onnx` models against ONNX Runtime are in `bench_onnx.rs`.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use shears::bench::{engine, EngineBenchConfig};
 
+use crate::args::BenchEngineArgs;
+use crate::commands::bad;
 use crate::output::print_json;
 
 /// Runs the benchmark; see the module docs.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    threads: usize,
-    iters: usize,
-    warmup: usize,
-    rounds: usize,
-    torch_python: Option<PathBuf>,
-    torch_script: PathBuf,
-    out: Option<PathBuf>,
-    as_json: bool,
-) -> Result<()> {
-    anyhow::ensure!(rounds >= 1, "--rounds must be at least 1, got {rounds}");
+pub fn run(a: BenchEngineArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.rounds >= 1,
+        "--rounds must be at least 1, got {}",
+        a.rounds
+    );
+    if a.only_onnx && a.onnx.is_empty() {
+        return Err(bad("--only-onnx: give the models with --onnx FILE..."));
+    }
     let cmdline: Vec<String> = std::env::args().collect();
+    let load_before = load_average();
+    let builtin = if a.only_onnx {
+        None
+    } else {
+        Some(builtin(&a)?)
+    };
+    let onnx = if a.onnx.is_empty() {
+        None
+    } else {
+        Some(crate::bench_onnx::run(&a)?)
+    };
+    let load_after = load_average();
+    if let Some(path) = &a.out {
+        let mut md = String::new();
+        md.push_str("# Engine benchmark: shears against PyTorch and ONNX Runtime (CPU)\n\n");
+        md.push_str(&format!(
+            "Command (run from the repository root):\n\n```\n{}\n```\n\n",
+            cmdline.join(" ")
+        ));
+        md.push_str(&format!(
+            "Load average (1, 5, 15 min) before: {load_before}; after: {load_after}. Machine: {} cores, `{}`.\n\n",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            cpu_model()
+        ));
+        if let Some(b) = &builtin {
+            md.push_str(&b.md);
+        }
+        if let Some(o) = &onnx {
+            md.push_str(&crate::bench_onnx::markdown(o, &a));
+        }
+        std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if a.json {
+        let mut v = builtin.map(|b| b.json).unwrap_or_else(|| json!({}));
+        v["onnx"] = serde_json::to_value(&onnx)?;
+        v["load_before"] = json!(load_before);
+        v["load_after"] = json!(load_after);
+        print_json(&v);
+    } else {
+        if let Some(b) = &builtin {
+            print!("{}", b.text);
+        }
+        if let Some(o) = &onnx {
+            print!("{}", crate::bench_onnx::text(o));
+        }
+    }
+    Ok(())
+}
+
+/// The ResNet-20 and conv workloads against PyTorch, rendered.
+struct Builtin {
+    md: String,
+    json: Value,
+    text: String,
+}
+
+/// Runs the ResNet-20 and conv workloads (and the PyTorch script, if given).
+fn builtin(a: &BenchEngineArgs) -> Result<Builtin> {
+    let (threads, iters, warmup, rounds) = (a.threads, a.iters, a.warmup, a.rounds);
+    let (torch_python, torch_script, as_json) = (&a.torch_python, &a.torch_script, a.json);
     if !as_json {
         eprintln!(
             "shears engine: {threads} threads, {rounds} rounds of {iters} timed iterations after {warmup} warm-up"
         );
     }
-    let load_before = load_average();
     let mut ours_runs = Vec::new();
     let mut theirs_runs = Vec::new();
     for round in 0..rounds {
@@ -40,7 +100,7 @@ pub fn run(
             warmup,
         })?;
         ours_runs.push(serde_json::to_value(&ours)?);
-        if let Some(py) = &torch_python {
+        if let Some(py) = torch_python {
             if !as_json {
                 eprintln!(
                     "round {}/{rounds}: pytorch {} {}",
@@ -49,10 +109,9 @@ pub fn run(
                     torch_script.display()
                 );
             }
-            theirs_runs.push(torch_round(py, &torch_script, threads, iters, warmup)?);
+            theirs_runs.push(torch_round(py, torch_script, threads, iters, warmup)?);
         }
     }
-    let load_after = load_average();
     let ours_v = median_runs(&ours_runs);
     let theirs: Option<Value> = (!theirs_runs.is_empty()).then(|| median_runs(&theirs_runs));
     let keys = [
@@ -80,18 +139,14 @@ pub fn run(
     let ours_best = best_runs(&ours_runs, &keys);
     let theirs_best = (!theirs_runs.is_empty()).then(|| best_runs(&theirs_runs, &keys));
     let best_rows = compare(&keys, &ours_best, theirs_best.as_ref());
-    if let Some(path) = &out {
-        let mut md = String::new();
-        md.push_str("# Engine benchmark: shears against PyTorch (CPU)\n\n");
-        md.push_str(&format!(
-            "Command (run from the repository root):\n\n```\n{}\n```\n\n",
-            cmdline.join(" ")
-        ));
+    let mut md = String::new();
+    {
+        md.push_str("## ResNet-20 and one conv layer against PyTorch\n\n");
         md.push_str(&format!(
             "Same machine, same run, {threads} threads for both; {rounds} alternating rounds (shears, then PyTorch), \
              each round the median of {iters} timed iterations after {warmup} warm-up; the table shows the median round \
              (peak memory: the largest). Ratio > 1 means shears is better (throughput: shears / PyTorch; time and memory: \
-             PyTorch / shears). Load average (1, 5, 15 min) before: {load_before}; after: {load_after}.\n\n"
+             PyTorch / shears).\n\n"
         ));
         md.push_str("Every round, as measured:\n\n| round | side | ");
         for (_, label, _) in keys {
@@ -138,17 +193,9 @@ pub fn run(
                 ));
             }
         }
-        md.push_str(&format!(
-            "\nMachine: {} cores, `{}`.\n",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-            cpu_model()
-        ));
-        std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
+        md.push('\n');
     }
-    if as_json {
-        print_json(&json!({
+    let json = json!({
             "shears": ours_v,
             "pytorch": theirs,
             "ratios": rows.iter().map(|(k, _, _, _, r)| (k.to_string(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
@@ -157,18 +204,19 @@ pub fn run(
             "ratios_best": best_rows.iter().map(|(k, _, _, _, r)| (k.to_string(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
             "shears_rounds": ours_runs,
             "pytorch_rounds": theirs_runs,
-        }));
-    } else {
+    });
+    let mut text = String::new();
+    {
         for (_, label, a, b, r) in rows.iter().chain(&best_rows) {
-            println!(
-                "{label:<48} shears {:>9}  pytorch {:>9}  {}",
+            text.push_str(&format!(
+                "{label:<48} shears {:>9}  pytorch {:>9}  {}\n",
                 a.map(|x| format!("{x:.1}")).unwrap_or("-".into()),
                 b.map(|x| format!("{x:.1}")).unwrap_or("-".into()),
                 r.map(|x| format!("{x:.2}x")).unwrap_or_default()
-            );
+            ));
         }
     }
-    Ok(())
+    Ok(Builtin { md, json, text })
 }
 
 fn cpu_model() -> String {

@@ -259,7 +259,11 @@ fn eval(a: EvalArgs) -> Result<()> {
             Verbosity::Normal
         },
     };
+    if a.profile {
+        crate::profile_out::start(&mut net);
+    }
     let r = evaluate(&mut net, &ds, &model.preprocess, &cfg)?;
+    let profile = crate::profile_out::collect(&net);
     if a.json {
         print_json(&json!({
             "model": a.model.model,
@@ -268,6 +272,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             "params": model.graph.n_params(),
             "macs": model.graph.macs(),
             "result": r,
+            "profile": profile,
         }));
         return Ok(());
     }
@@ -299,6 +304,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     println!();
     print!("{}", t.render());
+    if let Some(p) = &profile {
+        print!("\n{}", crate::profile_out::render(p));
+    }
     Ok(())
 }
 
@@ -480,24 +488,6 @@ fn data(a: DataArgs) -> Result<()> {
 
 fn bench(a: BenchArgs) -> Result<()> {
     match a.command {
-        BenchCommand::Engine {
-            threads,
-            iters,
-            warmup,
-            rounds,
-            torch_python,
-            torch_script,
-            out,
-            json,
-        } => crate::bench_engine::run(
-            threads,
-            iters,
-            warmup,
-            rounds,
-            torch_python,
-            torch_script,
-            out,
-            json,
-        ),
+        BenchCommand::Engine(a) => crate::bench_engine::run(a),
     }
 }

@@ -11,6 +11,7 @@ use shears_ir::Tensor;
 use crate::args::RunArgs;
 use crate::commands::{bad, network, open_model, open_model_for_data};
 use crate::output::print_json;
+use crate::profile_out;
 
 /// Runs `shears run`.
 pub fn run(a: RunArgs) -> Result<()> {
@@ -46,9 +47,15 @@ pub fn run(a: RunArgs) -> Result<()> {
             .map_err(|e| bad(format!("--input {}: {e}", a.input.display())))?;
     }
     let mut net = network(&model, a.threads)?;
+    if a.profile {
+        // Warm-up: the first pass plans the steps and packs the weights.
+        forward_in_chunks(&mut net, &x, a.batch)?;
+        profile_out::start(&mut net);
+    }
     let t0 = Instant::now();
     let y = forward_in_chunks(&mut net, &x, a.batch)?;
     let seconds = t0.elapsed().as_secs_f64();
+    let profile = profile_out::collect(&net);
     write_npy(&a.output, &y)?;
     let n = x.shape()[0];
     if a.json {
@@ -62,6 +69,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             "batch": a.batch,
             "seconds": seconds,
             "samples_per_s": n as f64 / seconds.max(1e-12),
+            "profile": profile,
         }));
         return Ok(());
     }
@@ -74,6 +82,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         seconds,
         n as f64 / seconds.max(1e-12)
     );
+    if let Some(p) = &profile {
+        print!("\n{}", profile_out::render(p));
+    }
     Ok(())
 }
 

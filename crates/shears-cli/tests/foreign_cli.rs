@@ -448,6 +448,62 @@ fn run_writes_what_the_library_computes_bit_for_bit() {
     assert_eq!(bits(&read_npy(&out).unwrap()), bits(&want));
 }
 
+/// Issue 16: `--profile` times every forward step (op, node, shapes, ms, share) without
+/// changing the output.
+#[test]
+fn run_profile_names_every_step_with_its_shapes() {
+    let f = Fixture::new();
+    let x = Tensor::new(vec![3, 3, 28, 28], seeded(3 * 3 * 28 * 28, 7)).unwrap();
+    let input = f.path("x.npy");
+    write_npy(&input, &x).unwrap();
+    let out = f.path("y.npy");
+    let args = [
+        "run",
+        &f.onnx,
+        "--input",
+        &s(&input),
+        "-o",
+        &s(&out),
+        "--batch",
+        "2",
+    ];
+    let v = json_of(&shears(&[&args[..], &["--profile", "--json"]].concat()));
+    assert_eq!(
+        bits(&read_npy(&out).unwrap()),
+        bits(&library_forward(&f.onnx, None, &x))
+    );
+    let p = &v["profile"];
+    let steps = p["steps"].as_array().unwrap();
+    assert!(!steps.is_empty());
+    // Batches of 2 and 1: each step once per batch size, its shapes batch axis first.
+    for st in steps {
+        let n = st["output"][0].as_u64().unwrap();
+        assert!(n == 2 || n == 1, "{st}");
+        assert_eq!(st["calls"], 1, "{st}");
+        assert!(st["inputs"].as_array().unwrap().iter().all(|i| i[0] == n));
+        assert!(!st["node"].as_str().unwrap().is_empty());
+    }
+    let convs = steps
+        .iter()
+        .filter(|st| st["op"].as_str().unwrap().starts_with("conv2d"))
+        .count();
+    assert!(convs >= 2 && steps.iter().any(|st| st["algo"].is_string()));
+    let share: f64 = steps.iter().map(|st| st["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-6, "shares sum to {share}");
+    assert!(!p["by_op"].as_array().unwrap().is_empty());
+    // Without --json, the two tables.
+    let o = shears(&[&args[..], &["--profile"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("profile:") && text.contains("GMAC/s"),
+        "{text}"
+    );
+    // Without --profile, no profile.
+    let v = json_of(&shears(&[&args[..], &["--json"]].concat()));
+    assert!(v["profile"].is_null());
+}
+
 #[test]
 fn run_refuses_bad_inputs_naming_the_file() {
     let f = Fixture::new();

@@ -114,7 +114,7 @@ pub use loss::{
 };
 pub use network::{
     BackwardOptions, ForwardOutput, ForwardRequest, GradHookFn, Gradients, HookId, Layout, Mode,
-    Network, Profile, RngState, StepHook,
+    Network, Profile, RngState, StepHook, StepTime,
 };
 pub use optim::{Adam, AdamConfig, AdamParamState, AdamState, Optimizer, Sgd, SgdConfig, SgdState};
 pub use params::ParamStore;

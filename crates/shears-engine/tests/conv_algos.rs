@@ -224,6 +224,28 @@ fn larger_batch_and_map() {
 }
 
 #[test]
+fn im2col_blocks_over_the_batch_and_dead_taps() {
+    // Issue 16: maps smaller than one im2col block run blocks over the batch's pixels, which
+    // end mid-image (37 images of 2x2 pixels), and skip the taps that only read padding (a
+    // 3x3 conv on a 1x1 map reads its centre tap; on a 2x2 map with padding 2 the corner taps
+    // of some rows and columns).
+    check(Conv2d::new(40, 24, 3).with_padding(1), 2, 2, 37);
+    check(Conv2d::new(40, 24, 3).with_padding(1), 1, 1, 21);
+    check(Conv2d::new(24, 20, 3).with_padding(2), 2, 2, 5);
+    check(
+        Conv2d::new(40, 24, 3).with_stride(2).with_padding(1),
+        3,
+        3,
+        19,
+    );
+    // One image whose rows fit one block: split by output channels (blocks of 64, ragged).
+    check(Conv2d::new(24, 136, 3).with_padding(1), 2, 2, 1);
+    check(Conv2d::new(16, 130, 3).with_padding(1), 1, 1, 2);
+    // No tap reads the image: the output is the bias alone.
+    check(Conv2d::new(4, 3, 1).with_stride(3).with_padding(1), 1, 1, 3);
+}
+
+#[test]
 fn im2col_blocks_split_rows_and_taps() {
     // 48 x 9 = 432 reduction steps: im2col blocks of 151 pixels end mid-row on a 13x13 map,
     // and the product's 128-step passes end mid-tap (128 is not a multiple of 48).

@@ -177,6 +177,61 @@ fn eval_fusion_matches_unfused_and_reference() {
     assert_ne!(fused.data(), fused2.data());
 }
 
+/// Issue 16: an ONNX export folds BN into its conv, so conv -> ReLU and conv -> add -> ReLU
+/// run as one step with the ReLU (and the residual sum) in the conv's epilogue; the profile
+/// names the fused steps, with their shapes.
+#[test]
+fn eval_fusion_of_convs_without_bn() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[3, 6, 6]).unwrap();
+    let conv = |c_in: usize, c: usize| Conv2d::new(c_in, c, 3).with_padding(1).with_bias(true);
+    let c1 = b.add("c1", conv(3, 8), &[x]).unwrap();
+    let r1 = b.add("r1", Op::Relu, &[c1]).unwrap();
+    let c2 = b.add("c2", conv(8, 8), &[r1]).unwrap();
+    let r2 = b.add("r2", Op::Relu, &[c2]).unwrap();
+    let c3 = b.add("c3", conv(8, 8), &[r2]).unwrap();
+    let a = b.add("add", Op::Add, &[c3, r1]).unwrap();
+    let r3 = b.add("r3", Op::Relu, &[a]).unwrap();
+    // An add with no ReLU after it stays a separate step.
+    let c4 = b.add("c4", conv(8, 8), &[r3]).unwrap();
+    let a2 = b.add("add2", Op::Add, &[c4, r3]).unwrap();
+    let g = b.finish(&[a2]).unwrap();
+    let mut rng = Rng(16);
+    let w = random_weights(&g, &mut rng);
+    let x = rng.tensor(&[5, 3, 6, 6]);
+    let mut net = Network::new(g.clone(), &w).unwrap();
+    net.set_profiling_per_step(true);
+    let fused = net.forward(&x, Mode::Eval).unwrap();
+    let steps = net.profile().unwrap().steps.clone();
+    let unfused = net.forward_recorded(&x, Mode::Eval).unwrap();
+    let expected: Vec<f64> = unfused.data().iter().map(|&v| v as f64).collect();
+    assert_close("fused vs unfused", fused.data(), &expected, 1e-5, 1e-5);
+    let feeds = HashMap::from([(g.inputs()[0], x.data().iter().map(|&v| v as f64).collect())]);
+    let vals = ref_forward(&g, &to_f64(&w), &feeds, 5, false);
+    assert_close(
+        "fused vs reference",
+        fused.data(),
+        &vals[g.outputs()[0].0],
+        1e-4,
+        1e-4,
+    );
+    let ops: Vec<(&str, &str)> = steps.iter().map(|s| (s.op, s.node.as_str())).collect();
+    assert_eq!(
+        ops,
+        [
+            ("conv2d+relu", "c1"),
+            ("conv2d+relu", "c2"),
+            ("conv2d+add+relu", "c3"),
+            ("conv2d", "c4"),
+            ("add", "add2"),
+        ]
+    );
+    assert_eq!(steps[2].inputs, [vec![5, 8, 6, 6], vec![5, 8, 6, 6]]);
+    assert_eq!(steps[2].output, [5, 8, 6, 6]);
+    assert_eq!(steps[0].macs, 5 * 8 * 3 * 9 * 36);
+    assert!(steps.iter().all(|s| s.calls == 1 && s.seconds >= 0.0));
+}
+
 fn grads_with_threads(threads: usize) -> (Tensor, Gradients) {
     let g = small_cnn(16, 16, 10);
     let mut rng = Rng(9);

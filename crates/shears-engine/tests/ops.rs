@@ -186,6 +186,30 @@ fn max_pool_3x3_stride2_padded_odd() {
 }
 
 #[test]
+fn max_pool_inference_equals_the_recorded_pass_bit_for_bit() {
+    // Issue 16: inference runs its own branch-free kernel (no argmax); it must pick the same
+    // maxima, NaN and signed-zero ties included.
+    let g = single(&[5, 7, 6], Op::MaxPool2d(Pool2d::new(3, 2).with_padding(1)));
+    let mut rng = common::Rng(18);
+    let w = common::random_weights(&g, &mut rng);
+    let mut x = rng.tensor(&[4, 5, 7, 6]);
+    for (k, v) in x.data_mut().iter_mut().enumerate() {
+        match k % 29 {
+            0 => *v = f32::NAN,
+            1 | 2 => *v = -0.0,
+            3 => *v = 0.0,
+            _ => {}
+        }
+    }
+    let mut net = shears_engine::Network::new(g, &w).unwrap();
+    let plain = net.forward(&x, Mode::Eval).unwrap();
+    let recorded = net.forward_recorded(&x, Mode::Eval).unwrap();
+    let bits = |t: &shears_ir::Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&plain), bits(&recorded));
+    assert!(plain.data().iter().any(|v| v.is_nan()));
+}
+
+#[test]
 fn avg_pool_count_include_pad() {
     check_graph(
         &single(&[3, 5, 6], Op::AvgPool2d(Pool2d::new(3, 1).with_padding(1))),

@@ -1,5 +1,8 @@
 //! Engine benchmark: the workloads of `bench/torch_engine.py`, timed the same way (median of
-//! `iters` after `warmup`), so that the two can be compared as ratios in one run.
+//! `iters` after `warmup`), so that the two can be compared as ratios in one run; and
+//! ([`onnx`]) whole ONNX models on shears' engine against ONNX Runtime.
+
+pub mod onnx;
 
 use std::time::Instant;
 

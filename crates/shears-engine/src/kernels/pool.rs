@@ -123,7 +123,30 @@ pub fn max_forward(g: &PoolGeom, n: usize, x: &[f32], y: &mut [f32], argmax: Opt
         None => y
             .par_chunks_mut(g.out_len())
             .enumerate()
-            .for_each(|(i, yi)| run(&x[i * g.in_len()..(i + 1) * g.in_len()], yi, None)),
+            .for_each(|(i, yi)| max_plain(g, &x[i * g.in_len()..(i + 1) * g.in_len()], yi)),
+    }
+}
+
+/// Max pooling of one image without the argmax (inference): the same maxima as the recorded
+/// path (a NaN wins, ties keep the first), as a branch-free select over whole channel rows so
+/// that it vectorises (issue 16: the branchy loop cost resnet18's stem pool 40x ONNX Runtime).
+fn max_plain(g: &PoolGeom, xi: &[f32], yi: &mut [f32]) {
+    let c = g.c;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let p = oy * g.ow + ox;
+            let (y0, y1, x0, x1, _) = g.window(oy, ox);
+            let yr = &mut yi[p * c..(p + 1) * c];
+            yr.fill(f32::NEG_INFINITY);
+            for iy in y0..y1 {
+                for ix in x0..x1 {
+                    let q = iy * g.w + ix;
+                    for (d, &v) in yr.iter_mut().zip(&xi[q * c..(q + 1) * c]) {
+                        *d = if v > *d || v.is_nan() { v } else { *d };
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -286,7 +286,7 @@ impl Network {
         let inputs = self.graph.node(step.first()).inputs.clone();
         let in0 = inputs[0];
         match step {
-            Step::ConvBn { .. } | Step::ConvChain { .. } => {
+            Step::ConvBn { .. } | Step::ConvChain { .. } | Step::ConvAct { .. } => {
                 unreachable!("fused inference steps are never recorded")
             }
             Step::BnRelu { bn, .. } => self.bn_backward(bn, b, dy, true, false, in0, grads, out),

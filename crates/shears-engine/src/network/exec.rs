@@ -38,6 +38,7 @@ impl Network {
             Step::ConvBn {
                 conv, relu, add, ..
             } => self.exec_conv_bn(conv, relu, add, pass, &mut y),
+            Step::ConvAct { conv, add, .. } => self.exec_conv_act(conv, add, pass, &mut y),
             Step::BnRelu { bn, relu: _ } => {
                 self.bn_forward(
                     bn,
@@ -138,6 +139,33 @@ impl Network {
                 be.conv2d_forward_add(g, pass.n, x, &f.packed, Some(&f.bias), r, relu.is_some(), y);
             }
             None => be.conv2d_forward(g, pass.n, x, &f.packed, Some(&f.bias), relu.is_some(), y),
+        }
+    }
+
+    /// Conv `conv` (its own weights and bias) with a ReLU, after adding `add`'s other addend.
+    fn exec_conv_act(
+        &self,
+        conv: NodeId,
+        add: Option<(NodeId, NodeId)>,
+        pass: &Pass<'_>,
+        y: &mut [f32],
+    ) {
+        let Geo::Conv(g) = &self.geo[conv.0] else {
+            unreachable!("conv geometry")
+        };
+        let p = &self.packs[conv.0]
+            .as_ref()
+            .expect("pack cache prepared")
+            .packed;
+        let bias = self.params.data(conv, ParamKind::Bias);
+        let x = value(&pass.vals, self.graph.node(conv).inputs[0], INPUT_READY);
+        let be = &*self.backend;
+        match add {
+            Some((_, other)) => {
+                let r = value(&pass.vals, other, "addend computed before the conv");
+                be.conv2d_forward_add(g, pass.n, x, p, bias, r, true, y);
+            }
+            None => be.conv2d_forward(g, pass.n, x, p, bias, true, y),
         }
     }
 

@@ -8,7 +8,7 @@ use crate::error::{EngineError, Result};
 
 use super::plan::PlanKey;
 use super::rng::mix;
-use super::step::{step_label, Step};
+use super::step::Step;
 use super::tape::Saved;
 use super::{ForwardOutput, ForwardRequest, Layout, Mode, Network};
 
@@ -317,6 +317,7 @@ impl Network {
                     self.ensure_pack(id)
                 }
                 Step::ConvBn { conv, bn, .. } => self.ensure_fused(conv, bn),
+                Step::ConvAct { conv, .. } => self.ensure_pack(conv),
                 Step::ConvChain {
                     conv,
                     bn,
@@ -401,14 +402,8 @@ impl Network {
         let n = pass.n;
         let t0 = self.profile.is_some().then(std::time::Instant::now);
         let y = self.exec_step(s, pass)?;
-        if let (Some(p), Some(t0)) = (self.profile.as_mut(), t0) {
-            let label = step_label(&self.graph, s);
-            let label = if self.profile_steps {
-                format!("forward {label} {}", self.graph.node(s.first()).name)
-            } else {
-                format!("forward {label}")
-            };
-            p.add(label, t0.elapsed().as_secs_f64());
+        if let Some(t0) = t0 {
+            self.record_step(s, n, t0.elapsed().as_secs_f64());
         }
         let o = s.out();
         if req.capture.contains(&o) && !pass.hold[o.0] {

@@ -50,7 +50,7 @@ use step::Step;
 use tape::Tape;
 
 pub use hooks::{GradHookFn, HookId, StepHook};
-pub use profile::Profile;
+pub use profile::{Profile, StepTime};
 pub use request::{BackwardOptions, ForwardOutput, ForwardRequest, Gradients, Layout, Mode};
 pub use rng::RngState;
 

@@ -112,7 +112,7 @@ impl Planner<'_> {
     /// with the add and ReLU ending its residual block.
     fn conv_step(&mut self, id: NodeId) -> Step {
         let Some(bn) = self.only_consumer(id, &is_bn) else {
-            return Step::Op(id);
+            return self.conv_act_step(id);
         };
         let relu = self.only_consumer(bn, &is_relu);
         self.absorbed[bn.0] = true;
@@ -198,6 +198,39 @@ impl Planner<'_> {
             bn,
             relu,
             add: add.map(|(a, o, _)| (a, o)),
+        }
+    }
+
+    /// An inference conv with no BN: fused with its ReLU, or with the add and ReLU ending a
+    /// residual block when the other addend is already computed; else alone.
+    fn conv_act_step(&mut self, id: NodeId) -> Step {
+        let net = self.net;
+        if let Some(r) = self.only_consumer(id, &is_relu) {
+            self.absorbed[r.0] = true;
+            return Step::ConvAct {
+                conv: id,
+                relu: r,
+                add: None,
+            };
+        }
+        let add = if net.fuse_residuals {
+            net.conv_residual(id, &|v| self.produced[v.0] || self.fed[v.0], &|v, p| {
+                self.only_consumer(v, p)
+            })
+        } else {
+            None
+        };
+        match add {
+            Some((a, other, r)) => {
+                self.absorbed[a.0] = true;
+                self.absorbed[r.0] = true;
+                Step::ConvAct {
+                    conv: id,
+                    relu: r,
+                    add: Some((a, other)),
+                }
+            }
+            None => Step::Op(id),
         }
     }
 

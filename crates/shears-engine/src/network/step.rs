@@ -37,6 +37,15 @@ pub(super) enum Step {
         relu: Option<NodeId>,
         add: Option<(NodeId, NodeId)>,
     },
+    /// Inference only: conv with no BN (ONNX exports fold BN into the conv) whose only
+    /// consumer is a ReLU, or with `add = Some((add, other))` a two-input add of `other`
+    /// (computed earlier) whose only consumer is the ReLU `relu`: the activation (and the
+    /// residual sum) in the conv's epilogue.
+    ConvAct {
+        conv: NodeId,
+        relu: NodeId,
+        add: Option<(NodeId, NodeId)>,
+    },
     /// Inference only: conv + BN + ReLU whose only consumer is a conv + BN (+ ReLU), both
     /// transposed (`conv::chainable`): the middle map never leaves the kernels' channel-major
     /// layout. With `res`, the second BN's only consumer is an add of the chain's own input
@@ -62,7 +71,9 @@ impl Step {
             Step::Op(id) => id,
             Step::BnRelu { bn, .. } | Step::BnAddRelu { bn, .. } => bn,
             Step::AddRelu { add, .. } => add,
-            Step::ConvBn { conv, .. } | Step::ConvChain { conv, .. } => conv,
+            Step::ConvBn { conv, .. }
+            | Step::ConvChain { conv, .. }
+            | Step::ConvAct { conv, .. } => conv,
         }
     }
 
@@ -99,6 +110,11 @@ impl Step {
                 v.extend(res.map(|(add, _)| add));
                 v
             }
+            Step::ConvAct { conv, add, .. } => {
+                let mut v = vec![conv];
+                v.extend(add.map(|(a, _)| a));
+                v
+            }
             Step::Op(_) => Vec::new(),
         }
     }
@@ -108,6 +124,11 @@ impl Step {
         match *self {
             Step::BnAddRelu { bn, other, .. } => vec![g.node(bn).inputs[0], other],
             Step::ConvBn {
+                conv,
+                add: Some((_, other)),
+                ..
+            }
+            | Step::ConvAct {
                 conv,
                 add: Some((_, other)),
                 ..
@@ -124,6 +145,7 @@ impl Step {
             | Step::AddRelu { relu, .. }
             | Step::BnAddRelu { relu, .. } => relu,
             Step::ConvBn { bn, relu, .. } => relu.unwrap_or(bn),
+            Step::ConvAct { relu, .. } => relu,
             Step::ConvChain {
                 bn2, relu2, res, ..
             } => res.map_or(relu2.unwrap_or(bn2), |(_, r)| r),
@@ -140,6 +162,8 @@ pub(super) fn step_label(g: &Graph, s: Step) -> &'static str {
         Step::ConvBn { add: Some(_), .. } => "conv2d+bn+add+relu",
         Step::ConvBn { relu: Some(_), .. } => "conv2d+bn+relu",
         Step::ConvBn { relu: None, .. } => "conv2d+bn",
+        Step::ConvAct { add: Some(_), .. } => "conv2d+add+relu",
+        Step::ConvAct { add: None, .. } => "conv2d+relu",
         Step::ConvChain {
             res: Some(_), io, ..
         } => match (io.x_planes, io.y_planes) {

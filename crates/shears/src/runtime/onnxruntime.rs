@@ -28,7 +28,7 @@ pub const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
 static LOADED: Mutex<Option<OrtLibrary>> = Mutex::new(None);
 
 /// A loaded ONNX Runtime shared library.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct OrtLibrary {
     /// Where it was loaded from.
     pub path: PathBuf,
@@ -170,17 +170,32 @@ impl OrtModel {
         };
         let bytes = export_onnx_bytes(graph, weights, &opts)?;
         let what = "creating a session";
-        let session = Session::builder()
-            .map_err(|e| RuntimeError::ort(what, e))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| RuntimeError::ort(what, e))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| RuntimeError::ort(what, e))?
-            .with_inter_threads(1)
-            .map_err(|e| RuntimeError::ort(what, e))?
-            .with_parallel_execution(false)
-            .map_err(|e| RuntimeError::ort(what, e))?
+        let session = builder(threads)?
             .commit_from_memory(&bytes)
+            .map_err(|e| RuntimeError::ort(what, e))?;
+        Ok(OrtModel { session })
+    }
+
+    /// A session on the ONNX file at `path` as it is (not imported and exported by shears):
+    /// the same file shears' engine loads, for side-by-side timing. Same options as
+    /// [`OrtModel::new`].
+    /// `spin: false` stops the intra-op threads from spin-waiting between kernels
+    /// (`session.intra_op.allow_spinning = 0`; ONNX Runtime spins by default), which costs
+    /// ONNX Runtime time on an oversubscribed machine.
+    pub fn from_file(
+        _lib: &OrtLibrary,
+        path: &Path,
+        threads: usize,
+        spin: bool,
+    ) -> Result<OrtModel, Error> {
+        let what = format!("creating a session on {}", path.display());
+        let session = builder(threads)?
+            .with_config_entry(
+                "session.intra_op.allow_spinning",
+                if spin { "1" } else { "0" },
+            )
+            .map_err(|e| RuntimeError::ort(what.clone(), e))?
+            .commit_from_file(path)
             .map_err(|e| RuntimeError::ort(what, e))?;
         Ok(OrtModel { session })
     }
@@ -200,6 +215,22 @@ impl OrtModel {
         let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
         Ok(Tensor::new(shape, data.to_vec())?)
     }
+}
+
+/// A session builder: `threads` intra-op threads, one inter-op thread, sequential execution,
+/// every graph optimisation.
+fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Error> {
+    let what = "creating a session";
+    Ok(Session::builder()
+        .map_err(|e| RuntimeError::ort(what, e))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| RuntimeError::ort(what, e))?
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| RuntimeError::ort(what, e))?
+        .with_inter_threads(1)
+        .map_err(|e| RuntimeError::ort(what, e))?
+        .with_parallel_execution(false)
+        .map_err(|e| RuntimeError::ort(what, e))?)
 }
 
 #[cfg(test)]

@@ -100,7 +100,8 @@ pub struct ConvGeom {
 }
 
 /// Which algorithm a convolution runs with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ConvAlgo {
     /// `kh * kw` shifted GEMMs over a padded buffer (stride 1).
     Shifted,
