@@ -4,77 +4,13 @@
 //! forced to zero before a padded conv, `0 * f(0) = 0`; channels that would reach a padded
 //! consumer as `f(0) != 0` stay unprunable with a reason that names the nodes.
 
-use rand_chacha::rand_core::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use shears::prune::{self, verify, DepGraph, Plan, PlanGroup, Role, VERIFY_TOLERANCE};
-use shears::zoo::{init_weights_with, InitScheme};
+mod fixture;
+
+use fixture::{conv_bn_act, input, random_plan, weights};
+use shears::prune::{self, verify, DepGraph, Role, VERIFY_TOLERANCE};
 use shears_ir::{
-    Activation, BatchNorm2d, Binary, BinaryKind, Conv2d, Graph, GraphBuilder, Linear, NodeId, Op,
-    ParamKind, Pool2d, Tensor, Weights,
+    Activation, Binary, BinaryKind, Conv2d, Graph, GraphBuilder, Linear, NodeId, Op, Pool2d,
 };
-
-fn uniform(rng: &mut ChaCha8Rng, lo: f32, hi: f32) -> f32 {
-    lo + (hi - lo) * ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32)
-}
-
-fn input(g: &Graph, n: usize, seed: u64) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut shape = vec![n];
-    shape.extend_from_slice(g.shape(g.inputs()[0]));
-    let numel: usize = shape.iter().product();
-    let data = (0..numel).map(|_| uniform(&mut rng, -1.0, 1.0)).collect();
-    Tensor::new(shape, data).unwrap()
-}
-
-/// Torch-default weights, random BN statistics with positive shifts and random conv biases,
-/// so that removed channels carry nonzero constants (and gates nonzero values).
-fn weights(g: &Graph, seed: u64) -> Weights {
-    let mut w = init_weights_with(g, InitScheme::TorchDefault, seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1000);
-    for id in g.ids() {
-        let n = g.node(id);
-        let ranges: &[(ParamKind, f32, f32)] = match &n.op {
-            Op::BatchNorm2d(_) => &[
-                (ParamKind::Weight, 0.5, 1.5),
-                (ParamKind::Bias, 0.1, 0.8),
-                (ParamKind::RunningMean, -0.3, 0.3),
-                (ParamKind::RunningVar, 0.5, 2.0),
-            ],
-            Op::Conv2d(c) if c.bias => &[(ParamKind::Bias, -1.0, 1.0)],
-            _ => &[],
-        };
-        for &(kind, lo, hi) in ranges {
-            for x in w.get_mut(&n.param_name(kind)).unwrap().data_mut() {
-                *x = uniform(&mut rng, lo, hi);
-            }
-        }
-    }
-    w
-}
-
-fn random_plan(g: &Graph, dg: &DepGraph, seed: u64) -> Plan {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut plan = Plan::empty(g);
-    for grp in dg.prunable() {
-        let k = 1 + (rng.next_u64() % (grp.size as u64 - 1).max(1)) as usize;
-        let mut idx: Vec<usize> = (0..grp.size).collect();
-        for i in 0..k {
-            let j = i + (rng.next_u64() % (grp.size - i) as u64) as usize;
-            idx.swap(i, j);
-        }
-        let mut removed = idx[..k.min(grp.size - 1)].to_vec();
-        removed.sort_unstable();
-        if removed.is_empty() {
-            continue;
-        }
-        plan.groups.push(PlanGroup {
-            group_id: grp.id,
-            root: g.node(grp.root).name.clone(),
-            removed,
-        });
-    }
-    plan
-}
 
 /// Prunes `g` with random plans (exact fold mode) and checks pruned == masked through the
 /// engine; returns how many channels were forced to zero and how many constants were folded.
@@ -83,7 +19,7 @@ fn masked_equals_pruned(g: &Graph, seeds: std::ops::Range<u64>) -> (usize, usize
     let x = input(g, 2, 5);
     let (mut forced, mut folds) = (0, 0);
     for seed in seeds {
-        let w = weights(g, seed);
+        let w = weights(g, seed, true);
         let plan = random_plan(g, &dg, seed);
         let p = prune::prune(g, &w, &plan).unwrap();
         let v = verify(g, &w, &plan, &p, &x, VERIFY_TOLERANCE)
@@ -94,24 +30,6 @@ fn masked_equals_pruned(g: &Graph, seeds: std::ops::Range<u64>) -> (usize, usize
         folds += p.report.folds.len();
     }
     (forced, folds)
-}
-
-fn conv_bn_act(
-    b: &mut GraphBuilder,
-    name: &str,
-    conv: Conv2d,
-    act: Option<Op>,
-    x: NodeId,
-) -> NodeId {
-    let n = conv.out_channels;
-    let c = b.add(name, conv, &[x]).unwrap();
-    let c = b
-        .add(format!("{name}_bn"), BatchNorm2d::new(n), &[c])
-        .unwrap();
-    match act {
-        Some(a) => b.add(format!("{name}_act"), a, &[c]).unwrap(),
-        None => c,
-    }
 }
 
 /// `x * gate(conv(relu(conv(gap(x)))))`, the squeeze-excitation of EfficientNet and

@@ -4,6 +4,9 @@
 //! prunable, and the pruned model equals the masked model for random plans (exact fold mode,
 //! through the engine).
 
+mod fixture;
+
+use fixture::{input, weights};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shears::prune::{
@@ -11,49 +14,9 @@ use shears::prune::{
     ScoreContext, Strategy, VERIFY_TOLERANCE,
 };
 use shears::recover::channel_maps;
-use shears::zoo::{init_weights_with, InitScheme};
 use shears_io::onnx::{export_onnx_bytes, import_onnx_bytes};
 use shears_io::OnnxExportOptions;
-use shears_ir::{
-    BatchNorm2d, ChannelOp, Conv2d, Graph, GraphBuilder, Linear, NodeId, Op, ParamKind, Tensor,
-    Weights,
-};
-
-fn uniform(rng: &mut ChaCha8Rng, lo: f32, hi: f32) -> f32 {
-    lo + (hi - lo) * ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32)
-}
-
-fn input(g: &Graph, n: usize, seed: u64) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut shape = vec![n];
-    shape.extend_from_slice(g.shape(g.inputs()[0]));
-    let numel: usize = shape.iter().product();
-    let data = (0..numel).map(|_| uniform(&mut rng, -1.0, 1.0)).collect();
-    Tensor::new(shape, data).unwrap()
-}
-
-/// Torch-default weights with random BN statistics and positive shifts, so that removed
-/// channels carry nonzero constants through the shuffles and ranges.
-fn weights(g: &Graph, seed: u64) -> Weights {
-    let mut w = init_weights_with(g, InitScheme::TorchDefault, seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1000);
-    for id in g.ids() {
-        if let Op::BatchNorm2d(_) = g.node(id).op {
-            let n = g.node(id);
-            for (kind, lo, hi) in [
-                (ParamKind::Weight, 0.5, 1.5),
-                (ParamKind::Bias, 0.1, 0.8),
-                (ParamKind::RunningMean, -0.3, 0.3),
-                (ParamKind::RunningVar, 0.5, 2.0),
-            ] {
-                for x in w.get_mut(&n.param_name(kind)).unwrap().data_mut() {
-                    *x = uniform(&mut rng, lo, hi);
-                }
-            }
-        }
-    }
-    w
-}
+use shears_ir::{BatchNorm2d, ChannelOp, Conv2d, Graph, GraphBuilder, Linear, NodeId, Op};
 
 fn conv_bn(b: &mut GraphBuilder, name: &str, conv: Conv2d, relu: bool, x: NodeId) -> NodeId {
     let n = conv.out_channels;
@@ -232,7 +195,7 @@ fn pruned_equals_masked_through_shuffles_and_ranges() {
     let x = input(&g, 2, 5);
     let mut trunk_cut = 0;
     for seed in 0..8 {
-        let w = weights(&g, seed);
+        let w = weights(&g, seed, false);
         let plan = random_plan(&g, &dg, seed);
         if plan.groups.is_empty() {
             continue;
@@ -301,7 +264,7 @@ fn allocation_never_empties_a_split_half() {
     let g = mini_shufflenet(16, 3);
     let x = input(&g, 2, 7);
     for seed in 0..4 {
-        let w = weights(&g, seed);
+        let w = weights(&g, seed, false);
         for ratio in [0.5, 0.9, 1.0] {
             let cfg = AllocConfig::new(Strategy::Uniform { ratio }).with_global_ranking();
             let ctx = ScoreContext::new(&g, &w);
