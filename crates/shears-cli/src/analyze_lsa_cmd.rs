@@ -182,8 +182,7 @@ pub fn run(a: LsaArgs) -> Result<()> {
     let train_ds = subset(Split::Train, a.train_images)?;
     let val_ds = subset(Split::Val, a.val_images)?;
     let test_ds = subset(Split::Test, a.test_images)?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("creating output directory {}", a.out.display()))?;
+    crate::commands::create_out_dir("--out", &a.out)?;
 
     let mut net = network(&model, a.threads)?;
     let t0 = Instant::now();

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Value};
 use shears::analyze::plot::BarChart;
@@ -154,7 +154,7 @@ pub fn run(a: SbpfArgs) -> Result<()> {
     }
     let criterion: Criterion = a.criterion.parse().map_err(|e| bad(format!("{e}")))?;
     let data = eval_set(&a.subset, &model)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    crate::commands::create_out_dir("--out", &a.out)?;
     let cfg = SbpfConfig {
         damage,
         deltas: a.delta.clone(),

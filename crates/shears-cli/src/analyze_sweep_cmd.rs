@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use shears::analyze::plot::LineChart;
@@ -153,7 +153,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
         }
     }
     let data = eval_set(&a.subset, &model)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    crate::commands::create_out_dir("--out", &a.out)?;
     let verbosity = if a.json {
         Verbosity::Quiet
     } else {

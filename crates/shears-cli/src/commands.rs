@@ -31,6 +31,19 @@ pub(crate) fn bad(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(msg.into()))
 }
 
+/// Creates an output directory (`flag` names the option), refusing a path that exists and is
+/// not a directory (exit 2).
+pub(crate) fn create_out_dir(flag: &str, dir: &std::path::Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(bad(format!(
+            "{flag} {}: exists and is not a directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| bad(format!("{flag} {}: cannot create it: {e}", dir.display())))
+}
+
 /// Exit code of a pruning error: 1 when the model failed to run or to verify, 2 for bad input
 /// (plans, budgets, criteria, layer names).
 fn prune_exit_code(e: &shears::prune::PruneError) -> u8 {
@@ -183,6 +196,9 @@ pub(crate) fn note_default_preprocess(path: &Path, model: &Model) {
 }
 
 pub(crate) fn network(model: &Model, threads: Option<usize>) -> Result<Network> {
+    if threads == Some(0) {
+        return Err(bad("--threads 0: give at least 1 thread"));
+    }
     let mut net = Network::new(model.graph.clone(), &model.weights)?;
     net.set_threads(threads)?;
     Ok(net)
@@ -248,6 +264,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let name = parse_dataset(&a.data)?;
     let dir = data_dir(&a.data_opts);
     let split = if a.train_split { Split::Train } else { a.split };
+    if a.limit == Some(0) {
+        return Err(bad("--limit 0: evaluate at least one image"));
+    }
     let ds = shears_data::load(&dir, name, split)?;
     let mut net = network(&model, a.threads)?;
     let cfg = EvalConfig {
@@ -358,6 +377,16 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             ))
         }
     };
+    if a.resume {
+        match &a.checkpoint_dir {
+            None => return Err(bad("--resume needs --checkpoint-dir DIR")),
+            Some(d) if !d.join(shears::train::CKPT_FILE).is_file() => eprintln!(
+                "note: --resume: no checkpoint in {}; starting from scratch",
+                d.display()
+            ),
+            Some(_) => {}
+        }
+    }
     let dir = data_dir(&a.data_opts);
     let mut train_set = shears_data::load(&dir, name, Split::Train)?;
     if let Some(n) = a.limit {

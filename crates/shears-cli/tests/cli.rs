@@ -423,3 +423,141 @@ fn sbpf_measures_on_the_validation_split_by_default() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Issue 18 defect 6: `--threads 0` is bad input (exit 2), not a failure (exit 1).
+#[test]
+fn defect_threads_zero_exits_2() {
+    let data = shared().join("data");
+    let o = shears(&[
+        "eval",
+        &model("mnist_lenet5_clntrained.safetensors"),
+        "--arch",
+        "lenet5",
+        "--data",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--threads",
+        "0",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--threads 0"));
+}
+
+/// Issue 18 defect 6: `analyze sweep --out` naming an existing file exits 2 and leaves it.
+#[test]
+fn defect_sweep_out_existing_file_exits_2() {
+    let data = shared().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("taken.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let o = shears(&[
+        "analyze",
+        "sweep",
+        &model("mnist_lenet5_clntrained.safetensors"),
+        "--arch",
+        "lenet5",
+        "--data",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--images",
+        "20",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+/// Issue 18 defect 8: `eval --limit 0` is refused instead of reporting 0.00%.
+#[test]
+fn defect_eval_limit_zero_exits_2() {
+    let data = shared().join("data");
+    let o = shears(&[
+        "eval",
+        &model("mnist_lenet5_clntrained.safetensors"),
+        "--arch",
+        "lenet5",
+        "--data",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--limit",
+        "0",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Issue 18 defect 8: `train --resume` with an empty checkpoint directory says it starts from
+/// scratch instead of doing so silently; without `--checkpoint-dir` it is refused.
+#[test]
+fn defect_train_resume_empty_dir_says_so() {
+    let data = shared().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    let out = dir.path().join("m.safetensors");
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "train",
+            "--arch",
+            "lenet5",
+            "--data",
+            "mnist",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--limit",
+            "200",
+            "--val-limit",
+            "100",
+            "--resume",
+            "-o",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a = args(&["--checkpoint-dir", ck.to_str().unwrap()]);
+    let o = shears(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no checkpoint"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let a = args(&[]);
+    let o = shears(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -329,7 +329,8 @@ pub struct CheckpointConfig {
     pub stop_after: Option<usize>,
 }
 
-const CKPT_FILE: &str = "checkpoint.safetensors";
+/// The file a run keeps its latest checkpoint in, inside its checkpoint directory.
+pub const CKPT_FILE: &str = "checkpoint.safetensors";
 const CKPT_META: &str = "shears.checkpoint";
 
 #[derive(Serialize, Deserialize)]
