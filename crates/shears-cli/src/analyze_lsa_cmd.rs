@@ -175,13 +175,12 @@ pub fn run(a: LsaArgs) -> Result<()> {
     let target_name = model.graph.node(target).name.clone();
     let name = parse_dataset(&a.data)?;
     let dir = data_dir(&a.data_opts);
-    let subset = |split: Split, n: usize| -> Result<shears_data::Dataset> {
-        let ds = shears_data::load(&dir, name, split)?;
-        Ok(ds.class_balanced_subset(n.min(ds.len()), a.data_seed))
-    };
-    let train_ds = subset(Split::Train, a.train_images)?;
-    let val_ds = subset(Split::Val, a.val_images)?;
-    let test_ds = subset(Split::Test, a.test_images)?;
+    let subset =
+        |ds: shears_data::Dataset, n: usize| ds.class_balanced_subset(n.min(ds.len()), a.data_seed);
+    let (train_all, val_all) = shears_data::load_train_val(&dir, name)?;
+    let train_ds = subset(train_all, a.train_images);
+    let val_ds = subset(val_all, a.val_images);
+    let test_ds = subset(shears_data::load(&dir, name, Split::Test)?, a.test_images);
     crate::commands::create_out_dir("--out", &a.out)?;
 
     let mut net = network(&model, a.threads)?;

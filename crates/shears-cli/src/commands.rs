@@ -388,13 +388,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         }
     }
     let dir = data_dir(&a.data_opts);
-    let mut train_set = shears_data::load(&dir, name, Split::Train)?;
+    // Early stopping and the best epoch are judged on the validation hold-out of the training
+    // files, never on the test split.
+    let (mut train_set, mut val) = shears_data::load_train_val(&dir, name)?;
     if let Some(n) = a.limit {
         train_set = train_set.class_balanced_subset(n, a.seed);
     }
-    // Early stopping and the best epoch are judged on the validation hold-out of the training
-    // files, never on the test split.
-    let mut val = shears_data::load(&dir, name, Split::Val)?;
     if let Some(n) = a.val_limit {
         val = val.class_balanced_subset(n, a.seed);
     }

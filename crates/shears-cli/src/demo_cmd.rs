@@ -121,8 +121,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let full_train = shears_data::load(&dir, name, Split::Train)?;
-    let val = shears_data::load(&dir, name, Split::Val)?;
+    let (full_train, val) = shears_data::load_train_val(&dir, name)?;
     let arch = Arch::LeNet5;
     let (model, weights_desc, train_images, train_seconds) = match &a.weights {
         Some(p) => (

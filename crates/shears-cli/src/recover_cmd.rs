@@ -590,7 +590,7 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut train = shears_data::load(&s.dir, s.name, Split::Train)?;
+    let (mut train, val) = shears_data::load_train_val(&s.dir, s.name)?;
     if let Some(n) = a.limit {
         check_positive("--limit", n)?;
         train = train.class_balanced_subset(n, c.seed);
@@ -615,7 +615,6 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         resume: a.resume,
         stop_after: a.stop_after,
     };
-    let val = shears_data::load(&s.dir, s.name, Split::Val)?;
     let rep = finetune(
         &mut s.net,
         teacher.as_mut(),

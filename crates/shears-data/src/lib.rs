@@ -60,6 +60,6 @@ pub use fetch::{
 };
 pub use folder::{load_image_folder, ColorMode, ImageFolderOptions};
 pub use idx::{IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC};
-pub use load::load;
+pub use load::{load, load_train_val};
 pub use loader::{to_f32, Batch, Loader, LoaderConfig};
 pub use transform::{Normalize, Transform};

@@ -47,8 +47,18 @@ pub fn load(dir: &Path, name: DatasetName, split: Split) -> Result<Dataset, Data
     };
     Ok(match split {
         Split::Test | Split::TrainAll => full,
-        Split::Train | Split::Val => hold_out(full, name, split),
+        Split::Train | Split::Val => hold_out(&full, name, split),
     })
+}
+
+/// [`Split::Train`] and [`Split::Val`] together, reading the training files once (two calls
+/// of [`load`] would read and decompress them twice).
+pub fn load_train_val(dir: &Path, name: DatasetName) -> Result<(Dataset, Dataset), DataError> {
+    let full = load(dir, name, Split::TrainAll)?;
+    Ok((
+        hold_out(&full, name, Split::Train),
+        hold_out(&full, name, Split::Val),
+    ))
 }
 
 /// The official files a split is read from.
@@ -70,7 +80,7 @@ impl Files {
 /// The validation hold-out of the training files (`Split::Val`) or the rest (`Split::Train`):
 /// [`DatasetName::val_len`] class-balanced images (a tenth of the files when they hold fewer
 /// than ten times that, as small fixtures do) drawn with [`VAL_SEED`], in file order.
-fn hold_out(full: Dataset, name: DatasetName, split: Split) -> Dataset {
+fn hold_out(full: &Dataset, name: DatasetName, split: Split) -> Dataset {
     let n_val = name.val_len().min(full.len() / 10);
     let val = full.class_balanced_idxs(n_val, VAL_SEED);
     let idxs: Vec<usize> = match split {

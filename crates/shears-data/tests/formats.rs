@@ -266,6 +266,9 @@ fn cifar10_tarball_loads_like_loose_files() {
     let val = load(tgz.path(), DatasetName::Cifar10, Split::Val).unwrap();
     let fit = load(tgz.path(), DatasetName::Cifar10, Split::Train).unwrap();
     assert_eq!((val.n, fit.n), (1, 14));
+    // Reading the training files once gives the same two splits.
+    let (fit2, val2) = shears_data::load_train_val(tgz.path(), DatasetName::Cifar10).unwrap();
+    assert_eq!((fit2, val2), (fit, val));
     assert_eq!(&train.labels[..4], &[1, 2, 3, 2]);
     // Planar records are copied as is: first pixel of example 1 is (1 + 0 + salt 1).
     assert_eq!(train.image_u8(1)[0], 2);
