@@ -70,6 +70,21 @@ class LambdaLayer(nn.Module):
         return self.fn(x)
 
 
+EXPORTING = False
+
+
+def export_onnx(model, path):
+    """Exports `model` (1x3x32x32 input, dynamic batch) to ONNX at opset 17."""
+    global EXPORTING
+    EXPORTING = True
+    try:
+        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), opset_version=17,
+                          dynamo=False, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "N"}, "output": {0: "N"}})
+    finally:
+        EXPORTING = False
+
+
 class ShortcutA(nn.Module):
     """Option-A shortcut as a channel scatter: out[:, out_idx[i]] = x[:, i, ::2, ::2], zeros
     elsewhere; out_idx[i] = -1 drops input channel i (its output slot was pruned)."""
@@ -81,6 +96,14 @@ class ShortcutA(nn.Module):
 
     def forward(self, x):
         x = x[:, :, ::2, ::2]
+        if EXPORTING:
+            # For ONNX export: a Gather over [x, one zero channel] (exports cleanly, no
+            # ScatterND); the same values.
+            src = torch.full((self.out_channels,), x.shape[1], dtype=torch.long)
+            valid = self.out_idx >= 0
+            src[self.out_idx[valid]] = torch.arange(len(self.out_idx))[valid]
+            z = x.new_zeros(x.shape[0], 1, x.shape[2], x.shape[3])
+            return torch.index_select(torch.cat([x, z], dim=1), 1, src)
         out = x.new_zeros(x.shape[0], self.out_channels, x.shape[2], x.shape[3])
         valid = self.out_idx >= 0
         if bool(valid.all()):
@@ -255,6 +278,8 @@ def main():
     ap.add_argument("--iterative-steps", type=int, default=200)
     ap.add_argument("--shortcut", choices=["custom", "lambda"], default="custom")
     ap.add_argument("--skip-before", action="store_true", help="do not evaluate the original")
+    ap.add_argument("--onnx-out", help="also export the pruned model to this ONNX file")
+    ap.add_argument("--onnx-original", help="also export the original model to this ONNX file")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -307,6 +332,10 @@ def main():
                           "prune_s": prune_s, "acc_before": acc_before}))
         return
     acc_after = accuracy(model, x, y)
+    if args.onnx_out:
+        export_onnx(model, args.onnx_out)
+    if args.onnx_original:
+        export_onnx(original, args.onnx_original)
     lat = {}
     for batch, iters in [(1, 5 * args.latency_iters), (64, args.latency_iters)]:
         a, b = compare_latency(original, model, batch, 3, iters)

@@ -29,6 +29,7 @@ use shears_ir::Graph;
 use crate::args::{CriterionArg, FoldArg, PruneArgs, ReductionArg};
 use crate::commands::{bad, data_dir, network, open_model, parse_dataset};
 use crate::output::{print_json, thousands, Table};
+use crate::runtime_opts::LatencyViaArg;
 
 /// Metadata key under which a pruned model records how it was made.
 const META_PRUNE: &str = "shears.prune";
@@ -403,13 +404,22 @@ pub fn run(a: PruneArgs) -> Result<()> {
             ctx = ctx.with_grads(g);
         }
         let t = Instant::now();
-        if let (Some(keep), Some(rt)) = (target_latency, &runtime) {
-            let (strategy, target) =
-                latency_target(&a, rt, &ctx, &dg, criterion.as_ref(), keep, &say)?;
+        let mut plan = if let (Some(keep), Some(rt)) = (target_latency, &runtime) {
+            let (plan, strategy, target) = latency_target(
+                &a,
+                rt,
+                (&ctx, &dg, criterion.as_ref()),
+                &cfg,
+                keep,
+                &budget,
+                &say,
+            )?;
             cfg.strategy = strategy;
             latency_alloc = Some(target);
-        }
-        let mut plan = prune::plan_with(&ctx, &dg, criterion.as_ref(), &cfg)?;
+            plan
+        } else {
+            prune::plan_with(&ctx, &dg, criterion.as_ref(), &cfg)?
+        };
         let target = matches!(
             cfg.strategy,
             Strategy::TargetMacs { .. } | Strategy::TargetParams { .. }
@@ -712,14 +722,29 @@ pub fn run(a: PruneArgs) -> Result<()> {
         println!("latency guard: {n}");
     }
     if let Some(t) = &latency_alloc {
+        let st = &t.steering;
+        let chosen = &st.steps[st.chosen];
+        let tables = match (t.layer_shapes, &t.cache, &t.allocation) {
+            (Some(n), Some(c), Some(al)) => format!(
+                "; the tables ({n} layer shapes, {}) predicted {:.4}",
+                c.display(),
+                al.predicted_fraction()
+            ),
+            _ => String::new(),
+        };
         println!(
-            "latency target: keep {} of the latency at batch {}; the tables ({} layer shapes, {}) \
-             predict {:.4}",
+            "latency target: keep {} of the latency (geometric mean over batch 1 and {}), \
+             steered by {}: {} steps, measured {:.4} ({}){tables}",
             t.keep,
             t.batch,
-            t.layer_shapes,
-            t.cache.display(),
-            t.allocation.predicted_fraction()
+            st.by,
+            st.steps.len(),
+            chosen.fraction,
+            if st.met {
+                format!("within {:.0}%", 100.0 * st.tolerance)
+            } else {
+                format!("NOT within {:.0}%: {}", 100.0 * st.tolerance, st.stopped)
+            }
         );
     }
     if let Some(acc) = &accuracy {
@@ -849,52 +874,111 @@ impl Guard<'_> {
 struct LatencyTarget {
     /// Fraction of the latency asked to be kept.
     keep: f64,
-    /// The batch the tables were timed at.
+    /// The larger batch measured (and the tables' batch).
     batch: usize,
-    /// Layer shapes in the tables.
-    layer_shapes: usize,
-    /// The cache file of the tables.
-    cache: std::path::PathBuf,
-    /// Widths chosen and the tables' estimate.
-    allocation: rt::LatencyAllocation,
+    /// Layer shapes in the tables (steering by tables).
+    layer_shapes: Option<usize>,
+    /// The cache file of the tables (steering by tables).
+    cache: Option<std::path::PathBuf>,
+    /// Widths chosen and the tables' estimate, of the chosen step (steering by tables).
+    allocation: Option<rt::LatencyAllocation>,
+    /// The measured steering steps.
+    steering: rt::Steering,
 }
 
-/// `--target-latency KEEP`: the runtime's latency tables of the model (from the cache, the
-/// missing shapes timed), then the per-group widths that keep the most importance under them.
+/// `--target-latency KEEP`: with `--latency-via tables`, the runtime's latency tables of the
+/// model (from the cache, the missing shapes timed) choose the per-group widths that keep the
+/// most importance; whichever allocation, its amount is steered on measurements of the pruned
+/// model until it keeps KEEP of the latency.
 fn latency_target(
     a: &PruneArgs,
     runtime: &Runtime,
-    ctx: &ScoreContext,
-    dg: &DepGraph,
-    criterion: &dyn prune::Importance,
+    (ctx, dg, criterion): (&ScoreContext, &DepGraph, &dyn prune::Importance),
+    alloc: &AllocConfig,
     keep: f64,
+    budget: &Budget,
     say: &dyn Fn(&str),
-) -> Result<(Strategy, LatencyTarget)> {
+) -> Result<(Plan, Strategy, LatencyTarget)> {
     let batch = a.runtime.latency_batch;
     let dir = a.runtime.cache_dir();
-    let budget = a.runtime.table_budget()?;
-    let progress = |s: &rt::LayerShape| {
+    let tables = if a.runtime.latency_via == LatencyViaArg::Tables {
+        let table_budget = a.runtime.table_budget()?;
+        let progress = |s: &rt::LayerShape| {
+            say(&format!(
+                "latency table: {} {}x{} in {}x{} at batch {batch} in {}",
+                if s.linear { "linear" } else { "conv" },
+                s.in_channels,
+                s.out_channels,
+                s.in_hw[0],
+                s.in_hw[1],
+                runtime.kind()
+            ))
+        };
+        Some(rt::tables_for(
+            runtime,
+            ctx.graph,
+            batch,
+            &table_budget,
+            Some(&dir),
+            &progress,
+        )?)
+    } else {
+        None
+    };
+    let by = match (&tables, a.runtime.latency_via) {
+        (Some(t), _) => rt::SteerBy::Tables(t),
+        (None, LatencyViaArg::Uniform) => rt::SteerBy::Uniform,
+        (None, _) => rt::SteerBy::Macs,
+    };
+    let inputs = rt::SteerInputs {
+        ctx,
+        dg,
+        criterion,
+        by,
+        alloc,
+        ignore: &a.ignore,
+    };
+    let mut cfg = rt::SteerConfig::new(keep, batch);
+    cfg.tolerance = a.runtime.latency_tolerance;
+    cfg.max_steps = a.runtime.latency_steps;
+    let step = |s: &rt::SteerStep| {
+        let at: Vec<String> = s
+            .measured
+            .iter()
+            .map(|(b, f)| format!("{f:.3} at batch {b}"))
+            .collect();
+        let predicted = s
+            .predicted
+            .map(|p| format!(" (tables predict {p:.3})"))
+            .unwrap_or_default();
         say(&format!(
-            "latency table: {} {}x{} in {}x{} at batch {batch} in {}",
-            if s.linear { "linear" } else { "conv" },
-            s.in_channels,
-            s.out_channels,
-            s.in_hw[0],
-            s.in_hw[1],
+            "latency steering ({}): knob {:.3}{predicted}, measured {} in {}",
+            by.name(),
+            s.knob,
+            at.join(", "),
             runtime.kind()
         ))
     };
-    let tables = rt::tables_for(runtime, ctx.graph, batch, &budget, Some(&dir), &progress)?;
-    let (strategy, allocation) =
-        rt::latency_strategy(ctx, dg, criterion, &tables, keep, &a.ignore)?;
+    let steered = rt::steer_latency(&inputs, runtime, budget, &cfg, &step)?;
+    if !steered.steering.met {
+        eprintln!(
+            "warning: --target-latency {keep}: the closest measured fraction is {:.3} \
+             (tolerance {:.0}%; stopped: {})",
+            steered.steering.steps[steered.steering.chosen].fraction,
+            100.0 * cfg.tolerance,
+            steered.steering.stopped
+        );
+    }
     Ok((
-        strategy,
+        steered.plan,
+        steered.strategy,
         LatencyTarget {
             keep,
             batch,
-            layer_shapes: tables.layers.len(),
-            cache: dir.join(tables.key.file_name()),
-            allocation,
+            layer_shapes: tables.as_ref().map(|t| t.layers.len()),
+            cache: tables.as_ref().map(|t| dir.join(t.key.file_name())),
+            allocation: steered.allocation,
+            steering: steered.steering,
         },
     ))
 }

@@ -27,6 +27,19 @@ impl From<RuntimeArg> for RuntimeKind {
     }
 }
 
+/// `--latency-via`: what `--target-latency` steers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LatencyViaArg {
+    /// Per-group widths from the runtime's measured latency tables (most importance kept per
+    /// millisecond), their amount steered on measurements.
+    Tables,
+    /// One uniform ratio for every group, steered on measurements (a baseline).
+    Uniform,
+    /// A MACs target allocated as --global/--round-to say, steered on measurements (a
+    /// baseline: e.g. --latency-via macs --global --round-to 16).
+    Macs,
+}
+
 /// Runtime and latency flags of `shears prune`.
 #[derive(Args, Debug, Clone)]
 pub struct RuntimeOpts {
@@ -55,6 +68,17 @@ pub struct RuntimeOpts {
     /// ~/.cache/shears); keyed by runtime and version, CPU model, threads and batch.
     #[arg(long, value_name = "DIR")]
     pub latency_cache: Option<PathBuf>,
+    /// --target-latency: how the widths are chosen (the measured latency is steered to the
+    /// target in every case).
+    #[arg(long, value_enum, default_value_t = LatencyViaArg::Tables)]
+    pub latency_via: LatencyViaArg,
+    /// --target-latency: accepted relative error of the measured latency fraction (the
+    /// geometric mean over batch 1 and --latency-batch); steering stops within it.
+    #[arg(long, value_name = "F", default_value_t = 0.05)]
+    pub latency_tolerance: f64,
+    /// --target-latency: at most this many allocate-prune-measure steering steps.
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    pub latency_steps: usize,
     /// Seconds of timed runs per width when building latency tables.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.05)]
     pub table_budget: f64,
@@ -109,6 +133,15 @@ impl RuntimeOpts {
                 "--target-latency {f} is outside (0, 1]: it is the fraction of the latency \
                  KEPT (0.5 halves it)"
             ))),
+            Some(_) if !(self.latency_tolerance > 0.0 && self.latency_tolerance < 1.0) => {
+                Err(bad(format!(
+                    "--latency-tolerance {} is outside (0, 1) (0.05: within 5%)",
+                    self.latency_tolerance
+                )))
+            }
+            Some(_) if self.latency_steps == 0 => Err(bad(
+                "--latency-steps 0: steering needs at least one measured step",
+            )),
             f => Ok(f),
         }
     }

@@ -125,3 +125,84 @@ fn onnxruntime_runtime_reports_its_version_and_speedups() {
     assert_eq!(lat.len(), 2);
     assert_eq!(lat[1]["batch"], 32);
 }
+
+fn prune_lenet_latency(extra: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.safetensors");
+    let cache = dir.path().join("cache");
+    let mut args = vec![
+        "prune",
+        "zoo:lenet5",
+        "--criterion",
+        "l1",
+        "--threads",
+        "1",
+        "--target-latency",
+        "0.6",
+        "--latency-budget",
+        "0.05",
+        "--table-budget",
+        "0.002",
+        "--latency-batch",
+        "4",
+        "--latency-cache",
+        cache.to_str().unwrap(),
+        "--json",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    (shears(&args, &[]), dir)
+}
+
+/// `--target-latency` is steered on measurements: every step is a pruned model timed against
+/// the original at batch 1 and --latency-batch, the reported step is the closest of them, and
+/// the knob of each way (`tables`, `uniform`, `macs`) is recorded.
+#[test]
+fn target_latency_is_steered_on_measured_steps() {
+    for via in ["tables", "uniform", "macs"] {
+        let (o, _d) = prune_lenet_latency(&["--latency-via", via, "--latency-steps", "3"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{via}: {err}");
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let st = &r["latency_target"]["steering"];
+        assert_eq!(st["by"], via);
+        assert_eq!(st["keep"], 0.6);
+        let steps = st["steps"].as_array().unwrap();
+        assert!((1..=3).contains(&steps.len()), "{via}: {st}");
+        let err_of = |s: &Value| (s["fraction"].as_f64().unwrap() / 0.6 - 1.0).abs();
+        let chosen = &steps[st["chosen"].as_u64().unwrap() as usize];
+        for s in steps {
+            let batches: Vec<u64> = s["measured"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m[0].as_u64().unwrap())
+                .collect();
+            assert_eq!(batches, [1, 4], "{via}");
+            assert!(err_of(chosen) <= err_of(s), "{via}: {st}");
+        }
+        assert_eq!(st["met"], err_of(chosen) <= 0.05, "{via}: {st}");
+        assert_eq!(
+            r["latency_target"]["allocation"].is_object(),
+            via == "tables",
+            "{via}"
+        );
+        // The model kept is the chosen step's: fewer MACs than the original.
+        assert!(
+            r["macs"]["kept"].as_f64().unwrap() < 1.0,
+            "{via}: {}",
+            r["macs"]
+        );
+    }
+}
+
+#[test]
+fn bad_steering_settings_exit_2() {
+    for (flag, value) in [("--latency-tolerance", "0"), ("--latency-steps", "0")] {
+        let (o, _d) = prune_lenet_latency(&[flag, value]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{err}");
+    }
+}

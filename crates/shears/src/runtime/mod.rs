@@ -23,6 +23,7 @@ pub mod error;
 pub mod latency_alloc;
 pub mod onnxruntime;
 pub mod shears;
+pub mod steer;
 pub mod table;
 
 use std::fmt;
@@ -37,6 +38,7 @@ pub use error::RuntimeError;
 pub use latency_alloc::{allocate_latency, latency_strategy, LatencyAllocation};
 pub use onnxruntime::{OrtLibrary, OrtModel};
 pub use shears::ShearsModel;
+pub use steer::{steer_latency, SteerBy, SteerConfig, SteerInputs, SteerStep, Steered, Steering};
 pub use table::{tables_for, LatencyTables, LayerShape, TableKey};
 
 use crate::Error;
