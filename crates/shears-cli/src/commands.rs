@@ -398,7 +398,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         val = val.class_balanced_subset(n, a.seed);
     }
     let mut net = network(&model, a.threads)?;
-    let sparse = crate::prune_cmd::sparse_attach(&a, &mut net)?;
+    let sparse = crate::train_sparse::sparse_attach(&a, &mut net)?;
     let ckpt = CheckpointConfig {
         dir: a.checkpoint_dir.clone(),
         resume: a.resume,
@@ -419,7 +419,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         verbosity,
     )?;
     model.weights = net.weights();
-    let sparse_summary = crate::prune_cmd::sparse_finish(sparse, &mut net, &mut model, a.json);
+    let sparse_summary = crate::train_sparse::sparse_finish(sparse, &mut net, &mut model, a.json);
     model
         .metadata
         .insert(shears::model::META_DATASET.into(), name.to_string());

@@ -17,9 +17,11 @@ mod export_cmd;
 mod output;
 mod profile_out;
 mod prune_cmd;
+mod prune_latency;
 mod recover_cmd;
 mod run_cmd;
 mod runtime_opts;
+mod train_sparse;
 
 use std::process::ExitCode;
 

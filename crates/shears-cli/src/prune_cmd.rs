@@ -21,15 +21,17 @@ use shears::prune::{
     self, input_batch, taylor_grads, verify, AllocConfig, Criterion, DepGraph, FoldMode,
     GradConfig, Plan, Reduction, ScoreContext, Strategy, Verification, VERIFY_TOLERANCE,
 };
-use shears::report::{random_inputs, summarize, Latency};
-use shears::runtime::{self as rt, Budget, Runtime, RuntimeKind};
+use shears::report::{random_inputs, summarize};
+use shears::runtime::{Runtime, RuntimeKind};
 use shears_data::{Dataset, Split};
 use shears_ir::Graph;
 
 use crate::args::{CriterionArg, FoldArg, PruneArgs, ReductionArg};
 use crate::commands::{bad, data_dir, network, open_model, parse_dataset};
 use crate::output::{print_json, thousands, Table};
-use crate::runtime_opts::LatencyViaArg;
+use crate::prune_latency::{
+    latency_pairs, latency_target, runtime_json, Guard, LatencyPair, LatencyTarget,
+};
 
 /// Metadata key under which a pruned model records how it was made.
 const META_PRUNE: &str = "shears.prune";
@@ -235,15 +237,6 @@ fn layer_costs(before: &Graph, after: &Graph) -> Vec<LayerCost> {
 }
 
 #[derive(Serialize)]
-struct LatencyPair {
-    batch: usize,
-    before: Latency,
-    after: Latency,
-    /// before / after median.
-    speedup: f64,
-}
-
-#[derive(Serialize)]
 struct Accuracy {
     dataset: String,
     images: usize,
@@ -255,7 +248,7 @@ struct Accuracy {
     after_loss: f64,
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         a / b
     } else {
@@ -786,242 +779,6 @@ pub fn run(a: PruneArgs) -> Result<()> {
     Ok(())
 }
 
-/// MLAS (ONNX Runtime's CPU kernels) blocks channels by up to 16.
-const ORT_CHANNEL_BLOCK: usize = 16;
-
-/// The "never slower than the original" guard of MACs and parameter targets in ONNX Runtime.
-struct Guard<'a> {
-    runtime: &'a Runtime,
-    ctx: &'a ScoreContext<'a>,
-    dg: &'a DepGraph,
-    criterion: &'a dyn prune::Importance,
-    batches: [usize; 2],
-    budget: &'a Budget,
-}
-
-impl Guard<'_> {
-    /// The batch at which `plan`'s model is slower than the original, with its speed-up.
-    fn slower(&self, plan: &Plan) -> Result<Option<(usize, f64)>> {
-        let (g, w) = (self.ctx.graph, self.ctx.weights);
-        let p = prune::prune(g, w, plan)?;
-        let mut before = self.runtime.prepare(g, w)?;
-        let mut after = self.runtime.prepare(&p.graph, &p.weights)?;
-        for &batch in &self.batches {
-            let (b, a) = rt::compare(&mut before, &mut after, g, batch, self.budget)?;
-            if a.median_ms > b.median_ms {
-                return Ok(Some((batch, b.median_ms / a.median_ms)));
-            }
-        }
-        Ok(None)
-    }
-
-    /// `plan` if its model is not slower than the original at any batch; else the plan with
-    /// kept widths rounded up to multiples of 8, then of [`ORT_CHANNEL_BLOCK`] (solved for the
-    /// same target), the first that is not; else the empty plan (the original model). The note
-    /// says which, with the measured speed-ups.
-    fn never_slower(
-        &self,
-        plan: Plan,
-        cfg: &AllocConfig,
-        say: &dyn Fn(&str),
-    ) -> Result<(Plan, Option<String>)> {
-        say("latency guard: is the pruned model slower than the original in onnxruntime?");
-        let Some((b1, s1)) = self.slower(&plan)? else {
-            return Ok((plan, None));
-        };
-        let mut note = format!("the plan ran {s1:.2}x at batch {b1} (slower than the original)");
-        for q in [ORT_CHANNEL_BLOCK / 2, ORT_CHANNEL_BLOCK] {
-            if cfg.round_to.is_some_and(|r| r >= q) {
-                continue;
-            }
-            let rounded = AllocConfig {
-                round_to: Some(q),
-                ..cfg.clone()
-            };
-            let p2 = match prune::plan_with(self.ctx, self.dg, self.criterion, &rounded) {
-                Ok(p) => p,
-                Err(e @ prune::PruneError::Unreachable { .. }) => {
-                    note.push_str(&format!("; rounded to multiples of {q}: {e}"));
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            say(&format!(
-                "latency guard: re-solved with widths rounded to {q}"
-            ));
-            match self.slower(&p2)? {
-                None => {
-                    note.push_str(&format!(
-                        "; re-solved with kept widths rounded up to multiples of {q}: not slower"
-                    ));
-                    return Ok((p2, Some(note)));
-                }
-                Some((b2, s2)) => note.push_str(&format!(
-                    "; rounded to multiples of {q} it ran {s2:.2}x at batch {b2}"
-                )),
-            }
-        }
-        let mut empty = Plan::empty(self.ctx.graph);
-        empty.criterion = plan.criterion.clone();
-        empty.fold = plan.fold;
-        note.push_str("; kept the original model (nothing pruned)");
-        Ok((empty, Some(note)))
-    }
-}
-
-/// What `--target-latency` decided, for the report.
-#[derive(Serialize)]
-struct LatencyTarget {
-    /// Fraction of the latency asked to be kept.
-    keep: f64,
-    /// The larger batch measured (and the tables' batch).
-    batch: usize,
-    /// Layer shapes in the tables (steering by tables).
-    layer_shapes: Option<usize>,
-    /// The cache file of the tables (steering by tables).
-    cache: Option<std::path::PathBuf>,
-    /// Widths chosen and the tables' estimate, of the chosen step (steering by tables).
-    allocation: Option<rt::LatencyAllocation>,
-    /// The measured steering steps.
-    steering: rt::Steering,
-}
-
-/// `--target-latency KEEP`: with `--latency-via tables`, the runtime's latency tables of the
-/// model (from the cache, the missing shapes timed) choose the per-group widths that keep the
-/// most importance; whichever allocation, its amount is steered on measurements of the pruned
-/// model until it keeps KEEP of the latency.
-fn latency_target(
-    a: &PruneArgs,
-    runtime: &Runtime,
-    (ctx, dg, criterion): (&ScoreContext, &DepGraph, &dyn prune::Importance),
-    alloc: &AllocConfig,
-    keep: f64,
-    budget: &Budget,
-    say: &dyn Fn(&str),
-) -> Result<(Plan, Strategy, LatencyTarget)> {
-    let batch = a.runtime.latency_batch;
-    let dir = a.runtime.cache_dir();
-    let tables = if a.runtime.latency_via == LatencyViaArg::Tables {
-        let table_budget = a.runtime.table_budget()?;
-        let progress = |s: &rt::LayerShape| {
-            say(&format!(
-                "latency table: {} {}x{} in {}x{} at batch {batch} in {}",
-                if s.linear { "linear" } else { "conv" },
-                s.in_channels,
-                s.out_channels,
-                s.in_hw[0],
-                s.in_hw[1],
-                runtime.kind()
-            ))
-        };
-        Some(rt::tables_for(
-            runtime,
-            ctx.graph,
-            batch,
-            &table_budget,
-            Some(&dir),
-            &progress,
-        )?)
-    } else {
-        None
-    };
-    let by = match (&tables, a.runtime.latency_via) {
-        (Some(t), _) => rt::SteerBy::Tables(t),
-        (None, LatencyViaArg::Uniform) => rt::SteerBy::Uniform,
-        (None, _) => rt::SteerBy::Macs,
-    };
-    let inputs = rt::SteerInputs {
-        ctx,
-        dg,
-        criterion,
-        by,
-        alloc,
-        ignore: &a.ignore,
-    };
-    let mut cfg = rt::SteerConfig::new(keep, batch);
-    cfg.tolerance = a.runtime.latency_tolerance;
-    cfg.max_steps = a.runtime.latency_steps;
-    let step = |s: &rt::SteerStep| {
-        let at: Vec<String> = s
-            .measured
-            .iter()
-            .map(|(b, f)| format!("{f:.3} at batch {b}"))
-            .collect();
-        let predicted = s
-            .predicted
-            .map(|p| format!(" (tables predict {p:.3})"))
-            .unwrap_or_default();
-        say(&format!(
-            "latency steering ({}): knob {:.3}{predicted}, measured {} in {}",
-            by.name(),
-            s.knob,
-            at.join(", "),
-            runtime.kind()
-        ))
-    };
-    let steered = rt::steer_latency(&inputs, runtime, budget, &cfg, &step)?;
-    if !steered.steering.met {
-        eprintln!(
-            "warning: --target-latency {keep}: the closest measured fraction is {:.3} \
-             (tolerance {:.0}%; stopped: {})",
-            steered.steering.steps[steered.steering.chosen].fraction,
-            100.0 * cfg.tolerance,
-            steered.steering.stopped
-        );
-    }
-    Ok((
-        steered.plan,
-        steered.strategy,
-        LatencyTarget {
-            keep,
-            batch,
-            layer_shapes: tables.as_ref().map(|t| t.layers.len()),
-            cache: tables.as_ref().map(|t| dir.join(t.key.file_name())),
-            allocation: steered.allocation,
-            steering: steered.steering,
-        },
-    ))
-}
-
-/// Times the model before and after pruning in `runtime` at each of `batches`.
-fn latency_pairs(
-    runtime: &Runtime,
-    before: (&Graph, &shears_ir::Weights),
-    after: (&Graph, &shears_ir::Weights),
-    batches: &[usize],
-    budget: &Budget,
-    say: &dyn Fn(&str),
-) -> Result<Vec<LatencyPair>> {
-    let mut b = runtime.prepare(before.0, before.1)?;
-    let mut p = runtime.prepare(after.0, after.1)?;
-    let mut v = Vec::new();
-    for &batch in batches {
-        say(&format!(
-            "latency: {} batch {batch}, about {} s per model",
-            runtime.kind(),
-            budget.seconds
-        ));
-        let (before, after) = rt::compare(&mut b, &mut p, before.0, batch, budget)?;
-        v.push(LatencyPair {
-            batch,
-            speedup: ratio(before.median_ms, after.median_ms),
-            before,
-            after,
-        });
-    }
-    Ok(v)
-}
-
-/// The runtime latency was measured in, for the JSON report.
-fn runtime_json(r: &Runtime) -> Value {
-    json!({
-        "name": r.kind(),
-        "version": r.version(),
-        "threads": r.threads(),
-        "library": r.library().map(|l| &l.path),
-    })
-}
-
 fn describe_alloc(cfg: &AllocConfig) -> String {
     let scope = if cfg.global { "global" } else { "uniform" };
     let mut s = match &cfg.strategy {
@@ -1045,97 +802,6 @@ fn describe_alloc(cfg: &AllocConfig) -> String {
         s.push_str(&format!(", ignoring {}", cfg.ignore.join(",")));
     }
     s
-}
-
-/// `shears train --cdp PROP --dtc TAU`: the sparse-training hook on `net`, when asked for.
-pub(crate) fn sparse_attach(
-    a: &crate::args::TrainArgs,
-    net: &mut shears_engine::Network,
-) -> Result<Option<shears::sparse::SparseTraining>> {
-    use shears::sparse::{CdpConfig, PenaltyMode, SparseConfig, ThresholdMode};
-    if a.cdp.is_none() && a.dtc.is_none() {
-        return Ok(None);
-    }
-    if a.resume {
-        return Err(bad(
-            "--resume cannot continue a --cdp/--dtc run: trainer checkpoints hold the kernels, \
-             not the filter skeleton; start the sparse run again",
-        ));
-    }
-    let mut cdp = CdpConfig::new(a.cdp.unwrap_or(0.0));
-    if a.cdp_adaptive {
-        cdp.mode = PenaltyMode::Adaptive;
-    }
-    let cfg = SparseConfig {
-        cdp,
-        tau: a.dtc,
-        threshold_mode: if a.static_threshold {
-            ThresholdMode::Static
-        } else {
-            ThresholdMode::Dynamic
-        },
-    };
-    cfg.validate()
-        .map_err(|e| bad(format!("--cdp/--dtc: {e}")))?;
-    Ok(Some(shears::sparse::attach(net, &cfg)?))
-}
-
-/// Ends sparse training: stores the skeleton in `model`'s metadata and returns a summary
-/// (JSON null when there was none), also printed to stderr unless `quiet`.
-pub(crate) fn sparse_finish(
-    sparse: Option<shears::sparse::SparseTraining>,
-    net: &mut shears_engine::Network,
-    model: &mut Model,
-    quiet: bool,
-) -> Value {
-    use shears::sparse::{ThresholdMode, META_SKELETON};
-    let Some(st) = sparse else {
-        return Value::Null;
-    };
-    let stats = st.stats();
-    let sk = st.detach(net);
-    model.metadata.insert(META_SKELETON.into(), sk.to_json());
-    let at = |mode: ThresholdMode| {
-        sk.tau.map(|t| {
-            let s = sk.sparsity(t, mode);
-            json!({
-                "filters": s.filters,
-                "dead_filters": s.dead_filters,
-                "filter_sparsity": s.filter_sparsity(),
-                "stripes": s.stripes,
-                "dead_stripes": s.dead_stripes,
-                "stripe_sparsity": s.stripe_sparsity(),
-            })
-        })
-    };
-    let summary = json!({
-        "tau": sk.tau,
-        "threshold_mode": sk.threshold_mode,
-        "cdp": sk.cdp,
-        "steps": stats.steps,
-        "last_penalty": stats.last_penalty,
-        "dynamic": at(ThresholdMode::Dynamic),
-        "static": at(ThresholdMode::Static),
-    });
-    if !quiet {
-        if let Some(t) = sk.tau {
-            for mode in [ThresholdMode::Dynamic, ThresholdMode::Static] {
-                let s = sk.sparsity(t, mode);
-                eprintln!(
-                    "skeleton under {} tau {t}: {}/{} filters dead ({:.2}%), {}/{} stripes \
-                     dead ({:.2}%)",
-                    mode.name(),
-                    s.dead_filters,
-                    s.filters,
-                    100.0 * s.filter_sparsity(),
-                    s.dead_stripes,
-                    s.stripes,
-                    100.0 * s.stripe_sparsity()
-                );
-            }
-        }
-    }
-    summary
 }
 
 /// `shears prune --from-skeleton`: the final static-threshold prune of a sparse-trained model.
