@@ -251,7 +251,8 @@ fn kubernetes_index_and_shard_counts_are_honoured_and_checked() {
         ],
     ));
     assert_eq!(v["shard"]["choice"]["shard"]["index"], 3);
-    let bad: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let bad: Vec<Case> = vec![
         (vec!["--shard", "4/4"], vec![], "4/4"),
         (vec!["--shard", "0/0"], vec![], "0/0"),
         (vec!["--shard", "one/4"], vec![], "one/4"),

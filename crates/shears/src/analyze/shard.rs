@@ -356,7 +356,7 @@ fn slurm_shard(id: usize, env: &dyn Fn(&str) -> Option<String>) -> Result<Shard,
             "must be at least 1".into(),
         ));
     }
-    if id < min || (id - min) % step != 0 {
+    if id < min || !(id - min).is_multiple_of(step) {
         return Err(bad(
             "SLURM_ARRAY_TASK_ID",
             id,
@@ -563,7 +563,8 @@ mod tests {
 
     #[test]
     fn bad_environments_name_the_variable_and_value() {
-        let cases: Vec<(Vec<(&str, &str)>, Option<usize>, &str)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Option<usize>, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 vec![("SLURM_ARRAY_TASK_ID", "x")],
                 None,
