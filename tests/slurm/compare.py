@@ -3,9 +3,10 @@
 
 Usage: compare.py ONE_DIR MERGED_DIR
 
-The report JSON (sweep.json or sbpf.json) must be equal apart from the fields that measure
-the run rather than the result: wall-clock seconds, the prober's work counters (`stats`: each
-shard walks its own prefix and scores its own baseline), the load average and `timing`. Every
+The report JSON (sweep.json, sbpf.json or lsa.json) must be equal apart from the fields that
+measure the run rather than the result: wall-clock seconds (`seconds`, `feature_seconds`,
+`timing`), the prober's work counters (`stats`: each shard walks its own prefix and scores its
+own baseline), the load average, and `files` (paths under each run's own directory). Every
 other file the one-machine run wrote (CSV, ratio files, SVG plots) must be equal byte for byte,
 except the one-machine run's probe cache. Exit 0 when equal, 1 with the differences otherwise.
 """
@@ -13,7 +14,7 @@ import json
 import os
 import sys
 
-IGNORED = {"seconds", "stats", "load_average", "timing"}
+IGNORED = {"seconds", "stats", "load_average", "timing", "feature_seconds", "files"}
 NOT_OUTPUTS = {"sweep_cache.json"}
 
 
@@ -39,9 +40,9 @@ def main():
     one, merged = sys.argv[1], sys.argv[2]
     problems = []
     files = sorted(f for f in os.listdir(one) if os.path.isfile(os.path.join(one, f)))
-    reports = [f for f in files if f in ("sweep.json", "sbpf.json")]
+    reports = [f for f in files if f in ("sweep.json", "sbpf.json", "lsa.json")]
     if not reports:
-        problems.append(f"{one} has no sweep.json or sbpf.json")
+        problems.append(f"{one} has no sweep.json, sbpf.json or lsa.json")
     compared = 0
     for f in files:
         if f in NOT_OUTPUTS:

@@ -1,4 +1,4 @@
-//! `shears analyze merge`: the shards of a sharded `analyze sweep` or `analyze sbpf` combined
+//! `shears analyze merge`: the shards of a sharded `analyze sweep`, `analyze sbpf` or `analyze lsa` combined
 //! into the files the one-machine run writes.
 
 use std::path::PathBuf;
@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use shears::analyze::merge::{
-    check_set, find_records, merge_sbpf, merge_sweep, read_record, ShardPayload, ShardRecord,
-    RECORD_FILE,
+    check_set, find_records, merge_lsa, merge_sbpf, merge_sweep, read_record, ShardPayload,
+    ShardRecord, RECORD_FILE,
 };
 use shears::analyze::sbpf::allocate_inverse;
 use shears::analyze::sweep::weights_hash;
 use shears::prune::fingerprint;
 
+use crate::analyze_lsa_cmd::{print_lsa, write_lsa, LsaFiles};
 use crate::analyze_sbpf_cmd::{print_sbpf, write_head, write_tail, SbpfFiles};
 use crate::analyze_sweep_cmd::{print_report, write_report, SweepReport};
 use crate::args::ModelOpts;
@@ -24,7 +25,8 @@ use crate::commands::{bad, open_model};
 /// complete set (same analysis, shard count, model, evaluation set and settings; every shard
 /// exactly once, each finished) and writes what the same analysis run on one machine writes:
 /// for a sweep sweep.json, sweep.csv, the plots and the ratio files; for SBPF sbpf.json,
-/// sbpf.csv, the plots and ratios.json. Reopens the model the shards name (its graph and weights
+/// sbpf.csv, the plots and ratios.json; for LSA lsa.json, lsa_grid.csv, lsa_summary.csv and
+/// the plots. Reopens the model the shards name (its graph and weights
 /// must be unchanged) for the MACs budgets.
 #[derive(Args, Debug)]
 pub struct MergeArgs {
@@ -98,7 +100,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
                 .iter()
                 .filter_map(|(p, r)| match &r.payload {
                     ShardPayload::Sweep(s) => Some((p.clone(), s.clone())),
-                    ShardPayload::Sbpf(_) => None,
+                    _ => None,
                 })
                 .collect();
             let (config, result) = merge_sweep(&shards).map_err(shard_err)?;
@@ -121,7 +123,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
                 .iter()
                 .filter_map(|(p, r)| match &r.payload {
                     ShardPayload::Sbpf(s) => Some((p.clone(), s.clone())),
-                    ShardPayload::Sweep(_) => None,
+                    _ => None,
                 })
                 .collect();
             let probes = merge_sbpf(&shards).map_err(shard_err)?;
@@ -148,6 +150,26 @@ pub fn run(a: MergeArgs) -> Result<()> {
             let (value, mut files) = write_head(&ctx, None, &report, alloc.as_ref())?;
             write_tail(&ctx, &report, alloc.as_ref(), &value, &mut files)?;
             print_sbpf(&ctx, &report, alloc.as_ref(), value, files, a.json);
+        }
+        ShardPayload::Lsa(s0) => {
+            let shards: Vec<_> = records
+                .iter()
+                .filter_map(|(p, r)| match &r.payload {
+                    ShardPayload::Lsa(s) => Some((p.clone(), s.clone())),
+                    _ => None,
+                })
+                .collect();
+            let (config, result) = merge_lsa(&shards).map_err(shard_err)?;
+            let ctx = LsaFiles {
+                model_path: &r0.model.path,
+                dataset: &s0.dataset,
+                target: &s0.target,
+                n: s0.n,
+                feature_seconds: shards.iter().map(|(_, s)| s.feature_seconds).sum(),
+                out: &out,
+            };
+            let report = write_lsa(&ctx, &config, &result)?;
+            print_lsa(&ctx, &config, &result, report, a.json);
         }
     }
     Ok(())

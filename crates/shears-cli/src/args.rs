@@ -144,7 +144,7 @@ pub enum AnalyzeCommand {
     Sbpf(crate::analyze_sbpf_cmd::SbpfArgs),
     /// Per-group prune-and-evaluate sweep over a list of ratios (cached, resumable).
     Sweep(crate::analyze_sweep_cmd::SweepArgs),
-    /// Combine the shards of a sharded sweep or SBPF analysis into the one-machine result.
+    /// Combine the shards of a sharded sweep, SBPF or LSA analysis into the one-machine result.
     Merge(crate::analyze_merge_cmd::MergeArgs),
 }
 

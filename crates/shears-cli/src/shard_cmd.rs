@@ -1,13 +1,14 @@
-//! Running `analyze sweep` and `analyze sbpf` as one shard: the probes of the shard go to
+//! Running `analyze sweep`, `analyze sbpf` and `analyze lsa` as one shard: the probes (LSA: heads) of the shard go to
 //! `OUT/shard-IIII-of-NNNN/` (its cache and its `shard.json`), for `shears analyze merge`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde_json::json;
+use shears::analyze::lsa::{run_study, study_assignment, Features, StudyConfig};
 use shears::analyze::merge::{
-    Fingerprint, ModelRef, SbpfShard, ShardPayload, ShardRecord, SweepShard, RECORD_FILE,
-    RECORD_VERSION,
+    features_hash, Fingerprint, LsaShard, ModelRef, SbpfShard, ShardPayload, ShardRecord,
+    SweepShard, RECORD_FILE, RECORD_VERSION,
 };
 use shears::analyze::sbpf::{probe, Budget, SbpfConfig};
 use shears::analyze::shard::{ShardChoice, ShardReport};
@@ -62,14 +63,14 @@ fn finish(dir: &Path, record: &ShardRecord, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} shard {} (source {}: {}): {} of {} probes, estimated {:.1}% of the grid's MACs",
+        "{} shard {} (source {}: {}): {} of {} probes, {:.1}% of the grid's estimated cost",
         record.payload.name(),
         s.choice.shard,
         s.choice.source.name(),
         s.choice.detail,
         s.probes,
         s.probes_total,
-        100.0 * s.estimated_macs as f64 / (s.estimated_macs_total.max(1)) as f64
+        100.0 * s.estimated_cost as f64 / (s.estimated_cost_total.max(1)) as f64
     );
     println!("wrote {}", p.display());
     println!(
@@ -182,6 +183,58 @@ pub(crate) fn run_sbpf_shard(
             r_max_bits: run.r_max.to_bits(),
             probes,
         }),
+    };
+    finish(&dir, &record, run.json)
+}
+
+/// What an LSA shard needs from its command line.
+pub(crate) struct LsaShardRun<'a> {
+    /// The model flags.
+    pub model_opts: &'a ModelOpts,
+    /// `--out`.
+    pub out: &'a Path,
+    /// The dataset's name.
+    pub dataset: &'a str,
+    /// The feature node.
+    pub target: &'a str,
+    /// Seconds the feature caching took.
+    pub feature_seconds: f64,
+    /// `--json`.
+    pub json: bool,
+}
+
+/// Trains and evaluates the heads of `choice`'s shard of the LSA study `cfg` on the cached
+/// `[train, val, test]` features.
+pub(crate) fn run_lsa_shard(
+    run: &LsaShardRun<'_>,
+    model: &Model,
+    features: [&Features; 3],
+    mut cfg: StudyConfig,
+    choice: ShardChoice,
+) -> Result<()> {
+    let dir = shard_dir(run.out, &choice)?;
+    cfg.shard = Some(choice.shard);
+    let [train, val, test] = features;
+    let mine = study_assignment(train.d, &cfg);
+    let res = run_study(train, val, test, &cfg)?;
+    let record = ShardRecord {
+        version: RECORD_VERSION,
+        shard: ShardReport::new(choice, &mine),
+        model: model_ref(run.model_opts),
+        fingerprint: Fingerprint {
+            graph: fingerprint(&model.graph),
+            weights: weights_hash(&model.weights),
+            data: features_hash(&features),
+        },
+        data: run.dataset.to_string(),
+        split: None,
+        payload: ShardPayload::Lsa(LsaShard::new(
+            &cfg,
+            run.dataset,
+            run.target,
+            &res,
+            run.feature_seconds,
+        )),
     };
     finish(&dir, &record, run.json)
 }

@@ -6,7 +6,7 @@ use shears::analyze::shard::{resolve, Shard, ShardChoice};
 
 use crate::commands::bad;
 
-/// Sharding flags of `analyze sweep`, `analyze sbpf`.
+/// Sharding flags of `analyze sweep`, `analyze sbpf` and `analyze lsa`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ShardOpts {
     /// Compute only shard I of N (0 <= I < N) of the probes, balanced by their estimated cost,

@@ -1,4 +1,4 @@
-//! Issue 19: `analyze sweep`/`sbpf` as shards (`--shard I/N`, Slurm array and Kubernetes
+//! Issue 19: `analyze sweep`/`sbpf`/`lsa` as shards (`--shard I/N`, Slurm array and Kubernetes
 //! Indexed Job variables) and `analyze merge`: the merged shards write exactly what the
 //! one-machine run writes; bad shard values and broken shard sets exit 2 naming the value or
 //! the file.
@@ -108,7 +108,14 @@ fn without_timings(mut v: Value) -> Value {
     fn strip(v: &mut Value) {
         match v {
             Value::Object(m) => {
-                for k in ["seconds", "stats", "load_average", "timing", "files"] {
+                for k in [
+                    "seconds",
+                    "feature_seconds",
+                    "stats",
+                    "load_average",
+                    "timing",
+                    "files",
+                ] {
                     m.remove(k);
                 }
                 m.values_mut().for_each(strip);
@@ -368,4 +375,71 @@ fn merge_refuses_missing_duplicate_and_mismatched_shards_naming_the_file() {
     );
     // The complete set still merges.
     json_of(&shears_env(&["analyze", "merge", s, "--json"], &[]));
+}
+
+/// LSA study shards taken from a Kubernetes Indexed Job's index merge to the one-machine study
+/// (grid, summaries, plots).
+#[test]
+fn lsa_kubernetes_shards_merge_to_the_unsharded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, sharded) = (dir.path().join("one"), dir.path().join("sharded"));
+    let lenet = model("mnist_lenet5_clntrained.safetensors");
+    let d = data();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "analyze",
+            "lsa",
+            &lenet,
+            "--arch",
+            "lenet5",
+            "--data",
+            "mnist",
+            "--data-dir",
+            &d,
+            "--train-images",
+            "200",
+            "--val-images",
+            "100",
+            "--test-images",
+            "100",
+            "--lsa-samples",
+            "50",
+            "--p",
+            "1,inf",
+            "--ratios",
+            "0.2,0.5",
+            "--seeds",
+            "2",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    json_of(&run(&args(&one), &[], &[]));
+    let mut owned = 0;
+    for i in ["0", "1", "2"] {
+        let v = json_of(&run(
+            &args(&sharded),
+            &["--shards", "3"],
+            &[("JOB_COMPLETION_INDEX", i)],
+        ));
+        assert_eq!(v["analysis"], "lsa");
+        assert_eq!(v["shard"]["choice"]["source"], "kubernetes", "{v}");
+        owned += v["shard"]["probes"].as_u64().unwrap();
+    }
+    // 2 seeds x (1 unpruned + 4 selections x 2 ratios).
+    assert_eq!(owned, 18);
+    json_of(&shears_env(
+        &["analyze", "merge", sharded.to_str().unwrap(), "--json"],
+        &[],
+    ));
+    let files = assert_same_outputs(&one, &sharded, "lsa.json");
+    assert_eq!(files.len(), 5, "{files:?}");
 }

@@ -146,7 +146,7 @@ impl Serialize for PNorm {
 }
 
 /// Which outputs the sensitivities are taken of.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outputs {
     /// Softmax probabilities (default). The sensitivities of one feature sum to 0 over the
@@ -173,7 +173,7 @@ impl FromStr for Outputs {
 }
 
 /// How the per-output aggregated sensitivities `A[k][i]` become one score per feature.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputAgg {
     /// `max_k A[k][i]` (Zurada's convention; default).
@@ -1092,5 +1092,6 @@ impl Head {
 }
 
 pub use super::lsa_study::{
-    curve, run_study, study_csv, Selection, SelectionSummary, StudyConfig, StudyResult, StudyRow,
+    curve, finish_study, run_study, selections, study_assignment, study_csv, Selection,
+    SelectionSummary, StudyConfig, StudyParts, StudyResult, StudyRow,
 };

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::lsa::{
     kept, least_sensitive, permutation, train_head, Features, HeadConfig, OutputAgg, Outputs, PNorm,
 };
+use super::shard::{Assignment, Shard};
 use crate::progress::{Progress, Verbosity};
 use crate::Error;
 
@@ -56,6 +57,9 @@ pub struct StudyConfig {
     pub head: HeadConfig,
     /// Also run magnitude and random selection at every (r, seed); default true.
     pub baselines: bool,
+    /// Train and evaluate only this shard's heads ([`study_assignment`]); default all.
+    #[serde(skip)]
+    pub shard: Option<Shard>,
     /// Progress display.
     #[serde(skip)]
     pub verbosity: Verbosity,
@@ -76,6 +80,7 @@ impl Default for StudyConfig {
             output_agg: OutputAgg::Max,
             head: HeadConfig::default(),
             baselines: true,
+            shard: None,
             verbosity: Verbosity::Normal,
         }
     }
@@ -255,30 +260,34 @@ pub fn run_study(
         least_sensitive(&[], r)?;
     }
     let start = std::time::Instant::now();
-    let mut sels: Vec<Selection> = cfg.ps.iter().map(|&p| Selection::Lsa(p)).collect();
-    if cfg.baselines {
-        sels.push(Selection::Magnitude);
-        sels.push(Selection::Random);
-    }
-    let total = cfg.seeds.len() * (1 + sels.len() * cfg.ratios.len());
-    let bar = Progress::new(total as u64, "lsa study", cfg.verbosity);
+    let sels = selections(cfg);
+    let per_seed = 1 + sels.len() * cfg.ratios.len();
+    let mine = study_assignment(train.d, cfg);
+    let bar = Progress::new(mine.len() as u64, "lsa study", cfg.verbosity);
     let all: Vec<usize> = (0..train.d).collect();
     let lsa_rows = train.balanced_prefix(cfg.lsa_samples);
     let mut base = Vec::new();
     let mut base_val = Vec::new();
     let mut rows = Vec::new();
-    for &seed in &cfg.seeds {
+    for (si, &seed) in cfg.seeds.iter().enumerate() {
+        let first = si * per_seed;
+        if !(first..first + per_seed).any(|i| mine.owns(i)) {
+            continue;
+        }
+        // Every probe of the seed needs its unpruned head (for the LSA and the magnitudes).
         let mut head = train_head(train, &all, &cfg.head, seed)?;
-        let acc = head.accuracy(test)?;
-        base.push((seed, acc));
-        base_val.push((seed, head.accuracy(val)?));
-        bar.inc(1);
-        bar.println(&format!("seed {seed}: unpruned head {acc:.2}%"));
+        if mine.owns(first) {
+            let acc = head.accuracy(test)?;
+            base.push((seed, acc));
+            base_val.push((seed, head.accuracy(val)?));
+            bar.inc(1);
+            bar.println(&format!("seed {seed}: unpruned head {acc:.2}%"));
+        }
         let jac = head.jacobian(train, &lsa_rows, cfg.outputs, true)?;
         let mags = head.column_norms();
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0a11_5e1e_c7ed);
         let rand_order = permutation(train.d, &mut rng);
-        for sel in &sels {
+        for (j, sel) in sels.iter().enumerate() {
             let scores: Vec<f64> = match sel {
                 Selection::Lsa(p) => jac.scores(*p, cfg.output_agg),
                 Selection::Magnitude => mags.clone(),
@@ -290,7 +299,10 @@ pub fn run_study(
                     s
                 }
             };
-            for &r in &cfg.ratios {
+            for (k, &r) in cfg.ratios.iter().enumerate() {
+                if !mine.owns(first + 1 + j * cfg.ratios.len() + k) {
+                    continue;
+                }
                 let removed = least_sensitive(&scores, r)?;
                 let keep = kept(train.d, &removed);
                 let mut h = train_head(train, &keep, &cfg.head, seed)?;
@@ -313,6 +325,91 @@ pub fn run_study(
             }
         }
     }
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish(&format!(
+        "lsa study: {} heads in {seconds:.1} s",
+        rows.len() + base.len()
+    ));
+    Ok(finish_study(
+        StudyParts {
+            d: train.d,
+            n_train: train.n,
+            n_val: val.n,
+            n_test: test.n,
+            base,
+            base_val,
+            rows,
+            seconds,
+        },
+        cfg,
+    ))
+}
+
+/// The selections of a study, in grid order: LSA for every `p`, then magnitude and random.
+pub fn selections(cfg: &StudyConfig) -> Vec<Selection> {
+    let mut sels: Vec<Selection> = cfg.ps.iter().map(|&p| Selection::Lsa(p)).collect();
+    if cfg.baselines {
+        sels.push(Selection::Magnitude);
+        sels.push(Selection::Random);
+    }
+    sels
+}
+
+/// The heads of the grid `cfg.shard` owns (all without one). Per seed, probe 0 is the unpruned
+/// head and probe `1 + j * ratios + k` the head after selection `j` at ratio `k`; each costs
+/// its kept features (head training is linear in them). A shard also trains the unpruned head
+/// of every seed it has a probe of, which the costs do not count.
+pub fn study_assignment(d: usize, cfg: &StudyConfig) -> Assignment {
+    let sels = selections(cfg).len();
+    let per_seed: Vec<u64> = std::iter::once(d as u64)
+        .chain((0..sels).flat_map(|_| {
+            cfg.ratios
+                .iter()
+                .map(|&r| (d - (r * d as f64 + 1e-9).floor() as usize).max(1) as u64)
+        }))
+        .collect();
+    let costs: Vec<u64> = cfg
+        .seeds
+        .iter()
+        .flat_map(|_| per_seed.iter().copied())
+        .collect();
+    Assignment::new(&costs, cfg.shard)
+}
+
+/// The measured parts of a study, before its summaries.
+#[derive(Clone, Debug)]
+pub struct StudyParts {
+    /// Features per sample.
+    pub d: usize,
+    /// Training samples.
+    pub n_train: usize,
+    /// Validation samples.
+    pub n_val: usize,
+    /// Test samples.
+    pub n_test: usize,
+    /// Test accuracy of the unpruned head per seed, in seed order.
+    pub base: Vec<(u64, f64)>,
+    /// Validation accuracy of the unpruned head per seed, in seed order.
+    pub base_val: Vec<(u64, f64)>,
+    /// The pruned heads, in grid order.
+    pub rows: Vec<StudyRow>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// The [`StudyResult`] of `p`: its summaries per method (the same code for one run and for
+/// merged shards).
+pub fn finish_study(p: StudyParts, cfg: &StudyConfig) -> StudyResult {
+    let StudyParts {
+        d,
+        n_train,
+        n_val,
+        n_test,
+        base,
+        base_val,
+        rows,
+        seconds,
+    } = p;
     let base_mean = mean_std(&base_val.iter().map(|b| b.1).collect::<Vec<_>>()).0;
     let mut summary = Vec::new();
     summary.extend(summarize("lsa", &rows, base_mean, |s| {
@@ -332,22 +429,17 @@ pub fn run_study(
     summary.extend(summarize("random", &rows, base_mean, |s| {
         *s == Selection::Random
     }));
-    let seconds = start.elapsed().as_secs_f64();
-    bar.finish(&format!(
-        "lsa study: {} heads in {seconds:.1} s",
-        rows.len() + base.len()
-    ));
-    Ok(StudyResult {
-        d: train.d,
-        n_train: train.n,
-        n_val: val.n,
-        n_test: test.n,
+    StudyResult {
+        d,
+        n_train,
+        n_val,
+        n_test,
         base,
         base_val,
         rows,
         summary,
         seconds,
-    })
+    }
 }
 
 /// The study's rows as CSV: `selection,p,ratio,seed,d_kept,head_params,val_accuracy,accuracy`

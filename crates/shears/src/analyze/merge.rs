@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use shears_data::Split;
 
+pub use super::lsa_shard::{features_hash, merge_lsa, ExactHead, LsaSettings, LsaShard};
 use super::sbpf::{Budget, SbpfConfig};
 use super::sbpf_probes::{ExactScore, SbpfProbes};
 use super::shard::{ShardError, ShardReport};
@@ -73,6 +74,8 @@ pub enum ShardPayload {
     Sweep(SweepShard),
     /// `shears analyze sbpf`.
     Sbpf(SbpfShard),
+    /// `shears analyze lsa`.
+    Lsa(LsaShard),
 }
 
 impl ShardPayload {
@@ -81,6 +84,7 @@ impl ShardPayload {
         match self {
             ShardPayload::Sweep(_) => "sweep",
             ShardPayload::Sbpf(_) => "sbpf",
+            ShardPayload::Lsa(_) => "lsa",
         }
     }
 }
@@ -328,6 +332,7 @@ pub fn check_set(
     let settings = |r: &ShardRecord| match &r.payload {
         ShardPayload::Sweep(s) => s.settings(),
         ShardPayload::Sbpf(s) => s.settings(),
+        ShardPayload::Lsa(s) => s.settings(),
     };
     for (p, r) in &records[1..] {
         let mut diff = differences(&common(r), &common(&r0), &p0);
@@ -362,7 +367,7 @@ pub fn check_set(
         slots[idx] = Some(i);
         let complete = match &r.payload {
             ShardPayload::Sweep(s) => s.result.complete,
-            ShardPayload::Sbpf(_) => true,
+            ShardPayload::Sbpf(_) | ShardPayload::Lsa(_) => true,
         };
         if !complete {
             return Err(ShardError::File {

@@ -10,6 +10,7 @@
 //!   Indexed Jobs); [`merge`]: shard files and their exact merge.
 
 pub mod lsa;
+mod lsa_shard;
 mod lsa_study;
 pub mod merge;
 pub mod plot;

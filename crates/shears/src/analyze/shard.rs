@@ -397,7 +397,7 @@ pub fn partition(costs: &[u64], count: usize) -> Vec<usize> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
     owned: Vec<bool>,
-    /// Estimated cost of the owned probes (MACs per image, summed).
+    /// Estimated cost of the owned probes (in the unit of the costs given).
     pub cost: u64,
     /// Estimated cost of the whole grid.
     pub total_cost: u64,
@@ -456,10 +456,11 @@ pub struct ShardReport {
     pub probes: usize,
     /// Probes in the whole grid.
     pub probes_total: usize,
-    /// Estimated cost of its probes (MACs per image, summed; see the module docs).
-    pub estimated_macs: u64,
+    /// Estimated cost of its probes (sweep and SBPF: MACs per image, summed, see the module
+    /// docs; LSA: features kept, summed over its heads).
+    pub estimated_cost: u64,
     /// Estimated cost of the whole grid.
-    pub estimated_macs_total: u64,
+    pub estimated_cost_total: u64,
 }
 
 impl ShardReport {
@@ -469,8 +470,8 @@ impl ShardReport {
             choice,
             probes: a.len(),
             probes_total: a.total(),
-            estimated_macs: a.cost,
-            estimated_macs_total: a.total_cost,
+            estimated_cost: a.cost,
+            estimated_cost_total: a.total_cost,
         }
     }
 }
