@@ -553,3 +553,185 @@ pub fn merge_sbpf(shards: &[(PathBuf, SbpfShard)]) -> Result<SbpfProbes, ShardEr
     }
     Ok(all)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::sbpf_probes::{ProbeGroup, SbpfProbe};
+    use crate::analyze::shard::{Shard, ShardChoice, ShardSource};
+
+    fn probe(group: usize, rep: usize, correct: usize) -> SbpfProbe {
+        SbpfProbe {
+            group,
+            level: 0,
+            rep,
+            score: ExactScore {
+                images: 10,
+                correct,
+                loss_bits: (0.1 * correct as f64).to_bits(),
+            },
+        }
+    }
+
+    /// An SBPF shard `index/count` holding `probes` of a 2-group, 2-repetition grid.
+    fn rec(index: usize, count: usize, weights: &str, probes: Vec<SbpfProbe>) -> ShardRecord {
+        let config = SbpfConfig {
+            seeds: 2,
+            ..SbpfConfig::default()
+        };
+        ShardRecord {
+            version: RECORD_VERSION,
+            shard: ShardReport {
+                choice: ShardChoice {
+                    shard: Shard { index, count },
+                    source: ShardSource::Flag,
+                    detail: String::new(),
+                },
+                probes: probes.len(),
+                probes_total: 4,
+                estimated_cost: 0,
+                estimated_cost_total: 0,
+            },
+            model: ModelRef {
+                path: "m.safetensors".into(),
+                arch: None,
+                input_shape: None,
+            },
+            fingerprint: Fingerprint {
+                graph: "g".into(),
+                weights: weights.into(),
+                data: "d".into(),
+            },
+            data: "test data".into(),
+            split: None,
+            payload: ShardPayload::Sbpf(SbpfShard {
+                delta_bits: config.deltas.iter().map(|d| d.to_bits()).collect(),
+                config,
+                budget: None,
+                budget_bits: None,
+                r_max_bits: 0.9f64.to_bits(),
+                probes: SbpfProbes {
+                    groups: (0..2)
+                        .map(|g| ProbeGroup {
+                            group: g,
+                            root: format!("conv{g}"),
+                            size: 8,
+                        })
+                        .collect(),
+                    reps: 2,
+                    probes,
+                    baseline: ExactScore {
+                        images: 10,
+                        correct: 9,
+                        loss_bits: 0.2f64.to_bits(),
+                    },
+                    images: 10,
+                    split: None,
+                    seconds: 1.0,
+                    stats: ProbeStats::default(),
+                },
+            }),
+        }
+    }
+
+    fn set() -> Vec<(PathBuf, ShardRecord)> {
+        vec![
+            (
+                "b/shard.json".into(),
+                rec(1, 2, "w", vec![probe(1, 0, 5), probe(1, 1, 6)]),
+            ),
+            (
+                "a/shard.json".into(),
+                rec(0, 2, "w", vec![probe(0, 0, 3), probe(0, 1, 4)]),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_complete_set_comes_back_in_shard_order_and_merges_like_one_run() {
+        let checked = check_set(set(), "x").unwrap();
+        assert_eq!(checked[0].0, PathBuf::from("a/shard.json"));
+        let sbpf: Vec<(PathBuf, SbpfShard)> = checked
+            .into_iter()
+            .map(|(p, r)| match r.payload {
+                ShardPayload::Sbpf(s) => (p, s),
+                _ => unreachable!(),
+            })
+            .collect();
+        let merged = merge_sbpf(&sbpf).unwrap();
+        let cfg = sbpf[0].1.exact_config();
+        // One run holding every probe reports the same groups.
+        let mut one = sbpf[0].1.probes.clone();
+        one.probes = vec![
+            probe(0, 0, 3),
+            probe(0, 1, 4),
+            probe(1, 0, 5),
+            probe(1, 1, 6),
+        ];
+        let (a, b) = (merged.report(&cfg).unwrap(), one.report(&cfg).unwrap());
+        assert_eq!(a.groups, b.groups);
+        assert_eq!(a.groups[1].accuracies, vec![vec![0.5, 0.6]]);
+        assert_eq!(merged.seconds, 2.0);
+        // A shard's probes alone do not make a report.
+        let e = sbpf[0].1.probes.report(&cfg).unwrap_err().to_string();
+        assert!(e.contains("conv1"), "{e}");
+    }
+
+    #[test]
+    fn missing_duplicate_and_mismatched_shards_are_named() {
+        let mut s = set();
+        s.pop();
+        let e = check_set(s, "runs/").unwrap_err().to_string();
+        assert!(
+            e.contains("shard 0/2 is missing") && e.contains("runs/"),
+            "{e}"
+        );
+
+        let mut s = set();
+        s.push(("c/shard.json".into(), rec(1, 2, "w", vec![])));
+        let e = check_set(s, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("b/shard.json") && e.contains("c/shard.json"),
+            "{e}"
+        );
+
+        let mut s = set();
+        s[1].1 = rec(0, 2, "other", vec![]);
+        let e = check_set(s, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("a/shard.json") && e.contains("weights_hash"),
+            "{e}"
+        );
+
+        let mut s = set();
+        s[1].1 = rec(0, 3, "w", vec![]);
+        let e = check_set(s, "x").unwrap_err().to_string();
+        assert!(e.contains("shard_count"), "{e}");
+
+        let mut s = set();
+        if let ShardPayload::Sbpf(x) = &mut s[1].1.payload {
+            x.config.seed = 7;
+        }
+        let e = check_set(s, "x").unwrap_err().to_string();
+        assert!(e.contains("a/shard.json") && e.contains("config"), "{e}");
+
+        let e = check_set(vec![], "nowhere").unwrap_err().to_string();
+        assert!(e.contains("nowhere"), "{e}");
+    }
+
+    #[test]
+    fn disagreeing_copies_of_a_probe_are_refused() {
+        let mut s = set();
+        s[0].1 = rec(1, 2, "w", vec![probe(1, 0, 5), probe(0, 0, 9)]);
+        let checked = check_set(s, "x").unwrap();
+        let sbpf: Vec<(PathBuf, SbpfShard)> = checked
+            .into_iter()
+            .map(|(p, r)| match r.payload {
+                ShardPayload::Sbpf(s) => (p, s),
+                _ => unreachable!(),
+            })
+            .collect();
+        let e = merge_sbpf(&sbpf).unwrap_err().to_string();
+        assert!(e.contains("b/shard.json") && e.contains("differs"), "{e}");
+    }
+}
