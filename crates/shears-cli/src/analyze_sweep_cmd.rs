@@ -164,6 +164,14 @@ pub fn run(a: SweepArgs) -> Result<()> {
             "--time-both runs the whole sweep in one process; it cannot run as a shard",
         ));
     }
+    if let (Some(c), Some(cache)) = (&choice, &a.cache) {
+        return Err(bad(format!(
+            "--cache {}: a shard keeps its cache in its own directory (OUT/{}/sweep_cache.json), \
+             so that shards never share one",
+            cache.display(),
+            c.shard.dir_name()
+        )));
+    }
     let data = eval_set(&a.subset, &model)?;
     crate::commands::create_out_dir("--out", &a.out)?;
     let verbosity = if a.json {
@@ -184,7 +192,6 @@ pub fn run(a: SweepArgs) -> Result<()> {
         let run = SweepShardRun {
             model_opts: &a.model,
             out: &a.out,
-            cache: a.cache.clone(),
             max_loss_increase: a.max_loss_increase,
             keep_fraction: keep,
             json: a.json,

@@ -86,8 +86,6 @@ pub(crate) struct SweepShardRun<'a> {
     pub model_opts: &'a ModelOpts,
     /// `--out`.
     pub out: &'a Path,
-    /// `--cache`, if given.
-    pub cache: Option<PathBuf>,
     /// `--max-loss-increase`.
     pub max_loss_increase: Option<f64>,
     /// The MACs keep fraction.
@@ -106,11 +104,7 @@ pub(crate) fn run_sweep_shard(
 ) -> Result<()> {
     let dir = shard_dir(run.out, &choice)?;
     cfg.shard = Some(choice.shard);
-    cfg.cache_file = Some(
-        run.cache
-            .clone()
-            .unwrap_or_else(|| dir.join("sweep_cache.json")),
-    );
+    cfg.cache_file = Some(dir.join("sweep_cache.json"));
     let mine = sweep_shard_assignment(&model.graph, &cfg)?;
     let result = sweep(&model.graph, &model.weights, data, &cfg)?;
     let record = ShardRecord {

@@ -175,6 +175,16 @@ fn sweep_shards_merge_to_the_unsharded_run() {
             .is_file());
     }
     assert_eq!(owned, total, "the shards' probes cover the grid once");
+    // A shard's cache is its own.
+    let cache = dir.path().join("shared_cache.json");
+    fails_with_2(
+        &run(
+            &sweep_args(&sharded),
+            &["--shard", "0/3", "--cache", cache.to_str().unwrap()],
+            &[],
+        ),
+        "--cache",
+    );
     let v = json_of(&shears_env(
         &["analyze", "merge", sharded.to_str().unwrap(), "--json"],
         &[],
