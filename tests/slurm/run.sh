@@ -43,13 +43,19 @@ BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 
 WORK="$(mktemp -d /tmp/shears-slurm.XXXXXX)"
 chmod 755 "$WORK"
-PIDS=()
 cleanup() {
-    # Only the daemons this script started, by their process ids.
+    # Only the daemons this script started, by their process ids; wait for them to exit.
+    local pids=()
     for f in "$WORK"/slurmd.pid "$WORK"/slurmctld.pid "$WORK"/munged.pid; do
-        if [ -s "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+        if [ -s "$f" ]; then pids+=("$(cat "$f")"); fi
     done
-    sleep 1
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for _ in $(seq 1 20); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.5
+    done
     if [ "${KEEP_WORK:-0}" != 1 ]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
