@@ -17,6 +17,8 @@ use shears_data::Split;
 use crate::args::{DataOpts, ModelOpts};
 use crate::commands::{bad, data_dir, network, open_model_for_data, parse_dataset};
 use crate::output::{print_json, Table};
+use crate::shard_cmd::{run_lsa_shard, LsaShardRun};
+use crate::shard_opts::ShardOpts;
 
 /// `shears analyze lsa` arguments.
 ///
@@ -102,6 +104,9 @@ pub struct LsaArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    /// Which shard of the grid's heads to train.
+    pub shard: ShardOpts,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -167,6 +172,7 @@ pub fn run(a: LsaArgs) -> Result<()> {
     } else {
         Verbosity::Normal
     };
+    let choice = a.shard.choice()?;
     let model = open_model_for_data(&a.model)?;
     let target = match &a.target {
         Some(name) => find_node(&model.graph, name).map_err(|e| bad(e.to_string()))?,
@@ -220,21 +226,68 @@ pub fn run(a: LsaArgs) -> Result<()> {
             weight_decay: 0.0,
         },
         baselines: !a.no_baselines,
+        shard: None,
         verbosity,
     };
+    if let Some(choice) = choice {
+        let run = LsaShardRun {
+            model_opts: &a.model,
+            out: &a.out,
+            dataset: &name.to_string(),
+            target: &target_name,
+            feature_seconds: feature_s,
+            json: a.json,
+        };
+        return run_lsa_shard(&run, &model, [&train, &val, &test], cfg, choice);
+    }
     let res = run_study(&train, &val, &test, &cfg)?;
+    let ctx = LsaFiles {
+        model_path: &a.model.model,
+        dataset: &name.to_string(),
+        target: &target_name,
+        n: (train.n, val.n, test.n),
+        feature_seconds: feature_s,
+        out: &a.out,
+    };
+    let report = write_lsa(&ctx, &cfg, &res)?;
+    print_lsa(&ctx, &cfg, &res, report, a.json);
+    Ok(())
+}
 
-    // Files.
-    let grid = a.out.join("lsa_grid.csv");
-    let summ = a.out.join("lsa_summary.csv");
-    let js = a.out.join("lsa.json");
-    let svg = a.out.join("lsa_accuracy.svg");
-    let vol = a.out.join("lsa_volatility.svg");
-    write(&grid, &study_csv(&res))?;
-    write(&summ, &summary_csv(&res))?;
-    let model_label = a
-        .model
-        .model
+/// What the files of an LSA study are made of besides its result (shared by a one-machine run
+/// and `analyze merge`, so that both write the same files).
+pub(crate) struct LsaFiles<'a> {
+    /// The backbone file as given.
+    pub model_path: &'a Path,
+    /// The dataset's name.
+    pub dataset: &'a str,
+    /// The feature node.
+    pub target: &'a str,
+    /// Training, validation and test samples.
+    pub n: (usize, usize, usize),
+    /// Seconds of the feature caching.
+    pub feature_seconds: f64,
+    /// The output directory.
+    pub out: &'a Path,
+}
+
+/// Writes lsa_grid.csv, lsa_summary.csv, the two plots and lsa.json; returns the report.
+pub(crate) fn write_lsa(
+    ctx: &LsaFiles<'_>,
+    cfg: &StudyConfig,
+    res: &StudyResult,
+) -> Result<serde_json::Value> {
+    let (ps, name, target_name) = (&cfg.ps, ctx.dataset, ctx.target);
+
+    let grid = ctx.out.join("lsa_grid.csv");
+    let summ = ctx.out.join("lsa_summary.csv");
+    let js = ctx.out.join("lsa.json");
+    let svg = ctx.out.join("lsa_accuracy.svg");
+    let vol = ctx.out.join("lsa_volatility.svg");
+    write(&grid, &study_csv(res))?;
+    write(&summ, &summary_csv(res))?;
+    let model_label = ctx
+        .model_path
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
@@ -243,13 +296,13 @@ pub fn run(a: LsaArgs) -> Result<()> {
         res.d
     );
     let mut chart = LineChart::new(&title, "reduction level r", "test accuracy (%)");
-    for &p in &ps {
-        chart = chart.series(&format!("LSA p={p}"), curve(&res, Selection::Lsa(p)));
+    for &p in ps {
+        chart = chart.series(&format!("LSA p={p}"), curve(res, Selection::Lsa(p)));
     }
     if cfg.baselines {
         chart = chart
-            .series("magnitude", curve(&res, Selection::Magnitude))
-            .series("random", curve(&res, Selection::Random));
+            .series("magnitude", curve(res, Selection::Magnitude))
+            .series("random", curve(res, Selection::Random));
     }
     chart.save(&svg)?;
     BarChart::new(
@@ -264,16 +317,16 @@ pub fn run(a: LsaArgs) -> Result<()> {
     )
     .save(&vol)?;
     let report = json!({
-        "model": a.model.model,
+        "model": ctx.model_path,
         "dataset": name.to_string(),
         "target": target_name,
         "features": res.d,
-        "train_images": train.n,
-        "val_images": val.n,
-        "test_images": test.n,
+        "train_images": ctx.n.0,
+        "val_images": ctx.n.1,
+        "test_images": ctx.n.2,
         "split": Split::Test,
         "selection_split": Split::Val,
-        "feature_seconds": feature_s,
+        "feature_seconds": ctx.feature_seconds,
         "config": cfg,
         "result": res,
         "files": [grid, summ, js.clone(), svg, vol],
@@ -282,15 +335,34 @@ pub fn run(a: LsaArgs) -> Result<()> {
         &js,
         &serde_json::to_string_pretty(&report).expect("reports serialise: plain data"),
     )?;
-    if a.json {
+    Ok(report)
+}
+
+/// Prints an LSA study: one JSON object or tables.
+pub(crate) fn print_lsa(
+    ctx: &LsaFiles<'_>,
+    cfg: &StudyConfig,
+    res: &StudyResult,
+    report: serde_json::Value,
+    as_json: bool,
+) {
+    if as_json {
         print_json(&report);
-        return Ok(());
+        return;
     }
+    let (ps, name, target_name) = (&cfg.ps, ctx.dataset, ctx.target);
+    let (feature_s, seeds) = (ctx.feature_seconds, cfg.seeds.len());
+    let (train_n, val_n, test_n) = ctx.n;
+    let model_label = ctx
+        .model_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
 
     println!(
         "{} features at {target_name} ({} each), {} train / {} val / {} test images of {name}; \
          features cached in {feature_s:.1} s, grid in {:.1} s",
-        model_label, res.d, train.n, val.n, test.n, res.seconds
+        model_label, res.d, train_n, val_n, test_n, res.seconds
     );
     let base: Vec<String> = res
         .base
@@ -299,7 +371,7 @@ pub fn run(a: LsaArgs) -> Result<()> {
         .collect();
     println!("unpruned head: {}", base.join(", "));
     let mut header = vec!["selection".to_string()];
-    header.extend(a.ratios.iter().map(|r| format!("r={r}")));
+    header.extend(cfg.ratios.iter().map(|r| format!("r={r}")));
     let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut t = Table::new(&hdr);
     let mut sels: Vec<Selection> = ps.iter().map(|&p| Selection::Lsa(p)).collect();
@@ -307,12 +379,12 @@ pub fn run(a: LsaArgs) -> Result<()> {
         sels.extend([Selection::Magnitude, Selection::Random]);
     }
     for s in sels {
-        let pts = curve(&res, s);
+        let pts = curve(res, s);
         let mut row = vec![s.label()];
         row.extend(pts.iter().skip(1).map(|(_, acc)| format!("{acc:.2}")));
         t.row(row);
     }
-    println!("mean test accuracy (%) over {} seeds:", a.seeds);
+    println!("mean test accuracy (%) over {seeds} seeds:");
     print!("{}", t.render());
     let mut t = Table::new(&[
         "method",
@@ -338,6 +410,5 @@ pub fn run(a: LsaArgs) -> Result<()> {
         ]);
     }
     print!("{}", t.render());
-    println!("wrote {}", a.out.display());
-    Ok(())
+    println!("wrote {}", ctx.out.display());
 }

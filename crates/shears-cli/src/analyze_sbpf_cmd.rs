@@ -2,7 +2,7 @@
 //! (methods §2).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
@@ -26,6 +26,8 @@ use crate::analyze_sweep_cmd::{eval_set, uptime, SubsetOpts};
 use crate::args::{MacsBudgetOpts, ModelOpts};
 use crate::commands::{bad, data_dir, open_model, open_model_for_data, parse_arch, parse_dataset};
 use crate::output::{print_json, Table};
+use crate::shard_cmd::{run_sbpf_shard, SbpfShardRun};
+use crate::shard_opts::ShardOpts;
 
 /// `shears analyze sbpf` arguments.
 ///
@@ -103,6 +105,9 @@ pub struct SbpfArgs {
     /// Images per forward batch.
     #[arg(long, default_value_t = 250)]
     pub batch: usize,
+    #[command(flatten)]
+    /// Which shard of the damage probes to compute (not with --steps or --compare).
+    pub shard: ShardOpts,
     /// Output directory.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -153,6 +158,12 @@ pub fn run(a: SbpfArgs) -> Result<()> {
         ));
     }
     let criterion: Criterion = a.criterion.parse().map_err(|e| bad(format!("{e}")))?;
+    let choice = a.shard.choice()?;
+    if choice.is_some() && (a.steps.is_some() || a.compare.is_some()) {
+        return Err(bad(
+            "--steps and --compare run in one process; they cannot run as a shard",
+        ));
+    }
     let data = eval_set(&a.subset, &model)?;
     crate::commands::create_out_dir("--out", &a.out)?;
     let cfg = SbpfConfig {
@@ -162,12 +173,23 @@ pub fn run(a: SbpfArgs) -> Result<()> {
         seed: a.seed,
         batch: a.batch,
         prefix_cache: !a.no_prefix_cache,
+        shard: None,
         verbosity: if a.json {
             Verbosity::Quiet
         } else {
             Verbosity::Normal
         },
     };
+    if let Some(choice) = choice {
+        let run = SbpfShardRun {
+            model_opts: &a.model,
+            out: &a.out,
+            budget,
+            r_max: a.r_max,
+            json: a.json,
+        };
+        return run_sbpf_shard(&run, &model, &data, cfg, choice);
+    }
     let load = uptime();
     let report = analyze(&model.graph, &model.weights, &data, &cfg)?;
     let alloc = match budget {
@@ -180,20 +202,14 @@ pub fn run(a: SbpfArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let mut files = Vec::new();
-    let mut out = json!({
-        "model": a.model.model,
-        "data": data.description,
-        "split": data.split,
-        "load_average": load,
-        "analysis": report,
-        "allocation": alloc,
-    });
-    if let Some(al) = &alloc {
-        let p = a.out.join("ratios.json");
-        write_atomic(&p, &serde_json::to_string_pretty(&al.ratios)?)?;
-        files.push(p);
-    }
+    let ctx = SbpfFiles {
+        model_path: &a.model.model,
+        data: &data.description,
+        split: data.split,
+        config: &cfg,
+        out: &a.out,
+    };
+    let (mut out, mut files) = write_head(&ctx, load, &report, alloc.as_ref())?;
     // Rank stability against a second checkpoint.
     if let Some(path) = &a.compare {
         let arch = a.compare_arch.as_deref().or(a.model.arch.as_deref());
@@ -342,14 +358,67 @@ pub fn run(a: SbpfArgs) -> Result<()> {
         });
         files.push(o.clone());
     }
-    let p = a.out.join("sbpf.csv");
-    write_atomic(&p, &sbpf_csv(&report, alloc.as_ref()))?;
+    write_tail(&ctx, &report, alloc.as_ref(), &out, &mut files)?;
+    print_sbpf(&ctx, &report, alloc.as_ref(), out, files, a.json);
+    Ok(())
+}
+
+/// What the files of an SBPF analysis are made of besides its report (shared by a one-machine
+/// run and `analyze merge`, so that both write the same files).
+pub(crate) struct SbpfFiles<'a> {
+    /// The model file as given.
+    pub model_path: &'a Path,
+    /// The evaluation set's description.
+    pub data: &'a str,
+    /// Its split.
+    pub split: Option<Split>,
+    /// The analysis settings.
+    pub config: &'a SbpfConfig,
+    /// The output directory.
+    pub out: &'a Path,
+}
+
+/// The report object of sbpf.json (before any comparison or multi-step part) and ratios.json
+/// when there is an allocation; returns the object and the files written.
+pub(crate) fn write_head(
+    ctx: &SbpfFiles<'_>,
+    load: Option<String>,
+    report: &SbpfReport,
+    alloc: Option<&SbpfAllocation>,
+) -> Result<(Value, Vec<PathBuf>)> {
+    let mut files = Vec::new();
+    let out = json!({
+        "model": ctx.model_path,
+        "data": ctx.data,
+        "split": ctx.split,
+        "load_average": load,
+        "analysis": report,
+        "allocation": alloc,
+    });
+    if let Some(al) = alloc {
+        let p = ctx.out.join("ratios.json");
+        write_atomic(&p, &serde_json::to_string_pretty(&al.ratios)?)?;
+        files.push(p);
+    }
+    Ok((out, files))
+}
+
+/// Writes sbpf.csv, sensitivity.svg, sbpf_ratios.svg (with an allocation) and sbpf.json.
+pub(crate) fn write_tail(
+    ctx: &SbpfFiles<'_>,
+    report: &SbpfReport,
+    alloc: Option<&SbpfAllocation>,
+    out: &Value,
+    files: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let p = ctx.out.join("sbpf.csv");
+    write_atomic(&p, &sbpf_csv(report, alloc))?;
     files.push(p);
-    let p = a.out.join("sensitivity.svg");
+    let p = ctx.out.join("sensitivity.svg");
     BarChart::new(
         &format!(
             "SBPF sensitiveness ({}, delta {:?}, {} seeds, {} images)",
-            damage, a.delta, a.seeds, report.images
+            ctx.config.damage, ctx.config.deltas, ctx.config.seeds, report.images
         ),
         "accuracy drop (points)",
     )
@@ -362,8 +431,8 @@ pub fn run(a: SbpfArgs) -> Result<()> {
     )
     .save(&p)?;
     files.push(p);
-    if let Some(al) = &alloc {
-        let p = a.out.join("sbpf_ratios.svg");
+    if let Some(al) = alloc {
+        let p = ctx.out.join("sbpf_ratios.svg");
         BarChart::new("SBPF ratios (fraction of each group removed)", "ratio")
             .bars(
                 al.groups
@@ -374,28 +443,39 @@ pub fn run(a: SbpfArgs) -> Result<()> {
             .save(&p)?;
         files.push(p);
     }
-    let p = a.out.join("sbpf.json");
-    write_atomic(&p, &serde_json::to_string_pretty(&out)?)?;
+    let p = ctx.out.join("sbpf.json");
+    write_atomic(&p, &serde_json::to_string_pretty(out)?)?;
     files.push(p);
+    Ok(())
+}
 
-    if a.json {
+/// Prints an SBPF report: one JSON object (with the files) or tables.
+pub(crate) fn print_sbpf(
+    ctx: &SbpfFiles<'_>,
+    report: &SbpfReport,
+    alloc: Option<&SbpfAllocation>,
+    mut out: Value,
+    files: Vec<PathBuf>,
+    as_json: bool,
+) {
+    if as_json {
         out["files"] = json!(files);
         print_json(&out);
-        return Ok(());
+        return;
     }
     println!(
         "{}: {}, baseline top-1 {:.2}%, {} damage delta {:?} x {} seeds, {:.1}s",
-        a.model.model.display(),
-        data.description,
+        ctx.model_path.display(),
+        ctx.data,
         100.0 * report.baseline_accuracy,
-        damage,
-        a.delta,
-        a.seeds,
+        ctx.config.damage,
+        ctx.config.deltas,
+        ctx.config.seeds,
         report.seconds
     );
     let mut t = Table::new(&["group", "root", "n", "damaged top-1", "s (points)", "ratio"]);
     for (i, g) in report.groups.iter().enumerate() {
-        let r = alloc.as_ref().map_or(String::from("-"), |al| {
+        let r = alloc.map_or(String::from("-"), |al| {
             format!("{}/{}", al.groups[i].removed, al.groups[i].size)
         });
         t.row(vec![
@@ -408,7 +488,7 @@ pub fn run(a: SbpfArgs) -> Result<()> {
         ]);
     }
     print!("{}", t.render());
-    if let Some(al) = &alloc {
+    if let Some(al) = alloc {
         println!(
             "allocation: {} of {} filters removed, MACs {} -> {} ({:.3} kept)",
             al.filters_removed,
@@ -433,7 +513,6 @@ pub fn run(a: SbpfArgs) -> Result<()> {
     for f in files {
         println!("wrote {}", f.display());
     }
-    Ok(())
 }
 
 fn sbpf_csv(r: &SbpfReport, al: Option<&SbpfAllocation>) -> String {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::json;
+use serde_json::{json, Value};
 use shears::analyze::plot::LineChart;
 use shears::analyze::sweep::{
     group_start, ratios_for_loss, ratios_for_macs, sweep, write_atomic, EvalSet, SweepConfig,
@@ -14,10 +14,13 @@ use shears::analyze::sweep::{
 use shears::progress::Verbosity;
 use shears::prune::{Criterion, DepGraph, FoldMode, Reduction};
 use shears_data::Split;
+use shears_ir::{Graph, Weights};
 
 use crate::args::{DataOpts, MacsBudgetOpts, ModelOpts};
 use crate::commands::{bad, data_dir, open_model_for_data, parse_dataset};
 use crate::output::{print_json, Table};
+use crate::shard_cmd::{run_sweep_shard, SweepShardRun};
+use crate::shard_opts::ShardOpts;
 
 /// `shears analyze sweep` arguments.
 ///
@@ -82,6 +85,9 @@ pub struct SweepArgs {
     /// Images per forward batch.
     #[arg(long, default_value_t = 250)]
     pub batch: usize,
+    #[command(flatten)]
+    /// Which shard of the probes to compute.
+    pub shard: ShardOpts,
     /// Output directory.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -152,6 +158,20 @@ pub fn run(a: SweepArgs) -> Result<()> {
             )));
         }
     }
+    let choice = a.shard.choice()?;
+    if choice.is_some() && a.time_both {
+        return Err(bad(
+            "--time-both runs the whole sweep in one process; it cannot run as a shard",
+        ));
+    }
+    if let (Some(c), Some(cache)) = (&choice, &a.cache) {
+        return Err(bad(format!(
+            "--cache {}: a shard keeps its cache in its own directory (OUT/{}/sweep_cache.json), \
+             so that shards never share one",
+            cache.display(),
+            c.shard.dir_name()
+        )));
+    }
     let data = eval_set(&a.subset, &model)?;
     crate::commands::create_out_dir("--out", &a.out)?;
     let verbosity = if a.json {
@@ -167,6 +187,17 @@ pub fn run(a: SweepArgs) -> Result<()> {
     cfg.batch = a.batch;
     cfg.verbosity = verbosity;
     cfg.only = (!a.only.is_empty()).then(|| a.only.clone());
+    if let Some(choice) = choice {
+        cfg.prefix_cache = !a.no_prefix_cache;
+        let run = SweepShardRun {
+            model_opts: &a.model,
+            out: &a.out,
+            max_loss_increase: a.max_loss_increase,
+            keep_fraction: keep,
+            json: a.json,
+        };
+        return run_sweep_shard(&run, &model, &data, cfg, choice);
+    }
     let mut timing = None;
     let result = if a.time_both {
         // Untimed warm-up of both modes on the first group: the process's first large
@@ -279,11 +310,57 @@ pub fn run(a: SweepArgs) -> Result<()> {
         sweep(&model.graph, &model.weights, &data, &cfg)?
     };
 
+    let ctx = SweepReport {
+        model_path: &a.model.model,
+        data: &data.description,
+        split: data.split,
+        config: &cfg,
+        max_loss_increase: a.max_loss_increase,
+        keep_fraction: keep,
+        graph: &model.graph,
+        weights: &model.weights,
+        out: &a.out,
+    };
+    let (report, files) = write_report(&ctx, &result, timing)?;
+    print_report(&ctx, report, files, &result, a.json, a.time_runs);
+    Ok(())
+}
+
+/// What `sweep.json` and the other files of a sweep are made of besides the result (shared by a
+/// one-machine run and `analyze merge`, so that both write the same files).
+pub(crate) struct SweepReport<'a> {
+    /// The model file as given.
+    pub model_path: &'a Path,
+    /// The evaluation set's description.
+    pub data: &'a str,
+    /// Its split.
+    pub split: Option<Split>,
+    /// The sweep's settings.
+    pub config: &'a SweepConfig,
+    /// `--max-loss-increase`.
+    pub max_loss_increase: Option<f64>,
+    /// The MACs keep fraction of `--target-macs`/`--speedup`.
+    pub keep_fraction: Option<f64>,
+    /// The model's graph.
+    pub graph: &'a Graph,
+    /// Its weights.
+    pub weights: &'a Weights,
+    /// The output directory.
+    pub out: &'a Path,
+}
+
+/// Writes the ratio files, sweep.json, sweep.csv and the plots; returns the report and the
+/// files written.
+pub(crate) fn write_report(
+    ctx: &SweepReport<'_>,
+    result: &SweepResult,
+    timing: Option<Value>,
+) -> Result<(Value, Vec<PathBuf>)> {
     let mut files = vec![];
     let mut extra = serde_json::Map::new();
-    if let Some(x) = a.max_loss_increase {
-        let r = ratios_for_loss(&result, x);
-        let p = a.out.join("ratios_loss.json");
+    if let Some(x) = ctx.max_loss_increase {
+        let r = ratios_for_loss(result, x);
+        let p = ctx.out.join("ratios_loss.json");
         write_atomic(&p, &serde_json::to_string_pretty(&r)?)?;
         files.push(p);
         extra.insert(
@@ -291,45 +368,88 @@ pub fn run(a: SweepArgs) -> Result<()> {
             json!({"max_loss_increase": x, "ratios": r}),
         );
     }
-    if let Some(f) = keep {
-        let sel = ratios_for_macs(&model.graph, &model.weights, &result, f)?;
-        let p = a.out.join("ratios_macs.json");
+    if let Some(f) = ctx.keep_fraction {
+        let sel = ratios_for_macs(ctx.graph, ctx.weights, result, f)?;
+        let p = ctx.out.join("ratios_macs.json");
         write_atomic(&p, &serde_json::to_string_pretty(&sel.ratios)?)?;
         files.push(p);
         extra.insert("ratios_macs".into(), serde_json::to_value(&sel)?);
     }
     let report = json!({
-        "model": a.model.model,
-        "data": data.description,
-        "split": data.split,
-        "config": cfg,
+        "model": ctx.model_path,
+        "data": ctx.data,
+        "split": ctx.split,
+        "config": ctx.config,
         "result": result,
         "timing": timing,
         "selection": extra,
     });
-    let p = a.out.join("sweep.json");
+    let p = ctx.out.join("sweep.json");
     write_atomic(&p, &serde_json::to_string_pretty(&report)?)?;
     files.push(p);
-    let p = a.out.join("sweep.csv");
-    write_atomic(&p, &sweep_csv(&result))?;
+    let p = ctx.out.join("sweep.csv");
+    write_atomic(&p, &sweep_csv(result))?;
     files.push(p);
-    files.extend(plots(&result, &a.out)?);
+    files.extend(plots(result, ctx.out)?);
+    Ok((report, files))
+}
 
-    if a.json {
+/// Prints a sweep's report: one JSON object (with the files) or tables.
+pub(crate) fn print_report(
+    ctx: &SweepReport<'_>,
+    report: Value,
+    files: Vec<PathBuf>,
+    result: &SweepResult,
+    as_json: bool,
+    time_runs: u32,
+) {
+    if as_json {
         let mut r = report;
         r["files"] = json!(files);
         print_json(&r);
-        return Ok(());
+        return;
     }
+    let timing = &report["timing"];
     println!(
         "{}: {}, baseline top-1 {:.2}%, loss {:.4}",
-        a.model.model.display(),
-        data.description,
+        ctx.model_path.display(),
+        ctx.data,
         100.0 * result.baseline_accuracy,
         result.baseline_loss
     );
+    print_curves(&ctx.config.ratios, result);
+    println!(
+        "{} probes computed, {} reused from the cache, {:.1}s{}",
+        result.computed,
+        result.reused,
+        result.seconds,
+        if result.complete { "" } else { " (incomplete)" }
+    );
+    if !timing.is_null() {
+        let t = timing;
+        println!(
+            "prefix cache {:.1}s (mean of {} runs), no prefix cache {:.1}s (mean of {}): {:.2}x faster, \
+             {:.2}x fewer MACs (identical results: {}; largest difference: accuracy {:.1e}, loss {:.1e})",
+            t["prefix_cache_seconds"].as_f64().unwrap_or(0.0),
+            time_runs + 1,
+            t["no_prefix_cache_seconds"].as_f64().unwrap_or(0.0),
+            time_runs,
+            t["speedup"].as_f64().unwrap_or(0.0),
+            t["macs_ratio"].as_f64().unwrap_or(0.0),
+            t["identical_results"],
+            t["max_abs_difference_accuracy"].as_f64().unwrap_or(0.0),
+            t["max_abs_difference_loss"].as_f64().unwrap_or(0.0),
+        );
+    }
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+}
+
+/// The table of accuracies per group and ratio.
+pub(crate) fn print_curves(ratios: &[f32], result: &SweepResult) {
     let mut header = vec!["group".to_string(), "root".to_string(), "n".to_string()];
-    header.extend(a.ratios.iter().map(|r| format!("acc@{r}")));
+    header.extend(ratios.iter().map(|r| format!("acc@{r}")));
     let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut t = Table::new(&hdr);
     for c in &result.groups {
@@ -342,32 +462,6 @@ pub fn run(a: SweepArgs) -> Result<()> {
         t.row(row);
     }
     print!("{}", t.render());
-    println!(
-        "{} probes computed, {} reused from the cache, {:.1}s{}",
-        result.computed,
-        result.reused,
-        result.seconds,
-        if result.complete { "" } else { " (incomplete)" }
-    );
-    if let Some(t) = &timing {
-        println!(
-            "prefix cache {:.1}s (mean of {} runs), no prefix cache {:.1}s (mean of {}): {:.2}x faster, \
-             {:.2}x fewer MACs (identical results: {}; largest difference: accuracy {:.1e}, loss {:.1e})",
-            t["prefix_cache_seconds"].as_f64().unwrap_or(0.0),
-            a.time_runs + 1,
-            t["no_prefix_cache_seconds"].as_f64().unwrap_or(0.0),
-            a.time_runs,
-            t["speedup"].as_f64().unwrap_or(0.0),
-            t["macs_ratio"].as_f64().unwrap_or(0.0),
-            t["identical_results"],
-            t["max_abs_difference_accuracy"].as_f64().unwrap_or(0.0),
-            t["max_abs_difference_loss"].as_f64().unwrap_or(0.0),
-        );
-    }
-    for f in files {
-        println!("wrote {}", f.display());
-    }
-    Ok(())
 }
 
 /// Seconds the hypervisor has taken from this machine's CPUs since boot (the `steal` column of

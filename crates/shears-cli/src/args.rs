@@ -144,6 +144,8 @@ pub enum AnalyzeCommand {
     Sbpf(crate::analyze_sbpf_cmd::SbpfArgs),
     /// Per-group prune-and-evaluate sweep over a list of ratios (cached, resumable).
     Sweep(crate::analyze_sweep_cmd::SweepArgs),
+    /// Combine the shards of a sharded sweep, SBPF or LSA analysis into the one-machine result.
+    Merge(crate::analyze_merge_cmd::MergeArgs),
 }
 
 /// `shears recover`.

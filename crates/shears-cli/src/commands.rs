@@ -95,6 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
             AnalyzeCommand::Lsa(a) => crate::analyze_lsa_cmd::run(a),
             AnalyzeCommand::Sbpf(a) => crate::analyze_sbpf_cmd::run(a),
             AnalyzeCommand::Sweep(a) => crate::analyze_sweep_cmd::run(a),
+            AnalyzeCommand::Merge(a) => crate::analyze_merge_cmd::run(a),
         },
         Command::Recover(a) => match a.command {
             RecoverCommand::Bn(a) => crate::recover_cmd::run_bn(a),

@@ -6,6 +6,7 @@
 //! (with a message naming the file, tensor or value at fault), 1 on other failures.
 
 mod analyze_lsa_cmd;
+mod analyze_merge_cmd;
 mod analyze_sbpf_cmd;
 mod analyze_sweep_cmd;
 mod args;
@@ -21,6 +22,8 @@ mod prune_latency;
 mod recover_cmd;
 mod run_cmd;
 mod runtime_opts;
+mod shard_cmd;
+mod shard_opts;
 mod train_sparse;
 
 use std::process::ExitCode;

@@ -48,6 +48,9 @@ pub enum Error {
         /// What does not match.
         msg: String,
     },
+    /// A shard could not be chosen, or shard files cannot be merged.
+    #[error(transparent)]
+    Shard(#[from] crate::analyze::shard::ShardError),
     /// A value given by the user is out of range or inconsistent.
     #[error("{what}")]
     Invalid {

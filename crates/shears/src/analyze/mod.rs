@@ -6,9 +6,17 @@
 //!   (methods §2).
 //! - [`sweep`]: per-group prune-and-evaluate sweeps from cached prefix activations.
 //! - [`plot`]: dependency-free SVG charts for the reports.
+//! - [`shard`]: which probes one shard of N computes (`--shard I/N`, Slurm arrays, Kubernetes
+//!   Indexed Jobs); [`merge`]: shard files and their exact merge.
 
 pub mod lsa;
+mod lsa_shard;
+mod lsa_study;
+pub mod merge;
 pub mod plot;
+mod ratios;
 pub mod sbpf;
+pub mod sbpf_probes;
+pub mod shard;
 mod skip;
 pub mod sweep;

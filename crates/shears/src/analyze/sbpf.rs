@@ -27,7 +27,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::Instant;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,10 +35,10 @@ use shears_data::{Dataset, Split};
 use shears_engine::Network;
 use shears_ir::{Graph, Op, ParamKind, Tensor, Weights};
 
-use super::sweep::{
-    group_start, macs_with_ratios, ratio_count, ratio_for_count, EvalSet, ProbeStats, Prober,
-};
-use crate::progress::{Progress, Verbosity};
+pub use super::sbpf_probes::{probe, ProbeGroup, SbpfProbe, SbpfProbes};
+use super::shard::Shard;
+use super::sweep::{macs_with_ratios, ratio_count, ratio_for_count, EvalSet, ProbeStats, Prober};
+use crate::progress::Verbosity;
 use crate::prune::{
     self, AllocConfig, Criterion, DepGraph, Group, Reduction, Role, ScoreContext, Strategy,
 };
@@ -141,7 +140,7 @@ pub fn damage(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn damage_rep(
+pub(super) fn damage_rep(
     graph: &Graph,
     weights: &Weights,
     g: &Group,
@@ -260,6 +259,9 @@ pub struct SbpfConfig {
     /// Run probes from cached prefix activations (does not change results).
     #[serde(skip)]
     pub prefix_cache: bool,
+    /// Compute only this shard's probes ([`probe`]); default all.
+    #[serde(skip)]
+    pub shard: Option<Shard>,
     /// Progress display.
     #[serde(skip)]
     pub verbosity: Verbosity,
@@ -274,6 +276,7 @@ impl Default for SbpfConfig {
             seed: 0,
             batch: 250,
             prefix_cache: true,
+            shard: None,
             verbosity: Verbosity::Quiet,
         }
     }
@@ -330,14 +333,20 @@ impl SbpfReport {
     }
 }
 
-/// Measures the sensitiveness of every prunable group of `graph` on `data` (module docs).
+/// Measures the sensitiveness of every prunable group of `graph` on `data` (module docs):
+/// [`probe`] then [`SbpfProbes::report`].
 pub fn analyze(
     graph: &Graph,
     weights: &Weights,
     data: &EvalSet,
     cfg: &SbpfConfig,
 ) -> Result<SbpfReport, Error> {
-    let t0 = Instant::now();
+    let (probes, _) = probe(graph, weights, data, cfg)?;
+    probes.report(cfg)
+}
+
+/// Checks `cfg` (errors name the value).
+pub(super) fn check_config(cfg: &SbpfConfig) -> Result<(), Error> {
     if cfg.deltas.is_empty() {
         return Err(Error::invalid("SBPF needs at least one damage level delta"));
     }
@@ -353,64 +362,7 @@ pub fn analyze(
             )));
         }
     }
-    let dg = DepGraph::build(graph)?;
-    let mut groups: Vec<&Group> = dg.prunable().filter(|g| g.size > 1).collect();
-    groups.sort_by_key(|g| (group_start(g), g.id));
-    let mut prober = Prober::new(graph, weights, data, cfg.batch, cfg.prefix_cache)?;
-    let base = prober.baseline()?;
-    let reps = if cfg.damage == Damage::DropL1 {
-        1
-    } else {
-        cfg.seeds
-    };
-    let total = groups.len() * cfg.deltas.len() * reps;
-    let bar = Progress::new(total as u64, "sbpf", cfg.verbosity);
-    let mut out = Vec::with_capacity(groups.len());
-    for g in groups {
-        let root = graph.node(g.root).name.clone();
-        let mut accs = Vec::with_capacity(cfg.deltas.len());
-        let mut loss_sum = 0.0;
-        for (li, &delta) in cfg.deltas.iter().enumerate() {
-            let mut row = Vec::with_capacity(reps);
-            for rep in 0..reps {
-                let d = damage_rep(graph, weights, g, cfg.damage, delta, cfg.seed, li, rep)?;
-                let s = prober.probe(&d)?;
-                row.push(s.accuracy());
-                loss_sum += s.loss;
-                bar.inc(1);
-            }
-            accs.push(row);
-        }
-        let n = (cfg.deltas.len() * reps) as f64;
-        let mean = accs.iter().flatten().sum::<f64>() / n;
-        let sens = base.accuracy() - mean;
-        bar.set_message(format!("{root}: s={:.4}", sens));
-        out.push(GroupSensitivity {
-            group: g.id,
-            root,
-            size: g.size,
-            accuracies: accs,
-            damaged_accuracy: mean,
-            damaged_loss: loss_sum / n,
-            sensitiveness: sens,
-        });
-    }
-    bar.finish(&format!(
-        "sbpf: {} groups, {:.1}s",
-        out.len(),
-        t0.elapsed().as_secs_f64()
-    ));
-    out.sort_by_key(|g| g.group);
-    Ok(SbpfReport {
-        config: cfg.clone(),
-        images: data.len(),
-        split: data.split,
-        baseline_accuracy: base.accuracy(),
-        baseline_loss: base.loss,
-        groups: out,
-        seconds: t0.elapsed().as_secs_f64(),
-        stats: prober.stats(),
-    })
+    Ok(())
 }
 
 /// What an SBPF allocation must remove.

@@ -49,12 +49,16 @@ use shears_data::{Dataset, Loader, LoaderConfig, Split};
 use shears_engine::{Backend, CpuBackend, ForwardRequest, Layout, Mode, Network};
 use shears_ir::{Graph, NodeId, Tensor, Weights};
 
+pub use super::ratios::{
+    macs_with_ratios, max_ratio_for_loss, ratios_for_loss, ratios_for_macs, MacsSelection,
+};
+use super::shard::{suffix_macs, Assignment, Shard};
 use super::skip;
 use crate::eval::{batch_tensor, input_transforms, normalize_for};
 use crate::progress::{Progress, Verbosity};
 use crate::prune::{
-    self, fingerprint, mask_weights_with, predict_cost, AllocConfig, Criterion, DepGraph, FoldMode,
-    Plan, PlanGroup, Reduction, Role, ScoreContext, Strategy,
+    self, fingerprint, mask_weights_with, AllocConfig, Criterion, DepGraph, FoldMode, Reduction,
+    Role, ScoreContext, Strategy,
 };
 use crate::zoo::Preprocess;
 use crate::Error;
@@ -764,6 +768,57 @@ pub fn group_start(g: &prune::Group) -> usize {
         .unwrap_or(g.root.0)
 }
 
+/// The groups a sweep probes, in group order: every prunable group of two or more channels, or
+/// those rooted at `cfg.only` (an unknown root is an error naming it).
+fn swept_groups<'d>(
+    graph: &Graph,
+    dg: &'d DepGraph,
+    cfg: &SweepConfig,
+) -> Result<Vec<&'d prune::Group>, Error> {
+    let mut groups: Vec<&prune::Group> = dg.prunable().filter(|g| g.size > 1).collect();
+    if let Some(only) = &cfg.only {
+        for name in only {
+            if !groups.iter().any(|g| &graph.node(g.root).name == name) {
+                let roots: Vec<&str> = groups
+                    .iter()
+                    .map(|g| graph.node(g.root).name.as_str())
+                    .collect();
+                return Err(Error::invalid(format!(
+                    "no prunable group has root {name:?} (roots: {})",
+                    roots.join(", ")
+                )));
+            }
+        }
+        groups.retain(|g| only.contains(&graph.node(g.root).name));
+    }
+    Ok(groups)
+}
+
+/// The probes `cfg.shard` owns (see [`sweep_assignment`]), without running them.
+pub fn sweep_shard_assignment(graph: &Graph, cfg: &SweepConfig) -> Result<Assignment, Error> {
+    let dg = DepGraph::build(graph)?;
+    let mut order = swept_groups(graph, &dg, cfg)?;
+    order.sort_by_key(|g| (group_start(g), g.id));
+    Ok(sweep_assignment(graph, &order, cfg.ratios.len(), cfg.shard))
+}
+
+/// The probes of `shard` (all with none) among `groups` (in probe order, by
+/// [`group_start`]) times `n_ratios`, probe `gi * n_ratios + ri`, balanced by their suffix MACs
+/// (see [`super::shard`]).
+pub fn sweep_assignment(
+    graph: &Graph,
+    groups: &[&prune::Group],
+    n_ratios: usize,
+    shard: Option<Shard>,
+) -> Assignment {
+    let suffix = suffix_macs(graph);
+    let costs: Vec<u64> = groups
+        .iter()
+        .flat_map(|g| std::iter::repeat_n(suffix[group_start(g)], n_ratios))
+        .collect();
+    Assignment::new(&costs, shard)
+}
+
 /// `floor(ratio * n)` as allocation computes it.
 pub fn ratio_count(ratio: f32, n: usize) -> usize {
     ((f64::from(ratio) * n as f64) + 1e-6).floor() as usize
@@ -813,6 +868,9 @@ pub struct SweepConfig {
     pub max_new_probes: Option<usize>,
     /// Only these group roots (default: every prunable group).
     pub only: Option<Vec<String>>,
+    /// Compute only this shard's probes ([`sweep_assignment`]); default all.
+    #[serde(skip)]
+    pub shard: Option<Shard>,
     /// Progress display.
     #[serde(skip)]
     pub verbosity: Verbosity,
@@ -833,6 +891,7 @@ impl SweepConfig {
             cache_file: None,
             max_new_probes: None,
             only: None,
+            shard: None,
             verbosity: Verbosity::Quiet,
         }
     }
@@ -1035,22 +1094,7 @@ pub fn sweep(
         ));
     }
     let dg = DepGraph::build(graph)?;
-    let mut groups: Vec<&prune::Group> = dg.prunable().filter(|g| g.size > 1).collect();
-    if let Some(only) = &cfg.only {
-        for name in only {
-            if !groups.iter().any(|g| &graph.node(g.root).name == name) {
-                let roots: Vec<&str> = groups
-                    .iter()
-                    .map(|g| graph.node(g.root).name.as_str())
-                    .collect();
-                return Err(Error::invalid(format!(
-                    "no prunable group has root {name:?} (roots: {})",
-                    roots.join(", ")
-                )));
-            }
-        }
-        groups.retain(|g| only.contains(&graph.node(g.root).name));
-    }
+    let groups = swept_groups(graph, &dg, cfg)?;
     let key = SweepKey {
         graph: fingerprint(graph),
         weights: weights_hash(weights),
@@ -1081,15 +1125,18 @@ pub fn sweep(
     let mut prober = Prober::new(graph, weights, data, cfg.batch, cfg.prefix_cache)?;
     let crit = cfg.criterion.build(cfg.reduction, cfg.seed);
     let ctx = ScoreContext::new(graph, weights);
-    let total = groups.len() * cfg.ratios.len();
-    let bar = Progress::new(total as u64, "sweep", cfg.verbosity);
     let mut order: Vec<&prune::Group> = groups.clone();
     order.sort_by_key(|g| (group_start(g), g.id));
+    let mine = sweep_assignment(graph, &order, cfg.ratios.len(), cfg.shard);
+    let bar = Progress::new(mine.len() as u64, "sweep", cfg.verbosity);
     let (mut computed, mut reused) = (0usize, 0usize);
     let mut complete = true;
-    'outer: for g in &order {
+    'outer: for (gi, g) in order.iter().enumerate() {
         let root = graph.node(g.root).name.clone();
-        for &r in &cfg.ratios {
+        for (ri, &r) in cfg.ratios.iter().enumerate() {
+            if !mine.owns(gi * cfg.ratios.len() + ri) {
+                continue;
+            }
             if file
                 .entries
                 .iter()
@@ -1186,140 +1233,5 @@ pub fn sweep(
         complete,
         seconds: start_t.elapsed().as_secs_f64(),
         stats: prober.stats(),
-    })
-}
-
-/// The largest ratio of `curve` whose loss increase over `base_loss`, linearly interpolated
-/// between measured points (the curve starts at (0, `base_loss`)), stays at or below
-/// `max_increase`. Points are taken in increasing ratio; the first crossing decides.
-pub fn max_ratio_for_loss(curve: &GroupCurve, base_loss: f64, max_increase: f64) -> f64 {
-    let mut pts: Vec<(f64, f64)> = curve
-        .points
-        .iter()
-        .map(|p| (f64::from(p.ratio), p.loss - base_loss))
-        .collect();
-    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (mut r0, mut d0) = (0.0f64, 0.0f64);
-    for (r, d) in pts {
-        if d > max_increase {
-            if d0 >= max_increase || d <= d0 {
-                return r0;
-            }
-            return r0 + (r - r0) * (max_increase - d0) / (d - d0);
-        }
-        (r0, d0) = (r, d);
-    }
-    r0
-}
-
-/// Per-group ratios for a loss-increase threshold (see [`max_ratio_for_loss`]), as exact
-/// channel counts: `{root: ratio}` with `floor(ratio * size)` the channels removed (at least
-/// one kept), the `--ratios-from` format. Groups that get no channel removed are omitted.
-pub fn ratios_for_loss(result: &SweepResult, max_increase: f64) -> BTreeMap<String, f32> {
-    let mut out = BTreeMap::new();
-    for c in &result.groups {
-        let r = max_ratio_for_loss(c, result.baseline_loss, max_increase);
-        let k = ((r * c.size as f64) + 1e-9).floor() as usize;
-        let k = k.min(c.size.saturating_sub(1));
-        if k > 0 {
-            out.insert(c.root.clone(), ratio_for_count(k, c.size));
-        }
-    }
-    out
-}
-
-/// Ratios chosen by [`ratios_for_macs`].
-#[derive(Clone, Debug, Serialize)]
-pub struct MacsSelection {
-    /// `{root: ratio}` for `--ratios-from`.
-    pub ratios: BTreeMap<String, f32>,
-    /// The loss-increase threshold found.
-    pub threshold: f64,
-    /// MACs before.
-    pub macs_before: u64,
-    /// MACs after (exact, from the cost model).
-    pub macs_after: u64,
-}
-
-/// The MACs `shears prune --ratios-from` would leave with these ratios (channel choice does not
-/// change MACs; the first `k` channels stand in).
-pub fn macs_with_ratios(
-    graph: &Graph,
-    weights: &Weights,
-    dg: &DepGraph,
-    ratios: &BTreeMap<String, f32>,
-) -> Result<u64, Error> {
-    let mut plan = Plan::empty(graph);
-    for g in dg.prunable() {
-        let name = &graph.node(g.root).name;
-        if let Some(&r) = ratios.get(name) {
-            let k = ratio_count(r, g.size).min(g.size.saturating_sub(1));
-            if k > 0 {
-                plan.groups.push(PlanGroup {
-                    group_id: g.id,
-                    root: name.clone(),
-                    removed: (0..k).collect(),
-                });
-            }
-        }
-    }
-    Ok(predict_cost(graph, weights, dg, &plan)?.macs)
-}
-
-/// Bisects the loss-increase threshold so that [`ratios_for_loss`] keeps at most
-/// `keep_fraction` of the MACs (PaddleSlim's `get_ratios_by_sensitivity`). The largest
-/// ratio a group can get is its largest swept ratio; a target below what that allows is an
-/// error naming the best achievable fraction.
-pub fn ratios_for_macs(
-    graph: &Graph,
-    weights: &Weights,
-    result: &SweepResult,
-    keep_fraction: f64,
-) -> Result<MacsSelection, Error> {
-    if !(keep_fraction > 0.0 && keep_fraction <= 1.0) {
-        return Err(Error::invalid(format!(
-            "MACs keep fraction {keep_fraction} must be in (0, 1] (0.5 halves the MACs)"
-        )));
-    }
-    let dg = DepGraph::build(graph)?;
-    let before = graph.macs();
-    let target = keep_fraction * before as f64;
-    let eval = |t: f64| -> Result<(BTreeMap<String, f32>, u64), Error> {
-        let r = ratios_for_loss(result, t);
-        let m = macs_with_ratios(graph, weights, &dg, &r)?;
-        Ok((r, m))
-    };
-    let hi_t = result
-        .groups
-        .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.loss - result.baseline_loss))
-        .fold(0.0f64, f64::max)
-        + 1.0;
-    let (_, m_hi) = eval(hi_t)?;
-    if (m_hi as f64) > target {
-        return Err(Error::invalid(format!(
-            "a MACs keep fraction of {keep_fraction} is out of reach of the swept ratios: \
-             pruning every group at its largest swept ratio keeps {:.4}; sweep larger ratios",
-            m_hi as f64 / before as f64
-        )));
-    }
-    let (mut lo, mut hi) = (0.0f64, hi_t);
-    for _ in 0..100 {
-        let mid = 0.5 * (lo + hi);
-        if (eval(mid)?.1 as f64) <= target {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-        if hi - lo < 1e-12 {
-            break;
-        }
-    }
-    let (ratios, after) = eval(hi)?;
-    Ok(MacsSelection {
-        ratios,
-        threshold: hi,
-        macs_before: before,
-        macs_after: after,
     })
 }
