@@ -444,9 +444,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     // loading.
     let prune_seconds = grad_seconds.unwrap_or(0.0) + plan_seconds + surgery_seconds;
     if let Some(p) = &a.plan_out {
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, plan.to_json())
-            .and_then(|()| std::fs::rename(&tmp, p))
+        let text = plan.to_json();
+        shears_io::write_atomic(p, |w| w.write_all(text.as_bytes()))
             .with_context(|| format!("writing the plan to {}", p.display()))?;
     }
 

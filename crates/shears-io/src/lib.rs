@@ -57,6 +57,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod atomic;
 mod error;
 mod model;
 mod npy;
@@ -67,6 +68,7 @@ mod remap;
 mod report;
 mod safetensors;
 
+pub use atomic::{check_output, write_atomic, write_atomic_with, FileKind, WriteOptions};
 pub use error::IoError;
 pub use model::{
     load, load_with, save_model, Format, LoadOptions, LoadedModel, FORMAT_KEY, FORMAT_VERSION,

@@ -314,16 +314,7 @@ fn escape(s: &str) -> String {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), Error> {
-    let io = |e: std::io::Error| Error::File {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("svg.tmp");
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    super::sweep::write_atomic(path, text)
 }
 
 #[cfg(test)]
