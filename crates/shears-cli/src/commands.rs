@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde_json::json;
 use shears::eval::{evaluate, EvalConfig};
-use shears::model::{load_model_with, save_model, Model, ModelLoadOptions};
+use shears::model::{load_model_with, save_model_as, Model, ModelLoadOptions};
 use shears::progress::Verbosity;
 use shears::train::{train, CheckpointConfig, TrainConfig};
 use shears::zoo::Arch;
@@ -42,6 +42,24 @@ pub(crate) fn create_out_dir(flag: &str, dir: &std::path::Path) -> Result<()> {
     }
     std::fs::create_dir_all(dir)
         .map_err(|e| bad(format!("{flag} {}: cannot create it: {e}", dir.display())))
+}
+
+/// Refuses an output path before any work is done: one that exists and is not a regular file
+/// (a device node, FIFO, symbolic link or directory) or that is one of `inputs` (exit 2).
+pub(crate) fn check_out(path: &Path, inputs: &[&Path]) -> Result<()> {
+    let opts = inputs
+        .iter()
+        .fold(shears_io::WriteOptions::new(), |o, i| o.with_input(*i));
+    shears_io::check_output(path, &opts)?;
+    Ok(())
+}
+
+/// [`check_out`] for a model file, which must also have an extension naming a format shears
+/// writes (`.safetensors`, `.onnx`; see [`shears::model::save_model_as`]).
+pub(crate) fn check_model_out(path: &Path, inputs: &[&Path]) -> Result<()> {
+    check_out(path, inputs)?;
+    shears_io::Format::for_output(path)?;
+    Ok(())
 }
 
 /// Exit code of a pruning error: 1 when the model failed to run or to verify, 2 for bad input
@@ -330,6 +348,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
+    check_model_out(&a.output, &[])?;
     let name = parse_dataset(&a.data)?;
     let is_cifar = matches!(name, DatasetName::Cifar10 | DatasetName::Cifar100);
     let augment = a.augment.unwrap_or(is_cifar);
@@ -423,7 +442,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     model
         .metadata
         .insert(shears::model::META_DATASET.into(), name.to_string());
-    save_model(&a.output, &model)?;
+    save_model_as(&a.output, &model)?;
     let last = report.epochs.last();
     if a.json {
         print_json(&json!({

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use shears::analyze::lsa::{LsaImportance, OutputAgg, PNorm};
 use shears::eval::{evaluate, EvalConfig, EvalReport};
-use shears::model::{save_model, Model};
+use shears::model::{save_model_as, Model};
 use shears::progress::Verbosity;
 use shears::prune::{
     self, input_batch, taylor_grads, verify, AllocConfig, Criterion, DepGraph, FoldMode,
@@ -279,6 +279,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
         return Err(bad("--latency-iters 0: measure at least one run"));
     }
     let budget = a.runtime.budget(a.latency_iters)?;
+    let mut inputs = vec![a.model.model.as_path()];
+    inputs.extend(a.plan_in.as_deref());
+    crate::commands::check_model_out(&a.output, &inputs)?;
+    if let Some(p) = &a.plan_out {
+        inputs.push(&a.output);
+        crate::commands::check_out(p, &inputs)?;
+    }
     let model = open_model(&a.model)?;
     if a.data.is_some() || matches!(a.criterion, Some(CriterionArg::Taylor | CriterionArg::Lsa)) {
         crate::commands::note_default_preprocess(&a.model.model, &model);
@@ -558,7 +565,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
             .entry(shears::model::META_DATASET.to_string())
             .or_insert_with(|| name.to_string());
     }
-    save_model(&a.output, &out_model)?;
+    save_model_as(&a.output, &out_model)?;
 
     let before = pruned.report.before;
     let after = pruned.report.after;
@@ -1157,7 +1164,7 @@ fn from_skeleton(a: &PruneArgs, model: &Model) -> Result<()> {
         }
         None => None,
     };
-    save_model(&a.output, &out_model)?;
+    save_model_as(&a.output, &out_model)?;
     let pct = |x: usize, n: usize| 100.0 * x as f64 / n.max(1) as f64;
     if a.json {
         print_json(&json!({
