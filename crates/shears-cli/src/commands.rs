@@ -222,8 +222,19 @@ pub(crate) fn network(model: &Model, threads: Option<usize>) -> Result<Network> 
     Ok(net)
 }
 
+/// Warns on stderr about every weight tensor of `model` holding NaN or infinite values
+/// ([`shears::model::non_finite_weights`]) and returns them.
+pub(crate) fn warn_non_finite(path: &Path, model: &Model) -> Vec<shears::model::NonFinite> {
+    let bad = shears::model::non_finite_weights(&model.weights);
+    for t in &bad {
+        eprintln!("warning: {}: {t}", path.display());
+    }
+    bad
+}
+
 fn info(a: InfoArgs) -> Result<()> {
     let model = open_model(&a.model)?;
+    let non_finite = warn_non_finite(&a.model.model, &model);
     if a.groups {
         return crate::prune_cmd::info_groups(&a.model.model, &model, a.json);
     }
@@ -236,6 +247,7 @@ fn info(a: InfoArgs) -> Result<()> {
             "preprocess": model.preprocess,
             "preprocess_origin": model.preprocess_origin,
             "load_report": model.report.summary(),
+            "non_finite": non_finite,
         }));
         return Ok(());
     }
@@ -279,6 +291,7 @@ fn info(a: InfoArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let model = open_model_for_data(&a.model)?;
+    warn_non_finite(&a.model.model, &model);
     let name = parse_dataset(&a.data)?;
     let dir = data_dir(&a.data_opts);
     let split = if a.train_split { Split::Train } else { a.split };

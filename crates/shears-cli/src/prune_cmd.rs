@@ -287,6 +287,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         crate::commands::check_out(p, &inputs)?;
     }
     let model = open_model(&a.model)?;
+    shears::model::require_finite(&model, &a.model.model)?;
     if a.data.is_some() || matches!(a.criterion, Some(CriterionArg::Taylor | CriterionArg::Lsa)) {
         crate::commands::note_default_preprocess(&a.model.model, &model);
     }

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::model;
+use common::{model, shared};
 
 /// Runs `$SHEARS_TEST_BIN`, else the built `shears` binary, with `args`.
 fn shears(args: &[&str]) -> Output {
@@ -189,4 +189,60 @@ fn defect_7_stale_temp_files_are_removed_by_the_next_write() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left.len(), 2, "{left:?}");
+}
+
+/// A copy of the LeNet-5 in `dir` whose `conv2.weight` holds 3 NaN and 1 infinite value.
+fn lenet_with_nan(dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(lenet()).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let begin = header["conv2.weight"]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    for (i, x) in [f32::NAN, f32::NAN, f32::INFINITY, f32::NAN]
+        .iter()
+        .enumerate()
+    {
+        bytes[begin + 4 * i..begin + 4 * i + 4].copy_from_slice(&x.to_le_bytes());
+    }
+    let path = dir.join("nan.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Issue 18 defect 3: NaN or infinite weights: `info` and `eval` warn naming the tensor and how
+/// many values (they said nothing, and eval reported "loss NaN"); `prune` refuses naming the
+/// tensor.
+#[test]
+fn defect_3_non_finite_weights_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = lenet_with_nan(dir.path());
+    let o = shears(&["info", s(&m), "--arch", "lenet5", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("\"conv2.weight\" has 3 NaN and 1 infinite"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["non_finite"][0]["tensor"], "conv2.weight");
+    assert_eq!(v["non_finite"][0]["nan"], 3);
+    let data = shared().join("data");
+    let o = shears(&[
+        "eval",
+        s(&m),
+        "--arch",
+        "lenet5",
+        "--data",
+        "mnist",
+        "--data-dir",
+        s(&data),
+        "--limit",
+        "20",
+    ]);
+    assert!(stderr(&o).contains("conv2.weight"), "{}", stderr(&o));
+    let out = dir.path().join("p.safetensors");
+    exits_2_naming(
+        &prune_lenet(s(&m), &out),
+        &["conv2.weight", "3 NaN and 1 infinite"],
+    );
+    assert!(!out.exists());
 }

@@ -481,6 +481,63 @@ pub fn save_model(path: &Path, model: &Model) -> Result<(), Error> {
     Ok(())
 }
 
+/// A weight tensor holding NaN or infinite values (see [`non_finite_weights`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NonFinite {
+    /// The tensor name.
+    pub tensor: String,
+    /// How many of its values are NaN.
+    pub nan: usize,
+    /// How many are +inf or -inf.
+    pub inf: usize,
+    /// How many values it has.
+    pub numel: usize,
+}
+
+impl fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tensor {:?} has {} NaN and {} infinite of {} values",
+            self.tensor, self.nan, self.inf, self.numel
+        )
+    }
+}
+
+/// The tensors of `weights` that hold NaN or infinite values, in name order: the one check
+/// commands run on loaded weights (`info` and `eval` warn, `prune` refuses with
+/// [`Error::NonFinite`]).
+pub fn non_finite_weights(weights: &Weights) -> Vec<NonFinite> {
+    weights
+        .iter()
+        .filter_map(|(name, t)| {
+            let nan = t.data().iter().filter(|x| x.is_nan()).count();
+            let inf = t.data().iter().filter(|x| x.is_infinite()).count();
+            (nan + inf > 0).then(|| NonFinite {
+                tensor: name.clone(),
+                nan,
+                inf,
+                numel: t.data().len(),
+            })
+        })
+        .collect()
+}
+
+/// [`non_finite_weights`] as an error: `Ok` when every weight of `model` is finite.
+///
+/// # Errors
+/// [`Error::NonFinite`] naming `origin` and every tensor with NaN or infinite values.
+pub fn require_finite(model: &Model, origin: &Path) -> Result<(), Error> {
+    let tensors = non_finite_weights(&model.weights);
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NonFinite {
+        path: origin.to_path_buf(),
+        tensors,
+    })
+}
+
 /// The metadata an ONNX export carries: what a runtime user needs to feed the model
 /// ([`META_PREPROCESS`], [`META_PREPROCESS_DEFAULTED`], [`META_ARCH`], [`META_DATASET`]), not
 /// the pruning and training records.
