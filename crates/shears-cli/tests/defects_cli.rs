@@ -246,3 +246,45 @@ fn defect_3_non_finite_weights_are_named() {
     );
     assert!(!out.exists());
 }
+
+/// Issue 18 defect 4: a small `.gz` dataset file that inflates far beyond what its IDX header
+/// declares is stopped at the declared size, naming the file (it was inflated whole, then
+/// refused as trailing data).
+#[test]
+fn defect_4_gz_bomb_stops_at_the_idx_header_size() {
+    use std::io::Write;
+    let gz = |path: &Path, bytes: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(bytes).unwrap();
+        std::fs::write(path, e.finish().unwrap()).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mnist = dir.path().join("mnist");
+    std::fs::create_dir(&mnist).unwrap();
+    // Two 28x28 images declared (1,584 bytes with the header), 16 MiB inflated.
+    let mut images = Vec::new();
+    for word in [2051u32, 2, 28, 28] {
+        images.extend_from_slice(&word.to_be_bytes());
+    }
+    images.resize(16 << 20, 0);
+    let bomb = mnist.join("t10k-images-idx3-ubyte.gz");
+    gz(&bomb, &images);
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 64 << 10);
+    let mut labels = Vec::new();
+    for word in [2049u32, 2] {
+        labels.extend_from_slice(&word.to_be_bytes());
+    }
+    labels.extend_from_slice(&[3, 4]);
+    gz(&mnist.join("t10k-labels-idx1-ubyte.gz"), &labels);
+    let o = shears(&[
+        "eval",
+        &lenet(),
+        "--arch",
+        "lenet5",
+        "--data",
+        "mnist",
+        "--data-dir",
+        s(dir.path()),
+    ]);
+    exits_2_naming(&o, &["t10k-images-idx3-ubyte.gz", "beyond the 1584 bytes"]);
+}
