@@ -85,8 +85,15 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         {
             return 2;
         }
+        if cause
+            .downcast_ref::<shears_engine::EngineError>()
+            .is_some_and(|e| e.is_bad_input())
+        {
+            return 2;
+        }
         if let Some(se) = cause.downcast_ref::<shears::Error>() {
             return match se {
+                shears::Error::Engine(e) if e.is_bad_input() => 2,
                 shears::Error::Engine(_) => 1,
                 shears::Error::Runtime(r) if !r.is_bad_input() => 1,
                 shears::Error::Prune(pe) => prune_exit_code(pe),

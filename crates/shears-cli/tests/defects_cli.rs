@@ -288,3 +288,52 @@ fn defect_4_gz_bomb_stops_at_the_idx_header_size() {
     ]);
     exits_2_naming(&o, &["t10k-images-idx3-ubyte.gz", "beyond the 1584 bytes"]);
 }
+
+/// Issue 18 defect 2: a model whose input shape is huge but valid (`[3, 100000, 100000]` in
+/// the embedded graph of a safetensors model) is refused with exit 2 naming the node, its
+/// shape and the bytes needed, instead of aborting on a 1.2 TB allocation (SIGABRT).
+#[test]
+fn defect_2_huge_input_shape_is_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("r20.safetensors");
+    let o = shears(&[
+        "export",
+        &model("resnet20.safetensors"),
+        "--arch",
+        "resnet20",
+        "--safetensors",
+        s(&small),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let bytes = std::fs::read(&small).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = &mut header["__metadata__"]["shears.graph"];
+    let mut graph: serde_json::Value = serde_json::from_str(meta.as_str().unwrap()).unwrap();
+    graph["nodes"][0]["shape"] = serde_json::json!([3, 100000, 100000]);
+    *meta = serde_json::Value::String(graph.to_string());
+    let mut h = header.to_string().into_bytes();
+    h.resize(h.len().div_ceil(8) * 8, b' ');
+    let mut huge = (h.len() as u64).to_le_bytes().to_vec();
+    huge.extend_from_slice(&h);
+    huge.extend_from_slice(&bytes[8 + n..]);
+    let path = dir.path().join("huge.safetensors");
+    std::fs::write(&path, huge).unwrap();
+    let o = shears(&["info", s(&path)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let data = shared().join("data");
+    let o = shears(&[
+        "eval",
+        s(&path),
+        "--data",
+        "cifar10",
+        "--data-dir",
+        s(&data),
+        "--limit",
+        "10",
+    ]);
+    exits_2_naming(
+        &o,
+        &["\"input\"", "[1, 3, 100000, 100000]", "120000000000 bytes"],
+    );
+}
