@@ -52,7 +52,8 @@ pub(crate) fn read_maybe_compressed(path: &Path, size_hint: usize) -> Result<Vec
 /// its header declares: the first 16 bytes are read, the expected length is computed from the
 /// magic number and dimensions ([`crate::idx`]), and decompression stops one byte past it. A
 /// stream that inflates further (a gz bomb) is refused with [`DataError::Oversize`] having
-/// held at most that many bytes. A file too short for its header, or with a wrong magic number,
+/// held at most that many bytes (an uncompressed file that is too long is
+/// [`DataError::TrailingData`], its length being known). A file too short for its header, or with a wrong magic number,
 /// is returned as read, for the parser to report.
 ///
 /// `size_hint` is the expected decompressed size; it only pre-sizes the buffer.
@@ -76,6 +77,9 @@ pub(crate) fn read_idx(path: &Path, size_hint: usize) -> Result<Vec<u8>, DataErr
         .read_to_end(&mut head)
         .map_err(fail)?;
     let Some(expected) = crate::idx::declared_len(&head) else {
+        // Not an IDX header: a damaged stream is reported as such rather than as a bad magic
+        // number, reading at most 64 MiB more to find out.
+        std::io::copy(&mut reader.take(64 << 20), &mut std::io::sink()).map_err(fail)?;
         return Ok(head);
     };
     // Pre-size to what the header declares, trusting it only as far as the hint and the
@@ -92,9 +96,17 @@ pub(crate) fn read_idx(path: &Path, size_hint: usize) -> Result<Vec<u8>, DataErr
         .read_to_end(&mut buf)
         .map_err(fail)?;
     if buf.len() as u64 > expected {
-        return Err(DataError::Oversize {
-            path: path.to_path_buf(),
-            expected,
+        return Err(match format {
+            // An uncompressed file's length is known without reading it.
+            None => DataError::TrailingData {
+                path: path.to_path_buf(),
+                expected,
+                found: on_disk,
+            },
+            Some(_) => DataError::Oversize {
+                path: path.to_path_buf(),
+                expected,
+            },
         });
     }
     Ok(buf)
