@@ -117,7 +117,7 @@ impl LineChart {
 
     /// Write the SVG to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        write_atomic(path, &self.to_svg())
+        super::sweep::write_atomic(path, &self.to_svg())
     }
 }
 
@@ -188,7 +188,7 @@ impl BarChart {
 
     /// Write the SVG to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        write_atomic(path, &self.to_svg())
+        super::sweep::write_atomic(path, &self.to_svg())
     }
 }
 
@@ -311,10 +311,6 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<(), Error> {
-    super::sweep::write_atomic(path, text)
 }
 
 #[cfg(test)]
