@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use shears::analyze::lsa::{
@@ -113,9 +113,7 @@ pub struct LsaArgs {
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    shears_io::write_atomic(path, |w| w.write_all(text.as_bytes()))?;
     Ok(())
 }
 

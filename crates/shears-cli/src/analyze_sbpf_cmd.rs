@@ -13,7 +13,7 @@ use shears::analyze::sbpf::{
     SbpfAllocation, SbpfConfig, SbpfReport,
 };
 use shears::analyze::sweep::write_atomic;
-use shears::model::{save_model, Model};
+use shears::model::{save_model_as, Model};
 use shears::progress::Verbosity;
 use shears::prune::Criterion;
 use shears::recover::{finetune, BnRecalConfig};
@@ -134,6 +134,9 @@ fn budget_of(a: &SbpfArgs) -> Result<Option<Budget>> {
 
 /// Run `shears analyze sbpf`.
 pub fn run(a: SbpfArgs) -> Result<()> {
+    if let Some(o) = &a.output {
+        crate::commands::check_model_out(o, &[&a.model.model])?;
+    }
     let model = open_model_for_data(&a.model)?;
     let damage: Damage = a
         .damage
@@ -334,7 +337,7 @@ pub fn run(a: SbpfArgs) -> Result<()> {
             shears::recover::META_CHANNELS.to_string(),
             serde_json::to_string(&res.kept_channels).expect("plain data"),
         );
-        save_model(o, &pruned)?;
+        save_model_as(o, &pruned)?;
         let steps_json: Vec<Value> = records
             .iter()
             .map(|r| {

@@ -436,7 +436,7 @@ pub struct TrainArgs {
     /// similarity ratio (the paper's intent) instead of as released.
     #[arg(long, requires = "cdp")]
     pub cdp_adaptive: bool,
-    /// Where to write the trained model (self-describing safetensors).
+    /// Where to write the trained model (by extension: .safetensors, self-describing, or .onnx).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Print one JSON object instead of a table.
@@ -462,7 +462,7 @@ pub struct DemoArgs {
     /// Training images in CASM's sample set.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub casm_samples: usize,
-    /// Also save the pruned and recovered model here (self-describing safetensors).
+    /// Also save the pruned and recovered model here (by extension: .safetensors, self-describing, or .onnx).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Seed.
@@ -745,7 +745,7 @@ pub struct PruneArgs {
     /// Worker threads for inference (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Where to write the pruned model (self-describing safetensors).
+    /// Where to write the pruned model (by extension: .safetensors, self-describing, or .onnx).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Print one JSON object instead of tables.

@@ -55,7 +55,8 @@ pub fn run(a: BenchEngineArgs) -> Result<()> {
         if let Some(o) = &onnx {
             md.push_str(&crate::bench_onnx::markdown(o, &a));
         }
-        std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
+        shears_io::write_atomic(path, |w| w.write_all(md.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if a.json {
         let mut v = builtin.map(|b| b.json).unwrap_or_else(|| json!({}));

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde_json::json;
 use shears::eval::{evaluate, EvalConfig};
-use shears::model::{load_model_with, save_model, Model, ModelLoadOptions};
+use shears::model::{load_model_with, save_model_as, Model, ModelLoadOptions};
 use shears::progress::Verbosity;
 use shears::train::{train, CheckpointConfig, TrainConfig};
 use shears::zoo::Arch;
@@ -44,6 +44,24 @@ pub(crate) fn create_out_dir(flag: &str, dir: &std::path::Path) -> Result<()> {
         .map_err(|e| bad(format!("{flag} {}: cannot create it: {e}", dir.display())))
 }
 
+/// Refuses an output path before any work is done: one that exists and is not a regular file
+/// (a device node, FIFO, symbolic link or directory) or that is one of `inputs` (exit 2).
+pub(crate) fn check_out(path: &Path, inputs: &[&Path]) -> Result<()> {
+    let opts = inputs
+        .iter()
+        .fold(shears_io::WriteOptions::new(), |o, i| o.with_input(*i));
+    shears_io::check_output(path, &opts)?;
+    Ok(())
+}
+
+/// [`check_out`] for a model file, which must also have an extension naming a format shears
+/// writes (`.safetensors`, `.onnx`; see [`shears::model::save_model_as`]).
+pub(crate) fn check_model_out(path: &Path, inputs: &[&Path]) -> Result<()> {
+    check_out(path, inputs)?;
+    shears_io::Format::for_output(path)?;
+    Ok(())
+}
+
 /// Exit code of a pruning error: 1 when the model failed to run or to verify, 2 for bad input
 /// (plans, budgets, criteria, layer names).
 fn prune_exit_code(e: &shears::prune::PruneError) -> u8 {
@@ -67,8 +85,15 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         {
             return 2;
         }
+        if cause
+            .downcast_ref::<shears_engine::EngineError>()
+            .is_some_and(|e| e.is_bad_input())
+        {
+            return 2;
+        }
         if let Some(se) = cause.downcast_ref::<shears::Error>() {
             return match se {
+                shears::Error::Engine(e) if e.is_bad_input() => 2,
                 shears::Error::Engine(_) => 1,
                 shears::Error::Runtime(r) if !r.is_bad_input() => 1,
                 shears::Error::Prune(pe) => prune_exit_code(pe),
@@ -205,8 +230,19 @@ pub(crate) fn network(model: &Model, threads: Option<usize>) -> Result<Network> 
     Ok(net)
 }
 
+/// Warns on stderr about every weight tensor of `model` holding NaN or infinite values
+/// ([`shears::model::non_finite_weights`]) and returns them.
+pub(crate) fn warn_non_finite(path: &Path, model: &Model) -> Vec<shears::model::NonFinite> {
+    let bad = shears::model::non_finite_weights(&model.weights);
+    for t in &bad {
+        eprintln!("warning: {}: {t}", path.display());
+    }
+    bad
+}
+
 fn info(a: InfoArgs) -> Result<()> {
     let model = open_model(&a.model)?;
+    let non_finite = warn_non_finite(&a.model.model, &model);
     if a.groups {
         return crate::prune_cmd::info_groups(&a.model.model, &model, a.json);
     }
@@ -219,6 +255,7 @@ fn info(a: InfoArgs) -> Result<()> {
             "preprocess": model.preprocess,
             "preprocess_origin": model.preprocess_origin,
             "load_report": model.report.summary(),
+            "non_finite": non_finite,
         }));
         return Ok(());
     }
@@ -262,6 +299,7 @@ fn info(a: InfoArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let model = open_model_for_data(&a.model)?;
+    warn_non_finite(&a.model.model, &model);
     let name = parse_dataset(&a.data)?;
     let dir = data_dir(&a.data_opts);
     let split = if a.train_split { Split::Train } else { a.split };
@@ -331,6 +369,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
+    check_model_out(&a.output, &[])?;
     let name = parse_dataset(&a.data)?;
     let is_cifar = matches!(name, DatasetName::Cifar10 | DatasetName::Cifar100);
     let augment = a.augment.unwrap_or(is_cifar);
@@ -424,7 +463,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     model
         .metadata
         .insert(shears::model::META_DATASET.into(), name.to_string());
-    save_model(&a.output, &model)?;
+    save_model_as(&a.output, &model)?;
     let last = report.epochs.last();
     if a.json {
         print_json(&json!({

@@ -19,7 +19,7 @@ use anyhow::Result;
 use serde::Serialize;
 use shears::analyze::sweep::{ratios_for_macs, sweep, EvalSet, SweepConfig};
 use shears::eval::{evaluate, EvalConfig, EvalReport};
-use shears::model::{save_model, Model};
+use shears::model::{save_model_as, Model};
 use shears::progress::Verbosity;
 use shears::prune::{self, AllocConfig, Criterion, Reduction, ScoreContext, Strategy};
 use shears::recover::{casm, CasmConfig, CasmReport};
@@ -86,6 +86,9 @@ struct DemoResult {
 /// Runs `shears demo`.
 pub fn run(a: DemoArgs) -> Result<()> {
     let t_all = Instant::now();
+    if let Some(out) = &a.output {
+        crate::commands::check_model_out(out, &[])?;
+    }
     let dir = data_dir(&a.data_opts);
     let quiet = a.json;
     let verbosity = if quiet {
@@ -306,7 +309,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         m.weights = rw.clone();
         m.metadata
             .insert(shears::model::META_DATASET.into(), "mnist".into());
-        save_model(out, &m)?;
+        save_model_as(out, &m)?;
     }
     let res = DemoResult {
         data_dir: dir,

@@ -2,13 +2,11 @@
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use shears::model::{
-    model_metadata, save_model, META_ARCH, META_DATASET, META_PREPROCESS, META_PREPROCESS_DEFAULTED,
-};
-use shears_io::{export_onnx, OnnxExportOptions};
+use shears::model::{runtime_metadata, save_model};
+use shears_io::{export_onnx, Format, OnnxExportOptions};
 
 use crate::args::ExportArgs;
-use crate::commands::{bad, open_model};
+use crate::commands::{bad, check_out, open_model};
 use crate::output::{print_json, thousands};
 
 /// Runs `shears export`.
@@ -21,19 +19,29 @@ pub fn run(a: ExportArgs) -> Result<()> {
             "--batch fixes the ONNX batch size; it needs --onnx FILE",
         ));
     }
+    let outputs = [
+        (&a.onnx, Format::Onnx, "--onnx"),
+        (&a.safetensors, Format::SafeTensors, "--safetensors"),
+    ];
+    for (path, want, flag) in outputs {
+        let Some(path) = path else { continue };
+        check_out(path, &[&a.model.model])?;
+        if Format::for_output(path)? != want {
+            return Err(bad(format!(
+                "{flag} {}: the extension names another format; use .{}",
+                path.display(),
+                if want == Format::Onnx {
+                    "onnx"
+                } else {
+                    "safetensors"
+                }
+            )));
+        }
+    }
     let model = open_model(&a.model)?;
     let mut written = Vec::new();
     if let Some(path) = &a.onnx {
-        // What a runtime user needs to feed the model, not the pruning and training records.
-        let keep = [
-            META_PREPROCESS,
-            META_PREPROCESS_DEFAULTED,
-            META_ARCH,
-            META_DATASET,
-        ];
-        let mut meta = model_metadata(&model);
-        meta.retain(|k, _| keep.contains(&k.as_str()));
-        let mut opts = OnnxExportOptions::new().with_metadata(meta);
+        let mut opts = OnnxExportOptions::new().with_metadata(runtime_metadata(&model));
         if let Some(b) = a.batch {
             opts = opts.with_batch(b);
         }

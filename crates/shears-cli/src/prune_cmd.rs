@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use shears::analyze::lsa::{LsaImportance, OutputAgg, PNorm};
 use shears::eval::{evaluate, EvalConfig, EvalReport};
-use shears::model::{save_model, Model};
+use shears::model::{save_model_as, Model};
 use shears::progress::Verbosity;
 use shears::prune::{
     self, input_batch, taylor_grads, verify, AllocConfig, Criterion, DepGraph, FoldMode,
@@ -273,7 +273,15 @@ pub fn run(a: PruneArgs) -> Result<()> {
         return Err(bad("--latency-iters 0: measure at least one run"));
     }
     let budget = a.runtime.budget(a.latency_iters)?;
+    let mut inputs = vec![a.model.model.as_path()];
+    inputs.extend(a.plan_in.as_deref());
+    crate::commands::check_model_out(&a.output, &inputs)?;
+    if let Some(p) = &a.plan_out {
+        inputs.push(&a.output);
+        crate::commands::check_out(p, &inputs)?;
+    }
     let model = open_model(&a.model)?;
+    shears::model::require_finite(&model, &a.model.model)?;
     if a.data.is_some() || matches!(a.criterion, Some(CriterionArg::Taylor | CriterionArg::Lsa)) {
         crate::commands::note_default_preprocess(&a.model.model, &model);
     }
@@ -447,9 +455,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     // loading.
     let prune_seconds = grad_seconds.unwrap_or(0.0) + plan_seconds + surgery_seconds;
     if let Some(p) = &a.plan_out {
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, plan.to_json())
-            .and_then(|()| std::fs::rename(&tmp, p))
+        let text = plan.to_json();
+        shears_io::write_atomic(p, |w| w.write_all(text.as_bytes()))
             .with_context(|| format!("writing the plan to {}", p.display()))?;
     }
 
@@ -562,7 +569,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
             .entry(shears::model::META_DATASET.to_string())
             .or_insert_with(|| name.to_string());
     }
-    save_model(&a.output, &out_model)?;
+    save_model_as(&a.output, &out_model)?;
 
     let before = pruned.report.before;
     let after = pruned.report.after;
@@ -908,7 +915,7 @@ fn from_skeleton(a: &PruneArgs, model: &Model) -> Result<()> {
         }
         None => None,
     };
-    save_model(&a.output, &out_model)?;
+    save_model_as(&a.output, &out_model)?;
     let pct = |x: usize, n: usize| 100.0 * x as f64 / n.max(1) as f64;
     if a.json {
         print_json(&json!({

@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use serde_json::{json, Value};
 use shears::eval::{evaluate, EvalConfig, EvalReport};
-use shears::model::{save_model, Model, META_DATASET};
+use shears::model::{save_model_as, Model, META_DATASET};
 use shears::progress::Verbosity;
 use shears::recover::{
     bn_recalibrate_with, casm, finetune, BnRecalConfig, BnRecalMethod, BnRecalReport, CasmConfig,
@@ -66,7 +66,7 @@ pub struct CommonOpts {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Where to write the recovered model (self-describing safetensors, written atomically).
+    /// Where to write the recovered model, atomically (by extension: .safetensors, self-describing, or .onnx).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Print one JSON object instead of text.
@@ -220,6 +220,7 @@ struct Setup {
 }
 
 fn setup(c: &CommonOpts) -> Result<Setup> {
+    crate::commands::check_model_out(&c.output, &[&c.pruned])?;
     let model = open_model_for_data(&ModelOpts {
         model: c.pruned.clone(),
         arch: c.arch.clone(),
@@ -352,7 +353,7 @@ fn finish(
         .metadata
         .entry(META_DATASET.to_string())
         .or_insert_with(|| s.name.to_string());
-    save_model(&c.output, &s.model)?;
+    save_model_as(&c.output, &s.model)?;
     if c.json {
         print_json(&json!({
             "model": c.pruned,
@@ -435,6 +436,7 @@ pub fn run_casm(a: CasmArgs) -> Result<()> {
         return Err(bad(format!("--lr {}: it must be positive", a.lr)));
     }
     let c = &a.common;
+    crate::commands::check_out(&c.output, &[&a.original])?;
     let mut s = setup(c)?;
     let orig = open_model(&ModelOpts {
         model: a.original.clone(),
@@ -568,6 +570,9 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         return Err(bad("--resume needs --checkpoint-dir DIR"));
     }
     let c = &a.common;
+    if let Some(t) = &a.teacher {
+        crate::commands::check_out(&c.output, &[t])?;
+    }
     let mut s = setup(c)?;
     let mut teacher = match &a.teacher {
         Some(p) => {

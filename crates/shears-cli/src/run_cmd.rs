@@ -18,6 +18,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.batch == 0 {
         return Err(bad("--batch 0: a forward pass needs at least one sample"));
     }
+    crate::commands::check_out(&a.output, &[&a.model.model, &a.input])?;
     let model = if a.preprocess {
         open_model_for_data(&a.model)?
     } else {

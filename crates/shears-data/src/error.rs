@@ -83,6 +83,18 @@ pub enum DataError {
         /// Actual length in bytes (after decompression).
         found: u64,
     },
+    /// A file inflates beyond the length its header declares (a decompression bomb, or data
+    /// appended); reading stopped there.
+    #[error(
+        "{} inflates beyond the {expected} bytes its header declares; stopped reading there",
+        path.display()
+    )]
+    Oversize {
+        /// The file.
+        path: PathBuf,
+        /// The length its header declares, in bytes (after decompression).
+        expected: u64,
+    },
     /// A file of fixed-size records has a length that is not a whole number of records.
     #[error(
         "{} has {len} bytes, which is not a multiple of the record size {record}",

@@ -31,6 +31,23 @@ fn be_u32(path: &Path, bytes: &[u8], at: usize, header_len: usize) -> Result<u32
     }
 }
 
+/// The total length an IDX file declares in its header (`head`: its first bytes, at least 8
+/// for labels and 16 for images), or `None` for a wrong magic number or a short header.
+pub(crate) fn declared_len(head: &[u8]) -> Option<u64> {
+    let word = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+    };
+    match u32::try_from(word(0)?).ok()? {
+        IDX_IMAGES_MAGIC => {
+            let pixels = u128::from(word(4)?) * u128::from(word(8)?) * u128::from(word(12)?);
+            Some(u64::try_from(16 + pixels).unwrap_or(u64::MAX))
+        }
+        IDX_LABELS_MAGIC => Some(8 + word(4)?),
+        _ => None,
+    }
+}
+
 /// Checks that the file is exactly `expected` bytes long.
 fn check_len(path: &Path, expected: u128, found: usize) -> Result<(), DataError> {
     let found128 = found as u128;

@@ -61,5 +61,5 @@ pub use fetch::{
 pub use folder::{load_image_folder, ColorMode, ImageFolderOptions};
 pub use idx::{IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC};
 pub use load::{load, load_train_val};
-pub use loader::{to_f32, Batch, Loader, LoaderConfig};
+pub use loader::{to_f32, Batch, Loader, LoaderConfig, MAX_BATCH_BYTES};
 pub use transform::{Normalize, Transform};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::dataset::{Dataset, DatasetName, Split, VAL_SEED};
 use crate::error::DataError;
 use crate::idx;
-use crate::read::{read_maybe_compressed, read_tar_gz_members};
+use crate::read::{read_idx, read_maybe_compressed, read_tar_gz_members};
 
 /// Loads one split of a built-in dataset from a data directory.
 ///
@@ -169,8 +169,8 @@ fn load_idx(dir: &Path, name: DatasetName, files: Files) -> Result<Dataset, Data
     let n_expected = name.split_len(split);
     let n_classes = name.n_classes();
     let (img_bytes, lab_bytes) = std::thread::scope(|s| {
-        let img = s.spawn(|| read_maybe_compressed(&images_path, 16 + n_expected * 784));
-        let lab = read_maybe_compressed(&labels_path, 8 + n_expected);
+        let img = s.spawn(|| read_idx(&images_path, 16 + n_expected * 784));
+        let lab = read_idx(&labels_path, 8 + n_expected);
         (img.join(), lab)
     });
     let img_bytes = img_bytes.map_err(|_| DataError::invalid("image reader thread panicked"))??;

@@ -7,6 +7,11 @@ use crate::error::DataError;
 use crate::rng::{derive_rng, example_rng, shuffle, Domain};
 use crate::transform::{apply_pipeline, pipeline_shape, Normalize, Shape, Transform};
 
+/// The largest batch a [`Loader`] builds, in bytes of f32 pixels: 16 GiB. A model whose input
+/// shape (from its file) makes the resized batch larger is refused by [`Loader::new`] instead of
+/// aborting on the allocation.
+pub const MAX_BATCH_BYTES: u64 = 16 << 30;
+
 /// How a [`Loader`] batches, shuffles, augments and normalizes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoaderConfig {
@@ -177,6 +182,11 @@ fn check_dataset(ds: &Dataset) -> Result<(), DataError> {
 impl<'a> Loader<'a> {
     /// Validates the config against the dataset (batch size, transform shapes, normalization
     /// channels, buffer sizes) and fixes the epoch's order.
+    ///
+    /// # Errors
+    /// [`DataError::Invalid`] for a batch size of 0, transforms that do not fit the images, or
+    /// a batch over [`MAX_BATCH_BYTES`] (a huge model input shape), refused before any batch is
+    /// allocated.
     pub fn new(ds: &'a Dataset, cfg: LoaderConfig) -> Result<Self, DataError> {
         check_dataset(ds)?;
         if cfg.batch_size == 0 {
@@ -184,6 +194,16 @@ impl<'a> Loader<'a> {
         }
         let out_shape = pipeline_shape((ds.c, ds.h, ds.w), &cfg.transforms)?;
         cfg.normalize.validate(out_shape.0)?;
+        let (c, h, w) = out_shape;
+        let rows = cfg.batch_size.min(ds.n).max(1) as u128;
+        let bytes = rows * c as u128 * h as u128 * w as u128 * 4;
+        if bytes > u128::from(MAX_BATCH_BYTES) {
+            return Err(DataError::invalid(format!(
+                "a batch of {rows} images of shape [{c}, {h}, {w}] needs {bytes} bytes of f32, \
+                 over the limit of {MAX_BATCH_BYTES} bytes (check the model's input shape and \
+                 the batch size)"
+            )));
+        }
         let mut order: Vec<usize> = (0..ds.n).collect();
         if cfg.shuffle {
             let mut rng = derive_rng(cfg.seed, cfg.epoch, Domain::Shuffle);

@@ -48,6 +48,70 @@ pub(crate) fn read_maybe_compressed(path: &Path, size_hint: usize) -> Result<Vec
     }
 }
 
+/// Reads an IDX file (decompressing it when its name ends in `.gz` or `.xz`), never more than
+/// its header declares: the first 16 bytes are read, the expected length is computed from the
+/// magic number and dimensions ([`crate::idx`]), and decompression stops one byte past it. A
+/// stream that inflates further (a gz bomb) is refused with [`DataError::Oversize`] having
+/// held at most that many bytes (an uncompressed file that is too long is
+/// [`DataError::TrailingData`], its length being known). A file too short for its header, or with a wrong magic number,
+/// is returned as read, for the parser to report.
+///
+/// `size_hint` is the expected decompressed size; it only pre-sizes the buffer.
+pub(crate) fn read_idx(path: &Path, size_hint: usize) -> Result<Vec<u8>, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let reader = BufReader::with_capacity(1 << 16, file);
+    let format = container_of(path);
+    let mut reader: Box<dyn Read> = match format {
+        None => Box::new(reader),
+        Some(Container::Gzip) => Box::new(GzDecoder::new(reader)),
+        Some(_) => Box::new(xz2::read::XzDecoder::new(reader)),
+    };
+    let fail = |source: std::io::Error| match format {
+        Some(f) => classify(path, f, source),
+        None => DataError::io(path, source),
+    };
+    let mut head = Vec::with_capacity(16);
+    (&mut reader)
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(fail)?;
+    let Some(expected) = crate::idx::declared_len(&head) else {
+        // Not an IDX header: a damaged stream is reported as such rather than as a bad magic
+        // number, reading at most 64 MiB more to find out.
+        std::io::copy(&mut reader.take(64 << 20), &mut std::io::sink()).map_err(fail)?;
+        return Ok(head);
+    };
+    // Pre-size to what the header declares, trusting it only as far as the hint and the
+    // compressed size make plausible (gzip inflates at most about 1,032 to 1).
+    let plausible = on_disk.saturating_mul(1100).max(size_hint as u64);
+    let cap = expected.min(plausible).min(isize::MAX as u64) as usize;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(cap)
+        .map_err(|_| DataError::io(path, std::io::ErrorKind::OutOfMemory.into()))?;
+    buf.extend_from_slice(&head);
+    let rest = expected.saturating_sub(head.len() as u64);
+    reader
+        .take(rest.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(fail)?;
+    if buf.len() as u64 > expected {
+        return Err(match format {
+            // An uncompressed file's length is known without reading it.
+            None => DataError::TrailingData {
+                path: path.to_path_buf(),
+                expected,
+                found: on_disk,
+            },
+            Some(_) => DataError::Oversize {
+                path: path.to_path_buf(),
+                expected,
+            },
+        });
+    }
+    Ok(buf)
+}
+
 /// Decoder errors become [`DataError::Corrupt`]; genuine I/O failures stay [`DataError::Io`].
 fn classify(path: &Path, format: Container, source: std::io::Error) -> DataError {
     use std::io::ErrorKind::*;
@@ -120,4 +184,55 @@ pub(crate) fn read_tar_gz_members(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// `bytes` gzip-compressed into `dir/name`.
+    fn gz(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(bytes).unwrap();
+        std::fs::write(&path, e.finish().unwrap()).unwrap();
+        path
+    }
+
+    fn labels_header(n: u32) -> Vec<u8> {
+        let mut v = crate::idx::IDX_LABELS_MAGIC.to_be_bytes().to_vec();
+        v.extend_from_slice(&n.to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn idx_reads_exactly_what_the_header_declares() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ok = labels_header(3);
+        ok.extend_from_slice(&[1, 2, 3]);
+        let p = gz(dir.path(), "ok.gz", &ok);
+        assert_eq!(read_idx(&p, 0).unwrap(), ok);
+        // Short files and wrong magic numbers come back as read, for the parser to report.
+        let p = gz(dir.path(), "short.gz", &ok[..5]);
+        assert_eq!(read_idx(&p, 0).unwrap(), &ok[..5]);
+    }
+
+    #[test]
+    fn a_gz_bomb_stops_at_the_declared_length() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4 labels declared, 8 MiB of zeros inflated from a few kB.
+        let mut bomb = labels_header(4);
+        bomb.resize(8 << 20, 0);
+        let p = gz(dir.path(), "bomb-idx1-ubyte.gz", &bomb);
+        assert!(std::fs::metadata(&p).unwrap().len() < 64 << 10);
+        match read_idx(&p, 0) {
+            Err(DataError::Oversize { path, expected }) => {
+                assert_eq!(path, p);
+                assert_eq!(expected, 12);
+            }
+            other => panic!("expected Oversize, got {other:?}"),
+        }
+    }
 }

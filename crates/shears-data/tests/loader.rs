@@ -272,3 +272,23 @@ fn loader_rejects_bad_configs() {
         Err(DataError::Invalid { .. })
     ));
 }
+
+/// Issue 18 defect 2: a resize to a huge model input is refused before a batch is allocated.
+#[test]
+fn a_batch_over_the_limit_is_refused_up_front() {
+    let ds = mnist_test();
+    let huge = LoaderConfig::new(10).with_transforms(vec![Transform::Resize {
+        h: 100_000,
+        w: 100_000,
+    }]);
+    match Loader::new(ds, huge) {
+        Err(DataError::Invalid { what }) => {
+            assert!(what.contains("[1, 100000, 100000]"), "{what}");
+            assert!(what.contains("400000000000 bytes"), "{what}");
+        }
+        Err(e) => panic!("expected Invalid, got {e:?}"),
+        Ok(_) => panic!("a 400 GB batch was accepted"),
+    }
+    let fine = LoaderConfig::new(10).with_transforms(vec![Transform::Resize { h: 64, w: 64 }]);
+    assert!(Loader::new(ds, fine).is_ok());
+}

@@ -138,9 +138,33 @@ pub enum EngineError {
         /// State size.
         found: usize,
     },
+    /// An activation too large to allocate (a huge but valid input shape, or batch), refused
+    /// before anything is allocated.
+    #[error(
+        "node {node:?} needs an activation of shape {shape:?}: {bytes} bytes of f32, over the \
+         limit of {limit} bytes per activation (check the model's input shape and the batch size)"
+    )]
+    ActivationTooLarge {
+        /// The node.
+        node: String,
+        /// Its batch shape (batch first).
+        shape: Vec<usize>,
+        /// The bytes it needs.
+        bytes: u128,
+        /// The limit ([`crate::MAX_ACTIVATION_BYTES`]).
+        limit: u64,
+    },
     /// An error from the IR (e.g. building a tensor).
     #[error(transparent)]
     Ir(#[from] shears_ir::IrError),
+}
+
+impl EngineError {
+    /// Whether the error comes from what the user gave (a model or batch too large), rather
+    /// than from running the model.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, EngineError::ActivationTooLarge { .. })
+    }
 }
 
 fn join(v: &[usize]) -> String {

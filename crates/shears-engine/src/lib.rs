@@ -113,8 +113,8 @@ pub use loss::{
     accuracy, cross_entropy, distillation, mse, softmax, top_k_accuracy, DistillConfig,
 };
 pub use network::{
-    BackwardOptions, ForwardOutput, ForwardRequest, GradHookFn, Gradients, HookId, Layout, Mode,
-    Network, Profile, RngState, StepHook, StepTime,
+    check_activation_sizes, BackwardOptions, ForwardOutput, ForwardRequest, GradHookFn, Gradients,
+    HookId, Layout, Mode, Network, Profile, RngState, StepHook, StepTime, MAX_ACTIVATION_BYTES,
 };
 pub use optim::{Adam, AdamConfig, AdamParamState, AdamState, Optimizer, Sgd, SgdConfig, SgdState};
 pub use params::ParamStore;

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::atomic::FileKind;
 use crate::report::LoadReport;
 
 /// Everything that can go wrong reading or writing weights. Every variant names the file (or
@@ -86,6 +87,37 @@ pub enum IoError {
         input: String,
         /// Its dims as the file spells them (`[N, 3, H, W]`).
         dims: String,
+    },
+    /// An output path that exists and is not a regular file (a device node such as `/dev/full`,
+    /// a FIFO, a symbolic link, a directory): it is left as it is.
+    #[error("{}: is {kind}, not a regular file; refusing to replace it", path.display())]
+    NotRegularFile {
+        /// The output path.
+        path: PathBuf,
+        /// What it is.
+        kind: FileKind,
+    },
+    /// An output path that is one of the inputs (same path or same inode): it is left as it is.
+    #[error(
+        "{}: is the input {}; refusing to write over it (choose another output path)",
+        path.display(),
+        input.display()
+    )]
+    OutputIsInput {
+        /// The output path.
+        path: PathBuf,
+        /// The input it names.
+        input: PathBuf,
+    },
+    /// An output path whose extension names no format shears writes.
+    #[error("{}: unknown output format {ext:?}; known extensions: {known}", path.display())]
+    UnknownOutputFormat {
+        /// The output path.
+        path: PathBuf,
+        /// Its extension (empty when it has none).
+        ext: String,
+        /// The known extensions, comma-separated.
+        known: String,
     },
     /// A valid file that uses a feature this crate does not implement.
     #[error("{}: {what}", path.display())]

@@ -13,7 +13,9 @@
 //! whose metadata embeds the graph JSON, so that [`load`] gives back both graph and weights
 //! with no code; and an ONNX model ([`export_onnx`]) that ONNX runtimes run and [`load`] reads
 //! back. Saving checks the weights against the graph first, so it never writes a model
-//! that will not reload; every write is atomic (temporary file, fsync, rename).
+//! that will not reload. Every write goes through [`write_atomic`] (temporary file, fsync,
+//! rename; a target that is not a regular file, or is one of the inputs, is refused), and
+//! [`Format::for_output`] picks the format of an output from its extension.
 //!
 //! Checkpoint names rarely match a graph exactly. [`bind_weights`] renames loaded tensors with
 //! a [`Remap`] (for instance stripping the `module.` prefix of `nn.DataParallel`, which
@@ -57,6 +59,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod atomic;
 mod error;
 mod model;
 mod npy;
@@ -67,6 +70,7 @@ mod remap;
 mod report;
 mod safetensors;
 
+pub use atomic::{check_output, write_atomic, write_atomic_with, FileKind, WriteOptions};
 pub use error::IoError;
 pub use model::{
     load, load_with, save_model, Format, LoadOptions, LoadedModel, FORMAT_KEY, FORMAT_VERSION,

@@ -65,6 +65,29 @@ impl Format {
         })
     }
 
+    /// The format shears writes to `path`, by its extension (case-insensitive): `.safetensors`
+    /// (a self-describing model) or `.onnx`.
+    ///
+    /// # Errors
+    /// [`IoError::UnknownOutputFormat`] for any other extension, or none, listing the known
+    /// ones.
+    pub fn for_output(path: &Path) -> Result<Format, IoError> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        match ext.as_str() {
+            "safetensors" => Ok(Format::SafeTensors),
+            "onnx" => Ok(Format::Onnx),
+            _ => Err(IoError::UnknownOutputFormat {
+                path: path.to_path_buf(),
+                ext,
+                known: ".safetensors (self-describing model), .onnx".to_string(),
+            }),
+        }
+    }
+
     /// Recognises a format from the first bytes of a file of `len` bytes.
     fn sniff(head: &[u8], len: u64) -> Option<Format> {
         // LONG1 of 10 bytes holding 0x1950a86a20f9469cfc6c, little-endian.

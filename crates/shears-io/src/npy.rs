@@ -15,8 +15,7 @@ use std::path::Path;
 
 use shears_ir::Tensor;
 
-use crate::safetensors::write_atomic;
-use crate::IoError;
+use crate::{write_atomic, IoError};
 
 /// The first six bytes of every `.npy` file.
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -92,7 +91,7 @@ pub fn read_npy_bytes(bytes: &[u8], origin: &str) -> Result<Tensor, IoError> {
 /// directory, fsync, rename); on error `path` is untouched.
 pub fn write_npy(path: &Path, tensor: &Tensor) -> Result<(), IoError> {
     let bytes = npy_bytes(tensor);
-    write_atomic(path, |w| std::io::Write::write_all(w, &bytes))
+    write_atomic(path, |w| w.write_all(&bytes))
 }
 
 /// The bytes of `tensor` as a `<f4`, C-order `.npy` file.

@@ -8,15 +8,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use shears_ir::{Tensor, Weights};
 
-use crate::IoError;
+use crate::{write_atomic, IoError};
 
 /// Largest JSON header accepted, as in the reference implementation.
 const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -359,9 +357,9 @@ fn header_json(weights: &Weights, metadata: &BTreeMap<String, String>) -> String
 
 /// Writes `weights` and `metadata` as a safetensors file.
 ///
-/// Writes atomically: to `<path>.tmp-<pid>` in the same directory, fsync, then rename over
-/// `path`. Tensors sorted by name, F32 little-endian, header padded to 8 bytes like the
-/// reference implementation. On error the temporary file is removed and `path` is untouched.
+/// Writes atomically ([`crate::write_atomic`]: a temporary file in the same directory, fsync,
+/// rename; a `path` that exists and is not a regular file is refused). Tensors sorted by name,
+/// F32 little-endian, header padded to 8 bytes like the reference implementation. On error the temporary file is removed and `path` is untouched.
 pub fn write_safetensors(
     path: &Path,
     weights: &Weights,
@@ -389,46 +387,4 @@ pub fn write_safetensors(
         }
         Ok(())
     })
-}
-
-/// Writes `path` atomically: `body` writes to `<path>.tmp-<pid>` in the same directory, which
-/// is fsynced and renamed over `path`; on error the temporary file is removed.
-pub(crate) fn write_atomic(
-    path: &Path,
-    body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<(), IoError> {
-    let file_name = path.file_name().ok_or_else(|| {
-        IoError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
-        )
-    })?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp: PathBuf = path.with_file_name(tmp_name);
-    let result = (|| {
-        let f = File::create(&tmp)?;
-        let mut w = BufWriter::new(f);
-        body(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(IoError::io(path, e));
-    }
-    // Best effort: persist the rename itself. Not all platforms can open a directory.
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }

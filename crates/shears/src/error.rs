@@ -51,6 +51,19 @@ pub enum Error {
     /// A shard could not be chosen, or shard files cannot be merged.
     #[error(transparent)]
     Shard(#[from] crate::analyze::shard::ShardError),
+    /// A model whose weights hold NaN or infinite values, which no command can prune or
+    /// evaluate meaningfully.
+    #[error(
+        "{}: weights hold non-finite values: {}",
+        path.display(),
+        tensors.iter().map(|t| t.to_string()).collect::<Vec<_>>().join("; ")
+    )]
+    NonFinite {
+        /// The model file.
+        path: PathBuf,
+        /// The tensors at fault.
+        tensors: Vec<crate::model::NonFinite>,
+    },
     /// A value given by the user is out of range or inconsistent.
     #[error("{what}")]
     Invalid {

@@ -165,6 +165,7 @@ pub fn evaluate(
         }
         _ => ds,
     };
+    net.check_batch(cfg.batch_size.min(ds.len()).max(1))?;
     let transforms = input_transforms(ds, &input_shape)?;
     let loader_cfg = LoaderConfig::new(cfg.batch_size)
         .with_normalize(normalize_for(pre, input_shape[0]))

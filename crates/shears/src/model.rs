@@ -18,7 +18,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use shears_io::{bind_weights, LoadOptions, LoadReport, Remap, Strictness};
+use shears_io::{
+    bind_weights, export_onnx, Format, LoadOptions, LoadReport, OnnxExportOptions, Remap,
+    Strictness,
+};
 use shears_ir::{Graph, Op, Tensor, Weights};
 
 use crate::zoo::{self, Arch, Preprocess};
@@ -476,6 +479,99 @@ pub fn model_metadata(model: &Model) -> BTreeMap<String, String> {
 pub fn save_model(path: &Path, model: &Model) -> Result<(), Error> {
     shears_io::save_model(path, &model.graph, &model.weights, &model_metadata(model))?;
     Ok(())
+}
+
+/// A weight tensor holding NaN or infinite values (see [`non_finite_weights`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NonFinite {
+    /// The tensor name.
+    pub tensor: String,
+    /// How many of its values are NaN.
+    pub nan: usize,
+    /// How many are +inf or -inf.
+    pub inf: usize,
+    /// How many values it has.
+    pub numel: usize,
+}
+
+impl fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tensor {:?} has {} NaN and {} infinite of {} values",
+            self.tensor, self.nan, self.inf, self.numel
+        )
+    }
+}
+
+/// The tensors of `weights` that hold NaN or infinite values, in name order: the one check
+/// commands run on loaded weights (`info` and `eval` warn, `prune` refuses with
+/// [`Error::NonFinite`]).
+pub fn non_finite_weights(weights: &Weights) -> Vec<NonFinite> {
+    weights
+        .iter()
+        .filter_map(|(name, t)| {
+            let nan = t.data().iter().filter(|x| x.is_nan()).count();
+            let inf = t.data().iter().filter(|x| x.is_infinite()).count();
+            (nan + inf > 0).then(|| NonFinite {
+                tensor: name.clone(),
+                nan,
+                inf,
+                numel: t.data().len(),
+            })
+        })
+        .collect()
+}
+
+/// [`non_finite_weights`] as an error: `Ok` when every weight of `model` is finite.
+///
+/// # Errors
+/// [`Error::NonFinite`] naming `origin` and every tensor with NaN or infinite values.
+pub fn require_finite(model: &Model, origin: &Path) -> Result<(), Error> {
+    let tensors = non_finite_weights(&model.weights);
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NonFinite {
+        path: origin.to_path_buf(),
+        tensors,
+    })
+}
+
+/// The metadata an ONNX export carries: what a runtime user needs to feed the model
+/// ([`META_PREPROCESS`], [`META_PREPROCESS_DEFAULTED`], [`META_ARCH`], [`META_DATASET`]), not
+/// the pruning and training records.
+pub fn runtime_metadata(model: &Model) -> BTreeMap<String, String> {
+    let keep = [
+        META_PREPROCESS,
+        META_PREPROCESS_DEFAULTED,
+        META_ARCH,
+        META_DATASET,
+    ];
+    let mut meta = model_metadata(model);
+    meta.retain(|k, _| keep.contains(&k.as_str()));
+    meta
+}
+
+/// Saves a model in the format its extension names ([`Format::for_output`]): `.safetensors`
+/// as [`save_model`] does, `.onnx` through [`export_onnx`] with [`runtime_metadata`] and a
+/// symbolic batch. Returns the format written.
+///
+/// # Errors
+/// [`shears_io::IoError::UnknownOutputFormat`] for any other extension (nothing is written),
+/// and the writers' own errors (a `path` that is not a regular file, an operator ONNX cannot
+/// express).
+pub fn save_model_as(path: &Path, model: &Model) -> Result<Format, Error> {
+    let format = Format::for_output(path)?;
+    match format {
+        Format::SafeTensors => save_model(path, model)?,
+        Format::Onnx => {
+            let opts = OnnxExportOptions::new().with_metadata(runtime_metadata(model));
+            export_onnx(path, &model.graph, &model.weights, &opts)?;
+        }
+        Format::PyTorch => unreachable!("Format::for_output never names PyTorch"),
+    }
+    Ok(format)
 }
 
 #[cfg(test)]

@@ -136,6 +136,7 @@ impl Network {
                 .first()
                 .map_or_else(String::new, |i| self.graph.node(*i).name.clone()),
         })?;
+        self.check_batch(n)?;
         let mode = req.mode;
         let record = req.record;
         let key = PlanKey {

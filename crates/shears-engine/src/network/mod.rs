@@ -23,6 +23,7 @@ mod fold;
 mod forward;
 mod hooks;
 mod layer_norm;
+mod limits;
 mod plan;
 mod profile;
 mod request;
@@ -50,6 +51,7 @@ use step::Step;
 use tape::Tape;
 
 pub use hooks::{GradHookFn, HookId, StepHook};
+pub use limits::{check_activation_sizes, MAX_ACTIVATION_BYTES};
 pub use profile::{Profile, StepTime};
 pub use request::{BackwardOptions, ForwardOutput, ForwardRequest, Gradients, Layout, Mode};
 pub use rng::RngState;
@@ -122,6 +124,7 @@ impl Network {
         weights: &Weights,
         backend: Arc<dyn Backend>,
     ) -> Result<Self> {
+        check_activation_sizes(&graph, 1, MAX_ACTIVATION_BYTES)?;
         let params = ParamStore::new(&graph, weights)?;
         let consumers = graph.consumers();
         let mut geo = Vec::with_capacity(graph.len());

@@ -7,9 +7,7 @@
 //! [`GRAPH_KEY`] so that an import restores names and op details exactly.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use prost::Message;
 use shears_ir::{ChannelOp, Graph, Node, Op, Weights};
@@ -113,7 +111,7 @@ pub fn export_onnx(
     opts: &OnnxExportOptions,
 ) -> Result<(), IoError> {
     let bytes = encode(graph, weights, opts, &path.display().to_string())?;
-    write_atomic(path, &bytes)
+    crate::write_atomic(path, |w| w.write_all(&bytes))
 }
 
 /// The bytes [`export_onnx`] would write.
@@ -344,29 +342,4 @@ fn encode(
     let mut buf = model.encode_to_vec();
     prost::encoding::message::encode(7, &g, &mut buf);
     Ok(buf)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    let file_name = path.file_name().ok_or_else(|| {
-        IoError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
-        )
-    })?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp: PathBuf = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(IoError::io(path, e));
-    }
-    Ok(())
 }

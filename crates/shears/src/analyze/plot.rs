@@ -117,7 +117,7 @@ impl LineChart {
 
     /// Write the SVG to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        write_atomic(path, &self.to_svg())
+        super::sweep::write_atomic(path, &self.to_svg())
     }
 }
 
@@ -188,7 +188,7 @@ impl BarChart {
 
     /// Write the SVG to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        write_atomic(path, &self.to_svg())
+        super::sweep::write_atomic(path, &self.to_svg())
     }
 }
 
@@ -311,19 +311,6 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<(), Error> {
-    let io = |e: std::io::Error| Error::File {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("svg.tmp");
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 #[cfg(test)]

@@ -1011,20 +1011,17 @@ pub struct SweepResult {
 
 const CACHE_VERSION: u32 = 1;
 
-/// Writes `text` to `path` atomically (a temporary file beside it, then a rename).
+/// Writes `text` to `path` atomically ([`shears_io::write_atomic`]), creating its directory.
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), Error> {
-    let io = |source| Error::File {
-        path: path.to_path_buf(),
-        source,
-    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    Ok(shears_io::write_atomic(path, |w| {
+        w.write_all(text.as_bytes())
+    })?)
 }
 
 fn load_cache(path: &Path, key: &SweepKey) -> Result<Option<CacheFile>, Error> {

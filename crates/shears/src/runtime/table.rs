@@ -302,10 +302,8 @@ impl LatencyTables {
     pub fn save(&self, dir: &Path) -> Result<PathBuf, RuntimeError> {
         let path = dir.join(self.key.file_name());
         std::fs::create_dir_all(dir).map_err(|e| cache_err(dir, e))?;
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).expect("plain data");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        shears_io::write_atomic(&path, |w| w.write_all(text.as_bytes()))
             .map_err(|e| cache_err(&path, e))?;
         Ok(path)
     }
