@@ -9,14 +9,15 @@ BN statistics from three training-mode passes, exported to ONNX at 32x32 like
   macs05     --global --target-macs 0.5            (the never-slower guard on)
   round16    --global --target-macs 0.5 --round-to 16
   lat05      --target-latency 0.5                   (tables, steered on measurements)
-each exported to ONNX, then ONE timing run per model in the onnxruntime Python package (the
-same 1.32 library), 2 intra-op threads, original and every pruned model in alternating warm
-blocks, --budget seconds each per batch size, batch 1 and 32, medians. For ResNet-56 the run
-also times Torch-Pruning's pruned ResNet-56 (`bench/torch_prune.py --target-macs 0.5
+each exported to ONNX, then one timing run per model in the onnxruntime Python package (the
+same 1.32 library), 2 intra-op threads: every pruned model against the original, one pair of
+sessions at a time, in alternating warm blocks, --budget seconds each per batch size, batch 1
+and 32, median and minimum. For ResNet-56 the run also times Torch-Pruning's pruned ResNet-56
+(against its own export of the original, which is also timed against ours) (`bench/torch_prune.py --target-macs 0.5
 --onnx-out`, its own original exported beside it).
 
 `accuracy` - ResNet-56 and ResNet-20 (trained, CIFAR-10) at equal measured latency: the same
-`--target-latency 0.5` reached three ways (`--latency-via tables`, `uniform`, `macs --global
+`--target-latency` (--acc-keep, default 0.7) reached three ways (`--latency-via tables`, `uniform`, `macs --global
 --round-to 16`), L1 scores; CIFAR-10 test accuracy (10,000 images) right after pruning and
 after CASM (gradient variant, 1,000 training samples, lr 3e-3 as chosen on the validation
 split in `docs/results/protocol.md`, seeds 0..S-1); the pruned models' latency is timed in
@@ -133,6 +134,23 @@ def time_models(paths: dict, side: int, batches, budget: float, threads: int):
     return out
 
 
+def time_pairs(paths: dict, side: int, batches, budget: float, threads: int,
+               baseline="original"):
+    """Each model against the baseline, one pair at a time (only those two sessions open, as
+    a deployment has one: idle sessions' spinning worker threads would disturb the timed one),
+    in alternating warm blocks. Returns {model: {batch: {baseline: ms, model: ms}}}."""
+    out = {}
+    for k, p in paths.items():
+        if k == baseline:
+            continue
+        base = paths[baseline] if not k.startswith("torch_pruning") else paths.get(
+            "torch_pruning_original", paths[baseline])
+        if k == "torch_pruning_original":
+            base = paths[baseline]
+        out[k] = time_models({"original": base, k: p}, side, batches, budget, threads)
+    return out
+
+
 def export_torchvision(ctor: str, path: Path, seed=0):
     import onnx_matrix as om
 
@@ -181,7 +199,7 @@ def latency_part(a, out: Path):
             runs[name] = res
             if res.get("rc") == 0:
                 onnx = work / f"{m}.{name}.onnx"
-                if not onnx.exists():
+                if not onnx.exists() or onnx.stat().st_mtime < st.stat().st_mtime:
                     subprocess.run([a.shears, "export", str(st), "--onnx", str(onnx)],
                                    check=True, capture_output=True)
                 paths[name] = onnx
@@ -201,11 +219,9 @@ def latency_part(a, out: Path):
             "model": m, "threads": 2, "budget_s": a.budget, "load": os.getloadavg(),
             "ort": __import__("onnxruntime").__version__,
             "files": {k: str(v) for k, v in paths.items()},
-            "ms": time_models(paths, 32, [1, 32], a.budget, 2)})
-        log(json.dumps({k: {b: round(timing["ms"][b]["original"]["median_ms"]
-                                     / v["median_ms"], 2)
-                            for b, row in timing["ms"].items() for kk, v in row.items()
-                            if kk == k} for k in paths}))
+            "pairs": time_pairs(paths, 32, [1, 32], a.budget, 2)})
+        log(json.dumps({k: {b: round(r["original"]["min_ms"] / r[k]["min_ms"], 2)
+                            for b, r in pair.items()} for k, pair in timing["pairs"].items()}))
 
 
 def accuracy_part(a, out: Path):
@@ -222,13 +238,13 @@ def accuracy_part(a, out: Path):
             res = cached_json(out / f"{arch}.acc_{via}.json", lambda: sh(
                 [a.shears, "prune", *src, "--criterion", "l1", "--threads", "2",
                  "--runtime", "onnxruntime", "--latency-batch", "32", "--latency-budget",
-                 str(a.budget), "--target-latency", "0.5", *extra, "--latency-cache",
+                 str(a.budget), "--target-latency", str(a.acc_keep), *extra, "--latency-cache",
                  str(out / "cache"), "--data", "cifar10", "--data-dir", a.data, "--verify",
                  "--json", "-o", str(st)] + (["--ort-lib", a.ort_lib] if a.ort_lib else [])))
             if res.get("rc") != 0:
                 continue
             onnx = work / f"{arch}.acc_{via}.onnx"
-            if not onnx.exists():
+            if not onnx.exists() or onnx.stat().st_mtime < st.stat().st_mtime:
                 subprocess.run([a.shears, "export", str(st), "--onnx", str(onnx)], check=True,
                                capture_output=True)
             paths[via] = onnx
@@ -243,7 +259,7 @@ def accuracy_part(a, out: Path):
         cached_json(out / f"{arch}.acc_timing.json", lambda: {
             "model": arch, "threads": 2, "budget_s": a.budget, "load": os.getloadavg(),
             "files": {k: str(v) for k, v in paths.items()},
-            "ms": time_models(paths, 32, [1, 32], a.budget, 2)})
+            "pairs": time_pairs(paths, 32, [1, 32], a.budget, 2)})
 
 
 def main():
@@ -256,6 +272,8 @@ def main():
     p.add_argument("--models", nargs="*", help="latency part: models (default all)")
     p.add_argument("--acc-models", nargs="*", default=["resnet56", "resnet20"])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--acc-keep", type=float, default=0.7,
+                   help="accuracy part: --target-latency (fraction of the latency kept)")
     p.add_argument("--budget", type=float, default=3.0, help="seconds per model and batch")
     p.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     a = p.parse_args()

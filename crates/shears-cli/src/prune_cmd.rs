@@ -437,7 +437,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 batches: [1, a.runtime.latency_batch],
                 budget: &budget,
             };
-            let (p, note) = g.never_slower(plan, &cfg, &say)?;
+            let (p, note) = g.fastest(plan, &cfg, &say)?;
             plan = p;
             guard_note = note;
         }

@@ -9,11 +9,14 @@
 //! - [`shard`]: which probes one shard of N computes (`--shard I/N`, Slurm arrays, Kubernetes
 //!   Indexed Jobs); [`merge`]: shard files and their exact merge.
 
+mod eval_set;
 pub mod lsa;
+mod lsa_head;
 mod lsa_shard;
 mod lsa_study;
 pub mod merge;
 pub mod plot;
+mod prober;
 mod ratios;
 pub mod sbpf;
 pub mod sbpf_probes;
