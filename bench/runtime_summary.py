@@ -134,6 +134,7 @@ def accuracy_rows(d: Path):
                 "latency_kept_min": {b: 1 / s for b, s in
                                      speedups(timing, via, "min_ms").items()},
                 "steering_met": st["met"],
+                "steering_fraction": st["steps"][st["chosen"]]["fraction"],
                 "before_top1": j["accuracy"]["before_top1"],
                 "pruned_top1": j["accuracy"]["after_top1"],
                 "casm_top1": casm,
@@ -142,8 +143,9 @@ def accuracy_rows(d: Path):
 
 
 def accuracy_md(rows):
-    lines = ["| model | widths by | MACs kept | latency kept b1 / b32 | test top-1 right after "
-             "pruning | after CASM (mean ± std, seeds) |", "|---|---|---|---|---|---|"]
+    lines = ["| model | widths by | MACs kept | latency kept b1 / b32 (min; median) | in-run "
+             "steering | test top-1 right after pruning | after CASM (mean ± std, seeds) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['via']} | failed: {r['error']} | | | |")
@@ -151,10 +153,12 @@ def accuracy_md(rows):
         c = r["casm_top1"]
         cs = (f"{statistics.mean(c):.2f} ± {statistics.stdev(c):.2f} ({len(c)})"
               if len(c) > 1 else (f"{c[0]:.2f} (1)" if c else "-"))
-        lk = r["latency_kept"]
+        lk, lm = r["latency_kept"], r["latency_kept_min"]
         lines.append(f"| {r['model']} | {r['via']} | {r['macs_kept']:.3f} | "
-                     f"{fmt(lk.get('1'))} / {fmt(lk.get('32'))} | {r['pruned_top1']:.2f} | "
-                     f"{cs} |")
+                     f"{fmt(lm.get('1'))} / {fmt(lm.get('32'))}; {fmt(lk.get('1'))} / "
+                     f"{fmt(lk.get('32'))} | {r['steering_fraction']:.3f}, "
+                     f"{'met' if r['steering_met'] else 'not met'} | "
+                     f"{r['pruned_top1']:.2f} | {cs} |")
     return "\n".join(lines)
 
 

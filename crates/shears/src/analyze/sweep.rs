@@ -17,7 +17,7 @@
 //! network once: the prefixes cost one forward pass in all. With `prefix_cache = false` every
 //! probe runs the whole network, as the other toolkits do. Both give bit-identical logits.
 //! Cached values are kept channels last, one tensor per batch (the engine's own layout,
-//! [`Layout::ChannelsLast`]), which it reads where they lie: no transpose and no copy per probe.
+//! [`shears_engine::Layout::ChannelsLast`]), which it reads where they lie: no transpose and no copy per probe.
 //!
 //! **Skipping the damaged conv.** A probe that zeroes filters of a conv changes, up to the next
 //! channel-mixing node, only those channels, which become constant. So the prober also caches
