@@ -143,10 +143,9 @@ def time_pairs(paths: dict, side: int, batches, budget: float, threads: int,
     for k, p in paths.items():
         if k == baseline:
             continue
-        base = paths[baseline] if not k.startswith("torch_pruning") else paths.get(
-            "torch_pruning_original", paths[baseline])
-        if k == "torch_pruning_original":
-            base = paths[baseline]
+        # Torch-Pruning's model against its own export of the original; that export, like
+        # every other file, against ours.
+        base = paths["torch_pruning_original"] if k == "torch_pruning" else paths[baseline]
         out[k] = time_models({"original": base, k: p}, side, batches, budget, threads)
     return out
 

@@ -44,15 +44,19 @@ impl Guard<'_> {
     /// `plan`'s measured speed-up over the original at each batch.
     fn speedups(&self, plan: &Plan) -> Result<Vec<(usize, f64)>> {
         let (g, w) = (self.ctx.graph, self.ctx.weights);
-        let p = prune::prune(g, w, plan)?;
         let mut before = self.runtime.prepare(g, w)?;
-        let mut after = self.runtime.prepare(&p.graph, &p.weights)?;
-        let mut out = Vec::with_capacity(self.batches.len());
-        for &batch in &self.batches {
-            let (b, a) = rt::compare(&mut before, &mut after, g, batch, self.budget)?;
-            out.push((batch, b.median_ms / a.median_ms.max(1e-12)));
-        }
-        Ok(out)
+        let kept = rt::latency_kept(
+            self.runtime,
+            &mut before,
+            (g, w),
+            plan,
+            &self.batches,
+            self.budget,
+        )?;
+        Ok(kept
+            .into_iter()
+            .map(|(b, f)| (b, 1.0 / f.max(1e-12)))
+            .collect())
     }
 
     /// The fastest of `plan` and the same target solved with kept widths rounded up to

@@ -38,7 +38,9 @@ pub use error::RuntimeError;
 pub use latency_alloc::{allocate_latency, latency_strategy, LatencyAllocation};
 pub use onnxruntime::{OrtLibrary, OrtModel};
 pub use shears::ShearsModel;
-pub use steer::{steer_latency, SteerBy, SteerConfig, SteerInputs, SteerStep, Steered, Steering};
+pub use steer::{
+    latency_kept, steer_latency, SteerBy, SteerConfig, SteerInputs, SteerStep, Steered, Steering,
+};
 pub use table::{tables_for, LatencyTables, LayerShape, TableKey};
 
 use crate::Error;

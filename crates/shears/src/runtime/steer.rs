@@ -93,7 +93,7 @@ pub struct Steering {
 /// The next knob value to try after `steps` (`(knob, measured fraction)`, ordered as made),
 /// or `None` when no untried value is left. `floor` is the smallest reachable knob value
 /// (allocations below it failed), if known. The measured fraction rises with the knob.
-pub fn next_table_keep(keep: f64, steps: &[(f64, f64)], floor: Option<f64>) -> Option<f64> {
+pub fn next_knob(keep: f64, steps: &[(f64, f64)], floor: Option<f64>) -> Option<f64> {
     let (last_k, last_m) = *steps.last()?;
     let below = steps
         .iter()
@@ -254,7 +254,7 @@ pub fn steer_latency(
                     k = (f + 1e-3).min(1.0);
                     continue;
                 }
-                match next_table_keep(cfg.keep, &pairs(&steps), floor) {
+                match next_knob(cfg.keep, &pairs(&steps), floor) {
                     Some(next) => {
                         k = next;
                         continue;
@@ -264,7 +264,14 @@ pub fn steer_latency(
             }
             Err(e) => return Err(e),
         };
-        let measured = measure_plan(runtime, &mut original, graph, weights, &plan, cfg, budget)?;
+        let measured = latency_kept(
+            runtime,
+            &mut original,
+            (graph, weights),
+            &plan,
+            &cfg.batches,
+            budget,
+        )?;
         let fraction = geometric_mean(measured.iter().map(|m| m.1));
         let step = SteerStep {
             knob: k,
@@ -282,7 +289,7 @@ pub fn steer_latency(
         if steps.len() >= cfg.max_steps {
             break format!("{} steps", cfg.max_steps);
         }
-        match next_table_keep(cfg.keep, &pairs(&steps), floor) {
+        match next_knob(cfg.keep, &pairs(&steps), floor) {
             Some(next) => k = next,
             None => break "no untried knob value left".to_string(),
         }
@@ -325,20 +332,21 @@ fn geometric_mean(xs: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-/// Prunes by `plan` and times the result against `original` at each batch size.
-fn measure_plan(
+/// Prunes `graph` by `plan` and times the result against `original` (prepared from `graph`)
+/// in alternating blocks at each of `batches`: the latency kept (after / before, medians) per
+/// batch. Shared by the steering loop and the ONNX Runtime guard of MACs targets.
+pub fn latency_kept(
     runtime: &Runtime,
     original: &mut super::Prepared,
-    graph: &Graph,
-    weights: &Weights,
+    (graph, weights): (&Graph, &Weights),
     plan: &Plan,
-    cfg: &SteerConfig,
+    batches: &[usize],
     budget: &Budget,
 ) -> Result<Vec<(usize, f64)>, Error> {
     let p = prune::prune(graph, weights, plan)?;
     let mut after = runtime.prepare(&p.graph, &p.weights)?;
-    let mut out = Vec::with_capacity(cfg.batches.len());
-    for &batch in &cfg.batches {
+    let mut out = Vec::with_capacity(batches.len());
+    for &batch in batches {
         let (b, a) = compare(original, &mut after, graph, batch, budget)?;
         out.push((batch, a.median_ms / b.median_ms.max(1e-12)));
     }
@@ -358,7 +366,7 @@ mod tests {
     fn converges_on_a_biased_linear_runtime() {
         let keep = 0.5;
         let mut steps = vec![(keep, measured(keep))];
-        while let Some(k) = next_table_keep(keep, &steps, None) {
+        while let Some(k) = next_knob(keep, &steps, None) {
             steps.push((k, measured(k)));
             if (steps.last().unwrap().1 / keep - 1.0).abs() < 0.01 || steps.len() > 8 {
                 break;
@@ -372,27 +380,24 @@ mod tests {
     #[test]
     fn proportional_first_then_bracketed() {
         // Measured 0.8 at k = 0.5: try 0.5 * 0.5 / 0.8.
-        let k = next_table_keep(0.5, &[(0.5, 0.8)], None).unwrap();
+        let k = next_knob(0.5, &[(0.5, 0.8)], None).unwrap();
         assert!((k - 0.3125).abs() < 1e-9);
         // Bracketed between (0.3, 0.4) and (0.5, 0.8): interpolate at 0.25 of the way.
-        let k = next_table_keep(0.5, &[(0.5, 0.8), (0.3, 0.4)], None).unwrap();
+        let k = next_knob(0.5, &[(0.5, 0.8), (0.3, 0.4)], None).unwrap();
         assert!((k - 0.35).abs() < 1e-9, "{k}");
         // Noise (higher k measured lower): bisect.
-        let k = next_table_keep(0.5, &[(0.5, 0.45), (0.3, 0.6)], None).unwrap();
+        let k = next_knob(0.5, &[(0.5, 0.45), (0.3, 0.6)], None).unwrap();
         assert!((k - 0.4).abs() < 1e-9, "{k}");
     }
 
     #[test]
     fn respects_the_floor_and_stops_when_nothing_is_new() {
-        let k = next_table_keep(0.2, &[(0.5, 0.8)], Some(0.3)).unwrap();
+        let k = next_knob(0.2, &[(0.5, 0.8)], Some(0.3)).unwrap();
         assert!((k - 0.3).abs() < 1e-9);
-        assert_eq!(
-            next_table_keep(0.2, &[(0.5, 0.8), (0.3, 0.7)], Some(0.3)),
-            None
-        );
-        assert_eq!(next_table_keep(0.5, &[], None), None);
+        assert_eq!(next_knob(0.2, &[(0.5, 0.8), (0.3, 0.7)], Some(0.3)), None);
+        assert_eq!(next_knob(0.5, &[], None), None);
         // Never above 1.
-        let k = next_table_keep(0.9, &[(0.9, 0.5)], None).unwrap();
+        let k = next_knob(0.9, &[(0.9, 0.5)], None).unwrap();
         assert_eq!(k, 1.0);
     }
 
